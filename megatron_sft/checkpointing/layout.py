@@ -1,0 +1,103 @@
+"""The on-disk layout of checkpoints this project writes (Megatron-LM compatible).
+
+    ROOT/
+      latest_checkpointed_iteration.txt   "release" or the iteration; written LAST
+      iter_0000100/ | release/            dist_checkpointing (torch_dist) files
+        run_args.json                     resolved arguments, incl. the HF source path
+        tokenizer/                        tokenizer files and the chat template used
+
+The tracker file is written only after every rank finished writing, so a crash mid-save
+leaves the previous checkpoint as the latest one and the partial directory is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from megatron_sft.errors import UserError
+
+TRACKER = "latest_checkpointed_iteration.txt"
+RUN_ARGS = "run_args.json"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+    "generation_config.json",
+)
+
+
+def iteration_dir(root: str | os.PathLike, iteration: int | None) -> Path:
+    """`release/` for weights-only conversions (iteration None), else `iter_NNNNNNN/`."""
+    return Path(root) / ("release" if iteration is None else f"iter_{iteration:07d}")
+
+
+def read_tracker(root: str | os.PathLike) -> int | None:
+    """The latest complete checkpoint: an iteration, or None for `release`. Errors name the file."""
+    path = Path(root) / TRACKER
+    if not path.is_file():
+        raise UserError(f"{root}: no {TRACKER}; not a Megatron checkpoint (or the first save never finished)")
+    text = path.read_text().strip()
+    if text == "release":
+        return None
+    if not text.isdigit():
+        raise UserError(f"{path}: expected an iteration number or 'release', found {text!r}")
+    return int(text)
+
+
+def latest_checkpoint_dir(root: str | os.PathLike) -> tuple[Path, int | None]:
+    """The directory the tracker points at, checked to hold a complete dist checkpoint."""
+    iteration = read_tracker(root)
+    path = iteration_dir(root, iteration)
+    if not (path / "metadata.json").is_file():
+        raise UserError(
+            f"{path}: checkpoint named by {Path(root) / TRACKER} is missing or truncated "
+            "(no metadata.json); restore it or point --load at another checkpoint"
+        )
+    return path, iteration
+
+
+def is_megatron_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / TRACKER).is_file()
+
+
+def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "config.json").is_file() and not is_megatron_checkpoint(p)
+
+
+def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
+    """Atomically mark `iteration` as the latest complete checkpoint."""
+    root = Path(root)
+    tmp = root / (TRACKER + ".tmp")
+    tmp.write_text("release" if iteration is None else str(iteration))
+    os.replace(tmp, root / TRACKER)
+
+
+def write_run_args(ckpt_dir: Path, args_record: dict) -> None:
+    with open(ckpt_dir / RUN_ARGS, "w") as f:
+        json.dump({"args": args_record}, f, indent=1, sort_keys=True, default=str)
+
+
+def read_run_args(ckpt_dir: Path) -> dict | None:
+    path = Path(ckpt_dir) / RUN_ARGS
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["args"]
+
+
+def copy_tokenizer(src_dir: str | os.PathLike | None, ckpt_dir: Path, chat_template: str | None = None) -> None:
+    """Keep the tokenizer (and the chat template used) next to the weights it belongs to."""
+    dest = ckpt_dir / TOKENIZER_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    if src_dir is not None:
+        src = Path(src_dir)
+        if (src / TOKENIZER_DIR).is_dir():  # a Megatron checkpoint's own tokenizer/
+            src = src / TOKENIZER_DIR
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, dest / name)
+    if chat_template is not None:
+        (dest / "chat_template.jinja").write_text(chat_template)

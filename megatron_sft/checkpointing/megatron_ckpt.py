@@ -1,0 +1,83 @@
+"""Save and load Megatron checkpoints through dist_checkpointing (torch_dist).
+
+Sharded checkpoints are layout-independent: a checkpoint saved at TP=2 loads at TP=1, PP=2,
+and so on, because every rank states which slice of each global tensor it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_sft.checkpointing import layout
+
+log = logging.getLogger(__name__)
+
+
+def model_sharded_state_dict(chunks: list) -> dict:
+    """Megatron-LM's keys: 'model' for one chunk, 'model0', 'model1', ... for virtual stages."""
+    if len(chunks) == 1:
+        return {"model": chunks[0].sharded_state_dict()}
+    return {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(
+    root: str | Path,
+    iteration: int | None,
+    chunks: list,
+    args_record: dict,
+    *,
+    tokenizer_src: str | Path | None = None,
+    extra_sharded: dict | None = None,
+    chat_template: str | None = None,
+) -> Path:
+    """Write one checkpoint; it becomes visible (tracker updated) only once every rank is done."""
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    ckpt_dir = layout.iteration_dir(root, iteration)
+    if _is_rank0():
+        if ckpt_dir.exists():  # a partial save from a crashed run, never referenced by the tracker
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True)
+    _barrier()
+    state = model_sharded_state_dict(chunks)
+    state.update(extra_sharded or {})
+    dist_checkpointing.save(state, str(ckpt_dir))
+    if _is_rank0():
+        layout.write_run_args(ckpt_dir, args_record)
+        layout.copy_tokenizer(tokenizer_src, ckpt_dir, chat_template)
+    _barrier()
+    if _is_rank0():
+        layout.write_tracker(root, iteration)
+    _barrier()
+    log.info("saved checkpoint %s", ckpt_dir)
+    return ckpt_dir
+
+
+@torch.no_grad()
+def load_model_weights(ckpt_dir: str | Path, chunks: list) -> None:
+    """Load the model part of a checkpoint into `chunks`, resharding to this rank's layout."""
+    from megatron.core import dist_checkpointing
+
+    sharded = model_sharded_state_dict(chunks)
+    loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"], strict=True)
+    else:
+        for i, c in enumerate(chunks):
+            c.load_state_dict(loaded[f"model{i}"], strict=True)
+    log.info("loaded model weights from %s", ckpt_dir)

@@ -1,0 +1,116 @@
+"""The one translation from resolved arguments to Megatron-Core's config objects.
+
+Everything that builds a model, a DDP wrapper or an optimizer gets its config from here, so a
+flag means the same thing everywhere and CPU-specific choices live in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def params_dtype(args) -> torch.dtype:
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    if getattr(args, "fp16", False):
+        return torch.float16
+    return torch.float32
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def _fusions(args, on_cpu: bool) -> dict:
+    """Fused kernels are CUDA-only. Masked-softmax fusion is always off: packed batches carry an
+    explicit block-diagonal mask, and the fused causal kernel would ignore it (see DESIGN.md)."""
+    return dict(
+        masked_softmax_fusion=False,
+        bias_activation_fusion=bool(getattr(args, "bias_swiglu_fusion", True)) and not on_cpu,
+        apply_rope_fusion=bool(getattr(args, "apply_rope_fusion", True)) and not on_cpu,
+        gradient_accumulation_fusion=bool(getattr(args, "gradient_accumulation_fusion", True)) and not on_cpu,
+        bias_dropout_fusion=not on_cpu,
+        persist_layer_norm=not on_cpu,
+    )
+
+
+def _moe_fields(args, on_cpu: bool) -> dict:
+    if not getattr(args, "num_experts", None):
+        return {}
+    dispatcher = args.moe_token_dispatcher_type or "allgather"
+    if on_cpu and dispatcher != "allgather":
+        # The alltoall dispatcher fails over gloo; allgather gives the same result.
+        log.info("CPU mode: --moe-token-dispatcher-type %s replaced by allgather", dispatcher)
+        dispatcher = "allgather"
+    return dict(
+        num_moe_experts=args.num_experts,
+        moe_ffn_hidden_size=args.moe_ffn_hidden_size,
+        moe_router_topk=args.moe_router_topk,
+        moe_router_pre_softmax=bool(getattr(args, "moe_router_pre_softmax", False)),
+        moe_router_score_function=getattr(args, "moe_router_score_function", None) or "softmax",
+        moe_router_load_balancing_type=getattr(args, "moe_router_load_balancing_type", None) or "aux_loss",
+        moe_aux_loss_coeff=float(getattr(args, "moe_aux_loss_coeff", None) or 0.0),
+        moe_token_dispatcher_type=dispatcher,
+        moe_grouped_gemm=bool(getattr(args, "moe_grouped_gemm", False)) and not on_cpu,
+        moe_router_dtype=getattr(args, "moe_router_dtype", None),
+    )
+
+
+def _recompute_fields(args) -> dict:
+    if not getattr(args, "recompute_granularity", None):
+        return {}
+    return dict(
+        recompute_granularity=args.recompute_granularity,
+        recompute_method=getattr(args, "recompute_method", None),
+        recompute_num_layers=getattr(args, "recompute_num_layers", None),
+    )
+
+
+def transformer_config(args):
+    """TransformerConfig for the resolved architecture and layout in `args`."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    on_cpu = args.device == "cpu"
+    dtype = params_dtype(args)
+    tp = args.tensor_model_parallel_size
+    return TransformerConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        kv_channels=args.kv_channels,
+        normalization=args.normalization,
+        layernorm_epsilon=args.norm_epsilon,
+        gated_linear_unit=bool(args.swiglu),
+        activation_func=F.silu if args.swiglu else F.gelu,
+        add_bias_linear=bool(args.add_bias_linear),
+        add_qkv_bias=bool(getattr(args, "add_qkv_bias", False)),
+        qk_layernorm=bool(getattr(args, "qk_layernorm", False)),
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=getattr(args, "virtual_pipeline_model_parallel_size", None),
+        context_parallel_size=args.context_parallel_size,
+        expert_model_parallel_size=args.expert_model_parallel_size,
+        expert_tensor_parallel_size=args.expert_tensor_parallel_size or tp,
+        sequence_parallel=bool(getattr(args, "sequence_parallel", False)) and tp > 1,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=on_cpu,
+        attention_softmax_in_fp32=True,
+        **_fusions(args, on_cpu),
+        **_moe_fields(args, on_cpu),
+        **_recompute_fields(args),
+    )

@@ -1,0 +1,75 @@
+"""Process groups and Megatron parallel state for one run."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def init_process_group(device: str, timeout_minutes: float = 10.0) -> None:
+    """NCCL on GPU, gloo on CPU. Works under torchrun and as a single plain process."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    dist.init_process_group(
+        backend="nccl" if device == "cuda" else "gloo",
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+
+
+def init_parallel_state(
+    tp: int = 1, pp: int = 1, cp: int = 1, ep: int = 1, etp: int | None = None, vp: int | None = None,
+    seed: int = 1234,
+) -> None:
+    """(Re)build Megatron's parallel groups for one layout and seed its RNG tracker."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vp,
+        context_parallel_size=cp,
+        expert_model_parallel_size=ep,
+        expert_tensor_parallel_size=etp,
+    )
+    model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed) if torch.cuda.is_available() else torch.default_generator.manual_seed(seed)
+
+
+def init_from_args(args) -> None:
+    """Device, process group and parallel state for a run described by parsed args."""
+    from megatron_sft.runtime.device import setup_device
+
+    setup_device(args)
+    init_process_group(args.device, getattr(args, "distributed_timeout_minutes", 10.0))
+    init_parallel_state(
+        tp=args.tensor_model_parallel_size,
+        pp=args.pipeline_model_parallel_size,
+        cp=args.context_parallel_size,
+        ep=args.expert_model_parallel_size,
+        etp=args.expert_tensor_parallel_size,
+        vp=getattr(args, "virtual_pipeline_model_parallel_size", None),
+        seed=args.seed,
+    )
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
