@@ -109,6 +109,8 @@ def transformer_config(args):
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu_initialization=on_cpu,
+        # Weights that are about to be loaded need no random initialisation (big models: minutes).
+        perform_initialization=not getattr(args, "load", None),
         attention_softmax_in_fp32=True,
         **_fusions(args, on_cpu),
         **_moe_fields(args, on_cpu),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 
-from megatron_sft.checkpointing import layout
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,12 +43,3 @@ def export_hf_weights(chunks: list, hf_source: str | Path, out_dir: str | Path, 
     export_mcore_gpt_to_hf(chunks[0], str(hf_source), dtype=dtype, export_dir=str(out_dir))
     return out_dir
 
-
-def copy_tokenizer_to_hf(tokenizer_src: str | Path, out_dir: str | Path) -> None:
-    """The exported directory loads with AutoTokenizer: copy the tokenizer files next to it."""
-    src = Path(tokenizer_src)
-    if (src / layout.TOKENIZER_DIR).is_dir():
-        src = src / layout.TOKENIZER_DIR
-    for name in layout.TOKENIZER_FILES:
-        if (src / name).is_file() and not (Path(out_dir) / name).exists():
-            shutil.copy2(src / name, Path(out_dir) / name)

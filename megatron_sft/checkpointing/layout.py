@@ -4,7 +4,9 @@
       latest_checkpointed_iteration.txt   "release" or the iteration; written LAST
       iter_0000100/ | release/            dist_checkpointing (torch_dist) files
         run_args.json                     resolved arguments, incl. the HF source path
-        tokenizer/                        tokenizer files and the chat template used
+        hf_assets/                        config.json, generation_config.json, tokenizer files
+                                          and the chat template used: everything of the HF
+                                          source but its weights (what export needs)
 
 The tracker file is written only after every rank finished writing, so a crash mid-save
 leaves the previous checkpoint as the latest one and the partial directory is ignored.
@@ -21,12 +23,8 @@ from megatron_sft.errors import UserError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 RUN_ARGS = "run_args.json"
-TOKENIZER_DIR = "tokenizer"
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-    "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
-    "generation_config.json",
-)
+HF_ASSETS = "hf_assets"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 
 
 def iteration_dir(root: str | os.PathLike, iteration: int | None) -> Path:
@@ -88,16 +86,20 @@ def read_run_args(ckpt_dir: Path) -> dict | None:
     return json.loads(path.read_text())["args"]
 
 
-def copy_tokenizer(src_dir: str | os.PathLike | None, ckpt_dir: Path, chat_template: str | None = None) -> None:
-    """Keep the tokenizer (and the chat template used) next to the weights it belongs to."""
-    dest = ckpt_dir / TOKENIZER_DIR
+def hf_assets_dir(ckpt_dir: str | os.PathLike) -> Path:
+    return Path(ckpt_dir) / HF_ASSETS
+
+
+def copy_hf_assets(src_dir: str | os.PathLike | None, ckpt_dir: Path, chat_template: str | None = None) -> None:
+    """Keep the HF config and tokenizer (and the chat template used) next to the weights.
+
+    `src_dir` is an HF model directory or another checkpoint's hf_assets/; weights are skipped.
+    """
+    dest = hf_assets_dir(ckpt_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if src_dir is not None:
-        src = Path(src_dir)
-        if (src / TOKENIZER_DIR).is_dir():  # a Megatron checkpoint's own tokenizer/
-            src = src / TOKENIZER_DIR
-        for name in TOKENIZER_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, dest / name)
+        for path in Path(src_dir).iterdir():
+            if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES):
+                shutil.copy2(path, dest / path.name)
     if chat_template is not None:
         (dest / "chat_template.jinja").write_text(chat_template)

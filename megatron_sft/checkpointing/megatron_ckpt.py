@@ -40,7 +40,7 @@ def save_checkpoint(
     chunks: list,
     args_record: dict,
     *,
-    tokenizer_src: str | Path | None = None,
+    hf_assets_src: str | Path | None = None,
     extra_sharded: dict | None = None,
     chat_template: str | None = None,
 ) -> Path:
@@ -59,7 +59,7 @@ def save_checkpoint(
     dist_checkpointing.save(state, str(ckpt_dir))
     if _is_rank0():
         layout.write_run_args(ckpt_dir, args_record)
-        layout.copy_tokenizer(tokenizer_src, ckpt_dir, chat_template)
+        layout.copy_hf_assets(hf_assets_src, ckpt_dir, chat_template)
     _barrier()
     if _is_rank0():
         layout.write_tracker(root, iteration)

@@ -51,7 +51,9 @@ def init_parallel_state(
 def init_from_args(args) -> None:
     """Device, process group and parallel state for a run described by parsed args."""
     from megatron_sft.runtime.device import setup_device
+    from megatron_sft.runtime.versions import check_versions
 
+    check_versions()
     setup_device(args)
     init_process_group(args.device, getattr(args, "distributed_timeout_minutes", 10.0))
     init_parallel_state(

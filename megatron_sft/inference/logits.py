@@ -1,0 +1,50 @@
+"""Full-vocabulary logits from Megatron model chunks at any TP/PP layout."""
+
+from __future__ import annotations
+
+import torch
+
+
+def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Logits [B, S, V] gathered over tensor parallelism, returned on the last pipeline stage.
+
+    Runs Megatron's own (pipelined) forward schedule, so it works at any PP, with
+    `attention_mask` None for plain causal attention or a boolean [B,1,S,S] (True = masked).
+    Other pipeline stages return None.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    batch_size, seq_len = tokens.shape
+    if position_ids is None:
+        position_ids = torch.arange(seq_len).unsqueeze(0).expand(batch_size, -1)
+    batch = {"tokens": tokens, "position_ids": position_ids, "attention_mask": attention_mask}
+
+    def forward_step(data_iterator, model):
+        b = next(data_iterator)
+        output = model(b["tokens"], b["position_ids"], b["attention_mask"])
+
+        def collect(output_tensor, non_loss_data=False):
+            return gather_from_tensor_model_parallel_region(output_tensor)
+
+        return output, collect
+
+    config = chunks[0].config
+    config.variable_seq_lengths = False
+    iterators = [iter([batch]) for _ in chunks] if len(chunks) > 1 else iter([batch])
+    with torch.no_grad():
+        outputs = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iterators,
+            model=chunks,
+            num_microbatches=1,
+            seq_length=seq_len,
+            micro_batch_size=batch_size,
+            forward_only=True,
+            collect_non_loss_data=True,
+        )
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    return outputs[0].float()
