@@ -1,0 +1,89 @@
+"""Command-line arguments with Megatron-LM's flag names, dest names and meanings.
+
+    from megatron_sft.arguments import build_parser, parse_args
+    args = parse_args()            # parse, resolve the architecture, derive, validate
+
+Parsing is cheap on purpose (no torch, megatron, modelopt or transformers import): every rank runs
+it first, and a bad command line should fail in a fraction of a second with every problem listed.
+Each subsystem adds its flags in its own module (model, parallel, training, data, checkpoint,
+runtime, inference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable
+
+from megatron_sft.arguments.checkpoint import add_checkpoint_args
+from megatron_sft.arguments.data import add_data_args
+from megatron_sft.arguments.inference import add_inference_args
+from megatron_sft.arguments.model import add_model_args
+from megatron_sft.arguments.parallel import add_parallel_args
+from megatron_sft.arguments.resolve import resolve_architecture
+from megatron_sft.arguments.runtime import add_runtime_args
+from megatron_sft.arguments.training import add_training_args
+from megatron_sft.arguments.validate import validate_args
+from megatron_sft.errors import ConfigErrors, UserError
+
+__all__ = ["build_parser", "parse_args", "add_inference_args", "option_names"]
+
+ArgsAdder = Callable[[argparse.ArgumentParser], None]
+DEFAULT_GROUPS: tuple[ArgsAdder, ...] = (
+    add_model_args,
+    add_parallel_args,
+    add_training_args,
+    add_data_args,
+    add_checkpoint_args,
+    add_runtime_args,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports bad flags as ConfigErrors, so entry points print them once (rank 0) and exit 2."""
+
+    def error(self, message: str):
+        raise ConfigErrors([f"{message} (see --help)"])
+
+
+def build_parser(extra: Iterable[ArgsAdder] = ()) -> argparse.ArgumentParser:
+    """The parser of every entry script; `extra` adds groups such as add_inference_args."""
+    # allow_abbrev=False like Megatron-LM: a prefix of one flag must not silently mean another.
+    parser = _Parser(description="Supervised fine-tuning on Megatron-Core", allow_abbrev=False)
+    for add in (*DEFAULT_GROUPS, *extra):
+        add(parser)
+    return parser
+
+
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the flag a user types (the long option), for messages."""
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            names.setdefault(action.dest, longs[0])
+    return names
+
+
+def parse_args(
+    argv: list[str] | None = None, *, world_size: int | None = None, extra: Iterable[ArgsAdder] = ()
+) -> argparse.Namespace:
+    """Parse, resolve the architecture (flag > checkpoint > Megatron default), derive and validate.
+
+    Raises ConfigErrors listing every problem. `world_size` defaults to $WORLD_SIZE (else 1).
+    """
+    parser = build_parser(extra)
+    args = parser.parse_args(argv)
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    args.notices = []
+    options = option_names(parser)
+    try:
+        problems = resolve_architecture(args, options)
+    except ConfigErrors:
+        raise
+    except UserError as err:  # the checkpoint cannot be read: checks on guessed values would only add noise
+        raise ConfigErrors([str(err)]) from None
+    problems += validate_args(args, options)
+    if problems:
+        raise ConfigErrors(problems)
+    return args

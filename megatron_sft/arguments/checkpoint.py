@@ -1,0 +1,51 @@
+"""Checkpoint flags: where weights come from, where they go, and in which dtype conversions run."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+
+DTYPES = ["fp32", "bf16", "fp16"]
+
+
+def add_checkpoint_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("checkpointing")
+    g.add_argument(
+        "--load",
+        default=None,
+        help="a Hugging Face model directory or a Megatron checkpoint; its architecture is used",
+    )
+    g.add_argument(
+        "--pretrained-model-path",
+        default=None,
+        help="Hugging Face directory to import weights from when --load holds no checkpoint yet",
+    )
+    g.add_argument("--save", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument(
+        "--finetune", action="store_true", help="load weights only: iteration, optimizer and RNG state start fresh"
+    )
+    g.add_argument("--no-load-optim", action="store_false", dest="load_optim")
+    g.add_argument("--no-load-rng", action="store_false", dest="load_rng")
+    g.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist")
+    g.add_argument(
+        "--auto-detect-ckpt-format",
+        action="store_true",
+        help="accepted for compatibility; the format of --load is always detected",
+    )
+    g.add_argument(
+        "--export-te-mcore-model",
+        action="store_true",
+        help="record that the saved model is meant for the Transformer Engine layer spec",
+    )
+    g.add_argument(
+        "--export-dtype",
+        choices=DTYPES,
+        default=None,
+        help="dtype of exported HF weights (default: --bf16/--fp16, else fp32)",
+    )
+    g.add_argument(
+        "--import-dtype",
+        choices=DTYPES,
+        default=None,
+        help="dtype HF weights are imported in (default: --bf16/--fp16, else fp32)",
+    )

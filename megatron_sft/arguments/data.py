@@ -1,0 +1,42 @@
+"""Data and tokenizer flags: sources, chat rendering, sequence length and packing."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+
+
+def add_data_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--finetune-hf-dataset", default=None, help="a Hugging Face dataset name with chat data")
+    g.add_argument(
+        "--data-path",
+        nargs="+",
+        default=None,
+        help="JSONL files or directories, optionally weighted: [W1] PATH1 [W2] PATH2 ...",
+    )
+    g.add_argument("--split", default="969,30,1", help="train,valid,test weights")
+    g.add_argument("--data-cache-dir", default=None)
+    g.add_argument("--num-workers", type=int, default=1)
+    g.add_argument("--seq-length", type=int, default=None)
+    g.add_argument(
+        "--chat-template",
+        default=None,
+        help="a Jinja file or template string (default: the tokenizer's own chat template)",
+    )
+    g.add_argument("--skip-invalid", action="store_true", help="skip malformed samples (counted) instead of failing")
+    g.add_argument("--unmask-user", action="store_true", help="train on user turns too (default: assistant only)")
+    long = g.add_mutually_exclusive_group()
+    long.add_argument("--truncate-long-samples", action="store_true", help="cut samples over --seq-length (default)")
+    long.add_argument("--drop-long-samples", action="store_true", help="drop samples over --seq-length (counted)")
+    g.add_argument("--packing-algorithm", choices=["best_fit", "first_fit_decreasing"], default="best_fit")
+    g.add_argument("--reset-position-ids", action="store_true", help="accepted; packing always resets positions")
+    g.add_argument("--reset-attention-mask", action="store_true", help="accepted; packing always isolates samples")
+    g.add_argument("--eod-mask-loss", action="store_true")
+
+    t = parser.add_argument_group("tokenizer")
+    t.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer"], default="HuggingFaceTokenizer")
+    t.add_argument(
+        "--tokenizer-model",
+        default=None,
+        help="HF tokenizer directory or name (default: the Hugging Face model of --load / --pretrained-model-path)",
+    )

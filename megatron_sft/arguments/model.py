@@ -1,0 +1,86 @@
+"""Model architecture flags (Megatron-LM names and meanings).
+
+Every flag a checkpoint can also describe defaults to None here, so resolve.py can tell a flag the
+user gave from one they did not: explicit flag > the checkpoint's own record > Megatron's default
+(resolve.MEGATRON_DEFAULTS). Boolean ones are store_true/store_false with default None for the same
+reason.
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+
+
+def add_model_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "model architecture (default: from --load / --pretrained-model-path, else Megatron's)"
+    )
+    g.add_argument("--num-layers", type=int, default=None)
+    g.add_argument("--hidden-size", type=int, default=None)
+    g.add_argument(
+        "--ffn-hidden-size",
+        type=int,
+        default=None,
+        help="default 4 x hidden size (with --swiglu: 2/3 of that, rounded down to 64)",
+    )
+    g.add_argument("--num-attention-heads", type=int, default=None)
+    g.add_argument("--group-query-attention", action="store_true", default=None)
+    g.add_argument("--num-query-groups", type=int, default=None, help="used with --group-query-attention")
+    g.add_argument("--kv-channels", type=int, default=None, help="head dimension; default hidden / heads")
+    g.add_argument("--max-position-embeddings", type=int, default=None, help="default --seq-length")
+    g.add_argument("--position-embedding-type", choices=["learned_absolute", "rope", "none"], default=None)
+    g.add_argument("--rotary-percent", type=float, default=None)
+    g.add_argument("--rotary-base", type=int, default=None)
+    g.add_argument("--use-rope-scaling", action="store_true", default=None, help="Llama 3.x RoPE scaling")
+    g.add_argument("--rope-scaling-factor", type=float, default=None)
+    g.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default=None)
+    g.add_argument("--norm-epsilon", type=float, default=None)
+    g.add_argument("--swiglu", action="store_true", default=None)
+    g.add_argument("--qk-layernorm", action="store_true", default=None)
+    g.add_argument("--add-qkv-bias", action="store_true", default=None)
+    g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear", default=None)
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None)
+    g.add_argument("--init-method-std", type=float, default=None)
+    g.add_argument("--attention-dropout", type=float, default=None)
+    g.add_argument("--hidden-dropout", type=float, default=None)
+    g.add_argument(
+        "--make-vocab-size-divisible-by",
+        type=int,
+        default=None,
+        help="pad the vocabulary to a multiple of this x TP (default 128); a checkpoint's "
+        "vocab_size is used as is and only checked against it",
+    )
+    _add_fusion_args(parser)
+    _add_moe_args(parser)
+
+
+def _add_fusion_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("kernel fusions (GPU only; always off on CPU)")
+    g.add_argument("--no-masked-softmax-fusion", action="store_false", dest="masked_softmax_fusion")
+    g.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion")
+    g.add_argument("--no-bias-swiglu-fusion", action="store_false", dest="bias_swiglu_fusion")
+    g.add_argument("--no-bias-dropout-fusion", action="store_false", dest="bias_dropout_fusion")
+    g.add_argument("--use-mcore-models", action="store_true", help="accepted for compatibility; always on")
+
+
+def _add_moe_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("mixture of experts")
+    g.add_argument("--num-experts", type=int, default=None)
+    g.add_argument("--moe-ffn-hidden-size", type=int, default=None, help="default --ffn-hidden-size")
+    g.add_argument("--moe-router-topk", type=int, default=None)
+    g.add_argument(
+        "--moe-router-pre-softmax",
+        action="store_true",
+        default=None,
+        help="softmax over all experts before top-k (HF norm_topk_prob=false)",
+    )
+    g.add_argument("--moe-router-score-function", choices=["softmax", "sigmoid"], default=None)
+    g.add_argument(
+        "--moe-router-load-balancing-type",
+        default=None,
+        choices=["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"],
+    )
+    g.add_argument("--moe-aux-loss-coeff", type=float, default=None)
+    g.add_argument("--moe-router-dtype", choices=["fp32", "fp64"], default=None)
+    g.add_argument("--moe-token-dispatcher-type", choices=["allgather", "alltoall", "flex"], default="allgather")
+    g.add_argument("--moe-grouped-gemm", action="store_true")

@@ -1,0 +1,34 @@
+"""Parallel layout flags: tensor, pipeline, context, expert, sequence and data parallelism."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+
+
+def add_parallel_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("parallelism (data-parallel size = world size / (TP x PP x CP))")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument(
+        "--num-layers-per-virtual-pipeline-stage",
+        type=int,
+        default=None,
+        help="interleaved pipeline schedule; needs --pipeline-model-parallel-size > 1",
+    )
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument(
+        "--cp-comm-type",
+        nargs="+",
+        default=["p2p"],
+        choices=["p2p", "a2a", "allgather", "a2a+p2p"],
+        help="one type for all layers, or one per layer",
+    )
+    g.add_argument("--expert-model-parallel-size", type=int, default=1)
+    g.add_argument(
+        "--expert-tensor-parallel-size", type=int, default=None, help="default --tensor-model-parallel-size"
+    )
+    g.add_argument("--sequence-parallel", action="store_true", help="needs --tensor-model-parallel-size > 1")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument("--overlap-param-gather", action="store_true")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10)

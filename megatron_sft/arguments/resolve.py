@@ -1,0 +1,261 @@
+"""Where the architecture comes from. One rule: explicit flag > the checkpoint's own record > Megatron's default.
+
+The checkpoint record is config.json for a Hugging Face directory, and run_args.json (written next to
+every checkpoint of this project as {"args": {dest: value}}) for a Megatron checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from megatron_sft.errors import UserError
+from megatron_sft.models.hf_config import HF_FIELDS, HF_NEGATED_FIELDS, megatron_args_from_hf_config, read_hf_config
+
+TRACKER = "latest_checkpointed_iteration.txt"
+RUN_ARGS = "run_args.json"
+
+# Megatron-LM's defaults for the flags whose argparse default is None (so explicit ones can be told apart).
+# None here: derived from other values in derive_architecture().
+MEGATRON_DEFAULTS: dict[str, Any] = {
+    "num_layers": None,
+    "hidden_size": None,
+    "ffn_hidden_size": None,
+    "num_attention_heads": None,
+    "num_query_groups": None,
+    "kv_channels": None,
+    "max_position_embeddings": None,
+    "group_query_attention": False,
+    "position_embedding_type": "learned_absolute",
+    "rotary_percent": 1.0,
+    "rotary_base": 10000,
+    "use_rope_scaling": False,
+    "rope_scaling_factor": 8.0,
+    "normalization": "LayerNorm",
+    "norm_epsilon": 1e-5,
+    "swiglu": False,
+    "qk_layernorm": False,
+    "add_qkv_bias": False,
+    "add_bias_linear": True,
+    "untie_embeddings_and_output_weights": False,
+    "num_experts": None,
+    "moe_ffn_hidden_size": None,
+    "moe_router_topk": 2,
+    "moe_router_pre_softmax": False,
+    "moe_router_score_function": "softmax",
+    "moe_router_load_balancing_type": "aux_loss",
+    "moe_aux_loss_coeff": 0.0,
+    "attention_dropout": 0.1,
+    "hidden_dropout": 0.1,
+    "init_method_std": 0.02,
+    "make_vocab_size_divisible_by": 128,
+}
+# Hyper-parameters a checkpoint records but a run may change: a differing flag is a notice, not an error.
+TUNABLE_KEYS = ("attention_dropout", "hidden_dropout", "init_method_std")
+# Taken from the record when not given, never compared: they do not change what the weights mean.
+SOFT_KEYS = ("group_query_attention", "make_vocab_size_divisible_by")
+
+
+@dataclass
+class Source:
+    """A checkpoint's record of the architecture: values by dest name, and the file they came from."""
+
+    kind: str  # "hf" (config.json) or "megatron" (run_args.json)
+    file: Path
+    values: dict[str, Any]
+
+
+def resolve_architecture(args: Namespace, options: dict[str, str]) -> list[str]:
+    """Fill every architecture value of `args` in place; return the contradictions found.
+
+    `options` maps dest names to option strings, for messages. Raises UserError when --load or
+    --pretrained-model-path cannot be read: nothing else can be checked then.
+    """
+    source = find_source(args)
+    problems: list[str] = []
+    args.arch_sources = {}
+    for key, default in MEGATRON_DEFAULTS.items():
+        given = getattr(args, key)
+        if source is not None and key in source.values:
+            recorded = source.values[key]
+            if given is None:
+                setattr(args, key, recorded)
+                args.arch_sources[key] = str(source.file)
+                continue
+            if key not in SOFT_KEYS and not _same(given, recorded):
+                message = _contradiction(key, given, recorded, source, options)
+                (args.notices if key in TUNABLE_KEYS else problems).append(message)
+        if given is None:
+            setattr(args, key, default)
+        args.arch_sources[key] = "default" if given is None else "flag"
+    if source is not None:
+        args.model_family = source.values.get("family")
+        args.hf_architecture = source.values.get("hf_architecture")
+        args.checkpoint_vocab_size = source.values.get("vocab_size")
+        args.checkpoint_vocab_file = str(source.file)
+    derive_architecture(args, options)
+    return problems
+
+
+def derive_architecture(args: Namespace, options: dict[str, str]) -> None:
+    """Megatron-LM's derived defaults (ffn size, head dim, query groups, max positions)."""
+    if not args.group_query_attention:
+        if args.arch_sources["num_query_groups"] == "flag" and args.num_query_groups != args.num_attention_heads:
+            args.notices.append(f"{options['num_query_groups']} has no effect without --group-query-attention")
+        args.num_query_groups = args.num_attention_heads
+    elif args.num_query_groups is None:
+        args.num_query_groups = 1
+    if args.kv_channels is None and args.hidden_size and args.num_attention_heads:
+        args.kv_channels = args.hidden_size // args.num_attention_heads
+    if args.ffn_hidden_size is None and args.hidden_size:
+        # Megatron-LM: 4h, or for SwiGLU 2/3 of it rounded down to a multiple of 64.
+        four_h = 4 * args.hidden_size
+        args.ffn_hidden_size = int(four_h * 2 / 3 / 64) * 64 if args.swiglu else four_h
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    if args.num_experts and args.moe_ffn_hidden_size is None:
+        args.moe_ffn_hidden_size = args.ffn_hidden_size
+
+
+def find_source(args: Namespace) -> Source | None:
+    """The checkpoint record behind --load / --pretrained-model-path; sets load_format and hf_model_path."""
+    args.load_format, args.hf_model_path, args.load_iteration_dir = None, None, None
+    for attr in ("model_family", "hf_architecture", "checkpoint_vocab_size", "checkpoint_vocab_file"):
+        setattr(args, attr, None)
+    pretrained = Path(args.pretrained_model_path) if args.pretrained_model_path else None
+    if pretrained is not None:
+        check_hf_dir(pretrained, "--pretrained-model-path")
+    source = None
+    if args.load:
+        load = Path(args.load)
+        if is_megatron_checkpoint(load):
+            source = _megatron_source(args, load)
+        elif (load / "config.json").is_file():
+            check_hf_dir(load, "--load")
+            source = _hf_source(args, load)
+            if pretrained is not None:
+                args.notices.append(f"--pretrained-model-path not used: --load {load} is a Hugging Face model")
+        elif pretrained is None or (load.exists() and (not load.is_dir() or any(load.iterdir()))):
+            # Without --pretrained-model-path there is nothing to start from; with it, --load may be
+            # missing or empty (the run saves there first) but must not hold something else.
+            raise UserError(_bad_load_message(args.load, load, pretrained))
+    if source is None and pretrained is not None:
+        source = _hf_source(args, pretrained)
+    if args.tokenizer_model is None:
+        args.tokenizer_model = args.hf_model_path
+    return source
+
+
+def _bad_load_message(flag_value: str, load: Path, pretrained: Path | None) -> str:
+    if not load.exists():
+        return f"--load {flag_value}: no such directory; give a Hugging Face model directory or a Megatron checkpoint"
+    return (
+        f"--load {flag_value}: neither a Hugging Face model directory (config.json and *.safetensors) nor a Megatron "
+        f"checkpoint ({TRACKER}); point it at one" + ("" if pretrained else ", or add --pretrained-model-path")
+    )
+
+
+def is_megatron_checkpoint(path: Path) -> bool:
+    return (path / TRACKER).is_file() or (path / "release").is_dir() or any(path.glob("iter_[0-9]*"))
+
+
+def check_hf_dir(path: Path, flag: str) -> None:
+    """An HF model directory: config.json plus every safetensors shard it needs."""
+    if not path.is_dir():
+        raise UserError(f"{flag} {path}: no such directory; give a Hugging Face model directory")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{flag} {path}: no config.json; not a Hugging Face model directory")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, AttributeError) as err:
+            raise UserError(f"{index}: unreadable safetensors index ({err})") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise UserError(f"{flag} {path}: {index.name} names missing weight files: {', '.join(missing[:3])}")
+    elif not any(path.glob("*.safetensors")):
+        raise UserError(
+            f"{flag} {path}: config.json but no weights (model.safetensors or model.safetensors.index.json)"
+        )
+
+
+def checkpoint_iteration_dir(load: Path) -> Path:
+    """The directory the tracker file points at, checked to be a complete checkpoint."""
+    tracker = load / TRACKER
+    if not tracker.is_file():
+        raise UserError(f"--load {load}: checkpoint directories but no {TRACKER}; the first save never finished")
+    text = tracker.read_text().strip()
+    if text != "release" and not text.isdigit():
+        raise UserError(f"{tracker}: expected an iteration number or 'release', found {text!r}")
+    iter_dir = load / ("release" if text == "release" else f"iter_{int(text):07d}")
+    if not (iter_dir / "metadata.json").is_file():
+        raise UserError(
+            f"--load {load}: {TRACKER} names {iter_dir.name}/, which is missing or truncated (no metadata.json); "
+            "restore it or point --load at a complete checkpoint"
+        )
+    return iter_dir
+
+
+def _megatron_source(args: Namespace, load: Path) -> Source | None:
+    iter_dir = checkpoint_iteration_dir(load)
+    args.load_format, args.load_iteration_dir = "megatron", str(iter_dir)
+    assets = iter_dir / "hf_assets"  # the tokenizer saved with the checkpoint outlives the HF source
+    if args.tokenizer_model is None and assets.is_dir():
+        args.tokenizer_model = str(assets)
+    path = iter_dir / RUN_ARGS
+    if not path.is_file():  # written elsewhere: flags, --pretrained-model-path's config or defaults describe it
+        return None
+    try:
+        record = json.loads(path.read_text())["args"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f'{path}: unreadable run record ({err}); expected {{"args": {{...}}}}') from None
+    if args.pretrained_model_path:
+        args.notices.append(f"--pretrained-model-path not used: --load {load} holds a Megatron checkpoint")
+    pretrained = args.pretrained_model_path and str(Path(args.pretrained_model_path).resolve())
+    args.hf_model_path = pretrained or record.get("hf_model_path")
+    if args.tokenizer_model is None:
+        args.tokenizer_model = record.get("tokenizer_model")
+    values = {k: record[k] for k in MEGATRON_DEFAULTS if k in record}
+    values.update(
+        family=record.get("model_family"),
+        hf_architecture=record.get("hf_architecture"),
+        vocab_size=record.get("padded_vocab_size"),
+    )
+    return Source("megatron", path, values)
+
+
+def _hf_source(args: Namespace, model_dir: Path) -> Source:
+    model_dir = model_dir.resolve()  # recorded in run_args.json: must survive a change of directory
+    config, path = read_hf_config(model_dir)
+    values = megatron_args_from_hf_config(config, path)
+    args.hf_model_path = str(model_dir)
+    args.load_format = args.load_format or "hf"
+    return Source("hf", path, values)
+
+
+def _same(given: Any, recorded: Any) -> bool:
+    if isinstance(given, float) or isinstance(recorded, float):
+        return recorded is not None and math.isclose(float(given), float(recorded), rel_tol=1e-6)
+    return given == recorded
+
+
+def _contradiction(key: str, given: Any, recorded: Any, source: Source, options: dict[str, str]) -> str:
+    flag = options.get(key, key)
+    flag_text = flag if isinstance(given, bool) else f"{flag} {given}"
+    if source.kind == "hf" and key in HF_FIELDS:
+        field, value = HF_FIELDS[key], (not recorded if key in HF_NEGATED_FIELDS else recorded)
+        where = f"{field}={_show(value)} in {source.file}"
+    else:
+        where = f"{key}={_show(recorded)} in {source.file}"
+    verb = "overrides" if key in TUNABLE_KEYS else "contradicts"
+    fix = "" if key in TUNABLE_KEYS else f"; drop {flag} to use the checkpoint's value, or load a matching checkpoint"
+    return f"{flag_text} {verb} {where}{fix}"
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)

@@ -1,0 +1,239 @@
+"""Derived values and every check on the resolved flags. Problems are collected, never raised one by
+one, so a user fixes a command line in one go; each names the flags, their values and a value that works.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+_REQUIRED_ARCH = ("num_layers", "hidden_size", "num_attention_heads")
+_POSITIVE = (
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "context_parallel_size",
+    "expert_model_parallel_size",
+    "micro_batch_size",
+)
+
+
+def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
+    """Derive layout, batch and dtype values in place; return every problem found."""
+    problems = [
+        f"{options[key]} {getattr(args, key)} must be at least 1" for key in _POSITIVE if getattr(args, key) < 1
+    ]
+    if problems:  # every size below is divided by these
+        return problems
+    missing = [key for key in _REQUIRED_ARCH if getattr(args, key) is None]
+    for key in missing:
+        problems.append(f"{options[key]} is required: no --load / --pretrained-model-path gives the architecture")
+    _check_world(args, problems)
+    if not missing:
+        _check_model_split(args, options, problems)
+        _check_experts(args, options, problems)
+    _check_vocab(args, options, problems)
+    _check_batch(args, problems)
+    _check_schedule(args, problems)
+    _check_precision_and_misc(args, problems)
+    _collect_notices(args)
+    return problems
+
+
+def divisors_text(n: int, limit: int = 64) -> str:
+    """'1, 2, 4 or 8': the divisors of n up to limit, as a suggestion."""
+    found = [str(d) for d in range(1, min(n, limit) + 1) if n % d == 0]
+    return found[0] if len(found) == 1 else f"{', '.join(found[:-1])} or {found[-1]}"
+
+
+def _origin(args: Namespace, key: str) -> str:
+    source = args.arch_sources.get(key)
+    return "" if source in (None, "flag", "default") else f" (from {source})"
+
+
+def _check_world(args: Namespace, problems: list[str]) -> None:
+    tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
+    world, model_parallel = args.world_size, tp * pp * cp
+    args.data_parallel_size = args.virtual_pipeline_model_parallel_size = args.expert_data_parallel_size = None
+    if args.expert_tensor_parallel_size is None:
+        args.expert_tensor_parallel_size = tp  # Megatron-LM's default
+    if world % model_parallel:
+        problems.append(
+            f"world size {world} is not divisible by tensor-model-parallel-size ({tp}) × pipeline-model-parallel-size "
+            f"({pp}) × context-parallel-size ({cp}) = {model_parallel}; launch {model_parallel}, "
+            f"{2 * model_parallel}, {3 * model_parallel}... processes"
+        )
+    else:
+        args.data_parallel_size = world // model_parallel
+    if args.sequence_parallel and tp == 1:
+        args.sequence_parallel = False  # as Megatron-LM does; said once instead of silently
+        args.notices.append("--sequence-parallel has no effect with --tensor-model-parallel-size 1; turned off")
+
+
+def _check_model_split(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
+    """Heads, FFN and layers must split evenly over TP and PP (and virtual pipeline stages)."""
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    tp_flag = options["tensor_model_parallel_size"]
+    split_by_tp = ["num_attention_heads", "ffn_hidden_size"] + (
+        ["num_query_groups"] if args.group_query_attention else []
+    )
+    for key in split_by_tp:
+        value = getattr(args, key)
+        if value % tp:
+            problems.append(
+                f"{tp_flag} {tp} must divide {options[key]} {value}{_origin(args, key)}; use {divisors_text(value)}"
+            )
+    if args.arch_sources["kv_channels"] == "default" and args.hidden_size % args.num_attention_heads:
+        problems.append(
+            f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
+            f"{args.num_attention_heads}; give --kv-channels"
+        )
+    layers, pp_flag = args.num_layers, options["pipeline_model_parallel_size"]
+    if layers % pp:
+        problems.append(
+            f"{pp_flag} {pp} must divide {options['num_layers']} {layers}{_origin(args, 'num_layers')}; "
+            f"use {divisors_text(layers)}"
+        )
+    per_stage = args.num_layers_per_virtual_pipeline_stage
+    if per_stage is not None:
+        if pp == 1:
+            problems.append("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
+        elif per_stage < 1 or layers % (pp * per_stage):
+            problems.append(
+                f"--num-layers {layers} is not divisible by {pp_flag} {pp} × "
+                f"--num-layers-per-virtual-pipeline-stage {per_stage} = {pp * per_stage}"
+            )
+        else:
+            args.virtual_pipeline_model_parallel_size = layers // (pp * per_stage)
+
+
+def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
+    """Expert layout: EP × ETP × expert-DP covers the same ranks as TP × CP × DP (world / PP)."""
+    ep, pp, world = args.expert_model_parallel_size, args.pipeline_model_parallel_size, args.world_size
+    etp = args.expert_tensor_parallel_size
+    ep_flag, experts = options["expert_model_parallel_size"], args.num_experts
+    if not experts:
+        if ep > 1:
+            problems.append(f"{ep_flag} {ep} needs a mixture-of-experts model (--num-experts); this one is dense")
+        return
+    if experts % ep:
+        problems.append(
+            f"{ep_flag} {ep} must divide --num-experts {experts}{_origin(args, 'num_experts')}; "
+            f"use {divisors_text(experts)}"
+        )
+    if args.moe_router_topk > experts:
+        problems.append(f"--moe-router-topk {args.moe_router_topk} is more than --num-experts {experts}")
+    if etp < 1:
+        problems.append(f"--expert-tensor-parallel-size {etp} must be at least 1")
+    if etp < 1 or world % pp:  # a world size PP does not divide is already reported
+        return
+    ranks = world // pp
+    if ranks % (ep * etp):
+        problems.append(
+            f"{ep_flag} {ep} × --expert-tensor-parallel-size {etp} = {ep * etp} must divide world size "
+            f"{world} / --pipeline-model-parallel-size {pp} = {ranks}; use EP × ETP in "
+            f"{divisors_text(ranks)}"
+        )
+    else:
+        args.expert_data_parallel_size = ranks // (ep * etp)
+
+
+def _check_vocab(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
+    """A checkpoint's vocab_size is the padded vocabulary; padding only ever applies to fresh models."""
+    vocab, tp = args.checkpoint_vocab_size, args.tensor_model_parallel_size
+    args.padded_vocab_size = vocab  # None: the model code pads the tokenizer's vocabulary
+    if not vocab:
+        return
+    multiple, where = args.make_vocab_size_divisible_by, args.checkpoint_vocab_file
+    if args.arch_sources["make_vocab_size_divisible_by"] == "flag" and vocab % (multiple * tp):
+        working = [str(t) for t in range(1, 65) if vocab % (multiple * t) == 0]
+        fix = f"use TP {', '.join(working)} or omit the flag" if working else "omit the flag"
+        problems.append(
+            f"{options['make_vocab_size_divisible_by']} {multiple} × TP {tp} = {multiple * tp} does not "
+            f"divide vocab_size {vocab} of {where}; {fix}"
+        )
+    elif vocab % tp:
+        problems.append(
+            f"vocab_size {vocab} in {where} is not divisible by {options['tensor_model_parallel_size']} "
+            f"{tp}; use {divisors_text(vocab)}"
+        )
+
+
+def _check_batch(args: Namespace, problems: list[str]) -> None:
+    mbs, dp, gbs = args.micro_batch_size, args.data_parallel_size, args.global_batch_size
+    args.num_microbatches = None
+    if dp is None:  # world size already reported
+        return
+    unit = mbs * dp
+    if gbs is None:
+        gbs = args.global_batch_size = unit
+    if gbs < 1 or gbs % unit:
+        below = max(unit, gbs // unit * unit)
+        problems.append(
+            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} × data-parallel "
+            f"size {dp} = {unit}; use {below} or {below + unit}"
+        )
+        return
+    args.num_microbatches = gbs // unit
+
+
+def _check_schedule(args: Namespace, problems: list[str]) -> None:
+    """Run length and LR schedule count either iterations or samples, like Megatron-LM."""
+    if args.train_iters is not None and args.train_samples is not None:
+        problems.append("give --train-iters or --train-samples, not both")
+    by_samples = {
+        "--lr-decay-samples": args.lr_decay_samples,
+        "--lr-wsd-decay-samples": args.lr_wsd_decay_samples,
+        "--lr-warmup-samples": args.lr_warmup_samples or None,
+    }
+    by_iters = {
+        "--lr-decay-iters": args.lr_decay_iters,
+        "--lr-wsd-decay-iters": args.lr_wsd_decay_iters,
+        "--lr-warmup-iters": args.lr_warmup_iters or None,
+    }
+    if args.train_iters is not None:
+        for flag, value in by_samples.items():
+            if value is not None:
+                problems.append(f"{flag} counts samples; with --train-iters use {flag.replace('samples', 'iters')}")
+        args.lr_decay_iters = args.lr_decay_iters or args.train_iters
+    if args.train_samples is not None:
+        for flag, value in by_iters.items():
+            if value is not None:
+                problems.append(
+                    f"{flag} counts iterations; with --train-samples use {flag.replace('iters', 'samples')}"
+                )
+        args.lr_decay_samples = args.lr_decay_samples or args.train_samples
+    if args.lr_warmup_fraction is not None and (args.lr_warmup_iters or args.lr_warmup_samples):
+        problems.append("give --lr-warmup-fraction or --lr-warmup-iters/--lr-warmup-samples, not both")
+    if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None and args.lr_wsd_decay_samples is None:
+        problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters (or --lr-wsd-decay-samples)")
+    training = args.train_iters is not None or args.train_samples is not None
+    if training and args.lr is None:
+        problems.append("--lr is required for training (e.g. --lr 1e-5)")
+    if training and args.seq_length is None:
+        problems.append("--seq-length is required for training (e.g. --seq-length 4096)")
+
+
+def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
+    if args.fp16 and args.bf16:
+        problems.append("give --fp16 or --bf16, not both")
+    args.params_dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    args.export_dtype = args.export_dtype or args.params_dtype
+    args.import_dtype = args.import_dtype or args.params_dtype
+    args.truncate_long_samples = not args.drop_long_samples
+    if args.recompute_granularity == "full" and (args.recompute_method is None or args.recompute_num_layers is None):
+        problems.append(
+            "--recompute-granularity full needs --recompute-method (uniform or block) and --recompute-num-layers"
+        )
+    if args.recompute_granularity != "full" and args.recompute_method is not None:
+        problems.append("--recompute-method applies only with --recompute-granularity full")
+    seq, positions = args.seq_length, args.max_position_embeddings
+    if args.position_embedding_type == "learned_absolute" and seq and positions and seq > positions:
+        problems.append(f"--seq-length {seq} is longer than --max-position-embeddings {positions}")
+
+
+def _collect_notices(args: Namespace) -> None:
+    if args.use_mcore_models:
+        args.notices.append("--use-mcore-models: Megatron-Core models are always used")
+    if args.reset_position_ids or args.reset_attention_mask:
+        args.notices.append(
+            "--reset-position-ids/--reset-attention-mask: packing always resets positions and isolates samples"
+        )
