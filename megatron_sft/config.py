@@ -112,7 +112,46 @@ def transformer_config(args):
         # Weights that are about to be loaded need no random initialisation (big models: minutes).
         perform_initialization=not getattr(args, "load", None),
         attention_softmax_in_fp32=True,
+        # The loss is a sum over supervised tokens; Megatron divides the gradients by the token
+        # count of the whole global batch (all micro-batches, DP and CP ranks) in finalize_model_grads.
+        calculate_per_token_loss=True,
         **_fusions(args, on_cpu),
         **_moe_fields(args, on_cpu),
         **_recompute_fields(args),
+    )
+
+
+def ddp_config(args):
+    """Megatron DDP: grads reduced in fp32, overlap only where it helps (GPU)."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    on_gpu = args.device == "cuda"
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=bool(getattr(args, "overlap_grad_reduce", False)) and on_gpu,
+        overlap_param_gather=bool(getattr(args, "overlap_param_gather", False)) and on_gpu,
+        use_distributed_optimizer=bool(getattr(args, "use_distributed_optimizer", False)),
+        check_for_nan_in_grad=bool(getattr(args, "check_for_nan_in_loss_and_grad", True)),
+        bucket_size=None,
+    )
+
+
+def optimizer_config(args):
+    """Adam with Megatron's mixed-precision handling (fp32 main params for bf16/fp16)."""
+    from megatron.core.optimizer import OptimizerConfig
+
+    dtype = params_dtype(args)
+    return OptimizerConfig(
+        optimizer="adam",
+        lr=args.lr,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        clip_grad=args.clip_grad,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        params_dtype=dtype,
+        use_distributed_optimizer=bool(getattr(args, "use_distributed_optimizer", False)),
     )

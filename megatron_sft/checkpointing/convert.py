@@ -8,7 +8,7 @@ from pathlib import Path
 from megatron_sft.checkpointing import layout
 from megatron_sft.checkpointing.hf import export_hf_weights
 from megatron_sft.checkpointing.loading import args_record, hf_assets_source, load_weights
-from megatron_sft.checkpointing.megatron_ckpt import save_checkpoint
+from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
 from megatron_sft.config import dtype_from_name, params_dtype, transformer_config
 from megatron_sft.errors import UserError
 from megatron_sft.models.builder import build_model_chunks, padded_vocab_size
@@ -29,7 +29,7 @@ def hf_to_megatron(args) -> Path:
     """Import an HF directory and save it as a weights-only `release` Megatron checkpoint."""
     chunks = build_and_load(args)
     return save_checkpoint(
-        args.save, None, chunks, args_record(args), hf_assets_src=hf_assets_source(args)
+        args.save, None, model_sharded_state_dict(chunks), args_record(args), hf_assets_src=hf_assets_source(args)
     )
 
 

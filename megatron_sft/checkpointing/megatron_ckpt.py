@@ -7,7 +7,9 @@ and so on, because every rank states which slice of each global tensor it holds.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -34,17 +36,29 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _pause_for_tests() -> None:
+    """Test-only hook: MEGATRON_SFT_TEST_PAUSE_SAVE=<seconds> holds a save after the data is
+    written and before the tracker is updated, so a test can kill the run mid-save."""
+    seconds = float(os.environ.get("MEGATRON_SFT_TEST_PAUSE_SAVE", "0") or 0)
+    if seconds > 0:
+        print("megatron_sft: save paused (test hook)", flush=True)
+        time.sleep(seconds)
+
+
 def save_checkpoint(
     root: str | Path,
     iteration: int | None,
-    chunks: list,
+    sharded_state: dict,
     args_record: dict,
     *,
     hf_assets_src: str | Path | None = None,
-    extra_sharded: dict | None = None,
     chat_template: str | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write one checkpoint; it becomes visible (tracker updated) only once every rank is done."""
+    """Write one checkpoint; it becomes visible (tracker updated) only once every rank is done.
+
+    `sharded_state` is e.g. `model_sharded_state_dict(chunks)`, plus optimizer state for training.
+    """
     from megatron.core import dist_checkpointing
 
     root = Path(root)
@@ -54,12 +68,13 @@ def save_checkpoint(
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True)
     _barrier()
-    state = model_sharded_state_dict(chunks)
-    state.update(extra_sharded or {})
-    dist_checkpointing.save(state, str(ckpt_dir))
+    dist_checkpointing.save(sharded_state, str(ckpt_dir))
     if _is_rank0():
         layout.write_run_args(ckpt_dir, args_record)
         layout.copy_hf_assets(hf_assets_src, ckpt_dir, chat_template)
+        for name, text in (extra_files or {}).items():
+            (ckpt_dir / name).write_text(text)
+    _pause_for_tests()
     _barrier()
     if _is_rank0():
         layout.write_tracker(root, iteration)

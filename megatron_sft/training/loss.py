@@ -1,0 +1,40 @@
+"""The one loss of this project: masked token cross-entropy over the whole global batch.
+
+Each micro-batch returns the SUM of its supervised token losses and its supervised token count;
+with `calculate_per_token_loss` Megatron adds the counts over micro-batches, DP and CP ranks and
+divides the gradients by that total. So the value and the gradients are the token-weighted mean
+over the global batch, whatever the layout or the micro-batch split.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def masked_loss_func(loss_mask: torch.Tensor):
+    """Returns Megatron's `loss_func(output_tensor)` for per-token losses [B, S]."""
+
+    def loss_func(per_token_loss: torch.Tensor):
+        mask = loss_mask.to(per_token_loss.device).float()
+        loss_sum = (per_token_loss.float() * mask).sum()
+        num_tokens = mask.sum().to(torch.int)
+        # Reported as [sum, count]: micro-batches and ranks are added before dividing.
+        report = torch.stack([loss_sum.detach(), mask.sum()])
+        return loss_sum, num_tokens, {"lm loss": report}
+
+    return loss_func
+
+
+def reduce_loss_reports(reports: list[dict], group=None) -> float:
+    """Token-weighted mean of 'lm loss' reports over micro-batches and the given (DP×CP) group.
+
+    NaN when no supervised token was seen. Every rank of `group` must call it (a collective).
+    """
+    total = torch.zeros(2, dtype=torch.float64)
+    for report in reports:
+        total += report["lm loss"].double().cpu()
+    if group is not None and torch.distributed.get_world_size(group) > 1:
+        torch.distributed.all_reduce(total, group=group)
+    return (total[0] / total[1]).item() if total[1] > 0 else math.nan

@@ -1,0 +1,105 @@
+"""Throughput, MFU, and where the numbers go: log lines, TensorBoard, wandb, a PNG loss curve."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from megatron_sft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak of GPUs whose figure is known (FLOP/s); MFU is reported only for these.
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
+
+
+def gpu_peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in GPU_PEAK_BF16.items() if key in name), None)
+
+
+def sample_lengths(batch: dict) -> list[int]:
+    """Real sample lengths of a packed micro-batch (padding excluded), from its cu_seqlens."""
+    cu = batch.get("cu_seqlens")
+    rows = cu if isinstance(cu, list) else [cu]
+    lengths = []
+    for row in rows:
+        if row is None:
+            continue
+        row = row.tolist() if isinstance(row, torch.Tensor) else list(row)
+        lengths += [b - a for a, b in zip(row[:-1], row[1:])]
+    pad = int(batch.get("num_padding", 0))
+    return lengths if not pad else lengths[:-1]
+
+
+def training_flops(lengths: list[int], args) -> float:
+    """Megatron's causal FLOPs (forward + backward = 3x forward) for samples of these lengths."""
+    h, layers = args.hidden_size, args.num_layers
+    q = args.num_attention_heads * args.kv_channels
+    kv = 2 * args.num_query_groups * args.kv_channels
+    ffn = args.ffn_hidden_size * (3 if args.swiglu else 2)
+    if getattr(args, "num_experts", None):
+        ffn = args.moe_ffn_hidden_size * 3 * args.moe_router_topk
+    per_token = 2 * layers * (h * (q + kv) + q * h + h * ffn) + 2 * h * args.padded_vocab_size
+    # causal attention: scores and weighted sum, 2 matmuls, each L*(L+1)/2 dot products of size q
+    attention = sum(2 * 2 * layers * q * n * (n + 1) / 2 for n in lengths)
+    return 3.0 * (per_token * sum(lengths) + attention)
+
+
+class Reporters:
+    """TensorBoard and wandb, only on the rank that logs, only when asked for."""
+
+    def __init__(self, args, is_logging_rank: bool):
+        self.tb = self.wandb = None
+        if not is_logging_rank:
+            return
+        if args.tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise UserError("--tensorboard-dir needs tensorboard: pip install 'megatron_sft[loggers]'") from e
+            self.tb = SummaryWriter(args.tensorboard_dir)
+        if args.wandb_project:
+            try:
+                import wandb
+            except ImportError as e:
+                raise UserError("--wandb-project needs wandb: pip install wandb") from e
+            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name or None)
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.tb:
+            for k, v in values.items():
+                if v is not None:
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb:
+            self.wandb.log({k: v for k, v in values.items() if v is not None}, step=step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def save_loss_curve(history: list[tuple[int, float]], eval_history: list[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history:
+        ax.plot(*zip(*history), label="train loss")
+    if eval_history:
+        ax.plot(*zip(*eval_history), "o-", label="validation loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,149 @@
+"""Full training checkpoints: model, optimizer, scheduler, RNG, and where the run stands.
+
+Layout per checkpoint (see checkpointing/layout.py): the dist checkpoint holds 'model',
+'optimizer' (distributed optimizer in the DP-reshardable form, so a run saved at DP=2 resumes
+at DP=1) and 'rng_state'; train_state.json holds the iteration, consumed samples, the scheduler
+state and the layout it was saved at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_sft.checkpointing import layout
+from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
+from megatron_sft.errors import UserError
+
+log = logging.getLogger(__name__)
+TRAIN_STATE = "train_state.json"
+OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_samples: int = 0
+    optimizer_steps: int = 0  # successful steps: torch Adam's per-param 'step' is not in the checkpoint
+    scheduler: dict = field(default_factory=dict)
+    layout: dict = field(default_factory=dict)
+
+
+def _layout() -> dict:
+    from megatron.core import parallel_state as ps
+
+    return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size(), "ep": ps.get_expert_model_parallel_world_size()}
+
+
+def _rng_sharded_object():
+    """Per (PP, TP) rank RNG states, replicated over DP (Megatron-LM's convention)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {"random": random.getstate(), "np": np.random.get_state(), "torch": torch.get_rng_state(),
+             "tracker": get_cuda_rng_tracker().get_states()}
+    pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
+    shape = (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size())
+    return ShardedObject("rng_state", state, shape, (pp, tp), replica_id=ps.get_data_parallel_rank())
+
+
+def _training_sharded_state(model, is_loading: bool, with_rng: bool) -> dict:
+    """Model, optimizer (and RNG) sharded state; the optimizer's keys refer to the model's."""
+    from megatron_sft.training.setup import unwrap
+
+    state = model_sharded_state_dict([unwrap(c) for c in model.chunks])
+    flat_model = {k: v for chunk_state in state.values() for k, v in chunk_state.items()}
+    state["optimizer"] = model.optimizer.sharded_state_dict(flat_model, is_loading=is_loading, metadata=OPTIM_METADATA)
+    if with_rng:
+        state["rng_state"] = _rng_sharded_object()
+    return state
+
+
+def save_training_checkpoint(root, model, train_state: TrainState, args_record: dict, hf_assets_src) -> Path:
+    train_state.scheduler = model.scheduler.state_dict()
+    train_state.layout = _layout()
+    return save_checkpoint(root, train_state.iteration, _training_sharded_state(model, False, True), args_record,
+                           hf_assets_src=hf_assets_src,
+                           extra_files={TRAIN_STATE: json.dumps(asdict(train_state), indent=1)})
+
+
+def read_train_state(ckpt_dir: Path) -> TrainState | None:
+    path = Path(ckpt_dir) / TRAIN_STATE
+    if not path.is_file():
+        return None
+    return TrainState(**json.loads(path.read_text()))
+
+
+def _restore_adam_step(optimizer, steps: int) -> None:
+    """Megatron's checkpoint keeps Adam's moments but not torch Adam's per-param step counter;
+    without this, bias correction restarts and the resumed run diverges from the straight one."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    for opt in inner:
+        torch_opt = getattr(opt, "optimizer", None)
+        if torch_opt is None:
+            continue
+        for param_state in torch_opt.state.values():
+            if "step" in param_state:
+                param_state["step"] = torch.full_like(torch.as_tensor(param_state["step"], dtype=torch.float32),
+                                                      float(steps))
+
+
+@torch.no_grad()
+def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
+    """Restore everything saved by save_training_checkpoint into a freshly built model."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_sft.training.setup import unwrap
+
+    saved, now = state.layout, _layout()
+    if (saved.get("tp"), saved.get("pp"), saved.get("ep")) != (now["tp"], now["pp"], now["ep"]):
+        raise UserError(
+            f"{ckpt_dir}: saved at TP={saved.get('tp')} PP={saved.get('pp')} EP={saved.get('ep')}, resumed at "
+            f"TP={now['tp']} PP={now['pp']} EP={now['ep']}; the optimizer state only reshards over DP: resume at "
+            "the saved TP/PP/EP, or add --finetune to start a new run from its weights"
+        )
+    sharded = _training_sharded_state(model, is_loading=True, with_rng=saved.get("dp") == now["dp"])
+    loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
+    chunks = [unwrap(c) for c in model.chunks]
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"], strict=True)
+    model.optimizer.load_state_dict(loaded["optimizer"])
+    _restore_adam_step(model.optimizer, state.optimizer_steps)
+    model.scheduler.load_state_dict(state.scheduler)
+    if "rng_state" in loaded:
+        _set_rng(loaded["rng_state"])
+    else:
+        log.info("data-parallel size changed (%s -> %s): RNG states start fresh", saved.get("dp"), now["dp"])
+    log.info("resumed %s at iteration %d (%d samples consumed)", ckpt_dir, state.iteration, state.consumed_samples)
+
+
+def _set_rng(state: dict) -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def resume_point(args) -> tuple[Path, TrainState] | None:
+    """The checkpoint to resume fully, or None when starting fresh (HF import, --finetune, weights-only)."""
+    if getattr(args, "load_format", None) != "megatron":
+        return None
+    ckpt_dir, _ = layout.latest_checkpoint_dir(args.load)
+    state = read_train_state(ckpt_dir)
+    if args.finetune:
+        return None
+    if state is None:
+        log.info("%s holds weights only (no %s): starting a new run from its weights, as with --finetune",
+                 ckpt_dir, TRAIN_STATE)
+        return None
+    return ckpt_dir, state

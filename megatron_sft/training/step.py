@@ -1,0 +1,95 @@
+"""One training or evaluation step through Megatron's forward-backward schedules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from megatron_sft.training.loss import masked_loss_func, reduce_loss_reports
+
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "attention_mask")
+
+
+def _to_device(batch: dict, device: str) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def forward_step(data_iterator, model):
+    """Megatron's forward_step_func: per-token losses from the model, masked-sum loss function."""
+    batch = _to_device(next(data_iterator), "cuda" if torch.cuda.is_available() else "cpu")
+    per_token_loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+    return per_token_loss, masked_loss_func(batch["loss_mask"])
+
+
+@dataclass
+class StepResult:
+    loss: float  # token-weighted mean over the global batch (NaN on no rank: broadcast to all)
+    grad_norm: float | None
+    skipped: bool  # fp16 overflow: no update this step
+    lr: float
+
+
+def _data_iterators(batches: list, num_chunks: int):
+    """The same micro-batches for every virtual pipeline chunk."""
+    if num_chunks == 1:
+        return iter(batches)
+    return [iter(batches) for _ in range(num_chunks)]
+
+
+def _loss_everywhere(reports: list[dict]) -> float:
+    """The global loss, computed on the last pipeline stage and broadcast to every rank."""
+    from megatron.core import parallel_state as ps
+
+    value = torch.tensor([math.nan], dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        value[0] = reduce_loss_reports(reports, ps.get_data_parallel_group(with_context_parallel=True))
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(value, src=ps.get_pipeline_model_parallel_last_rank(),
+                                    group=ps.get_pipeline_model_parallel_group())
+    return float(value[0])
+
+
+def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, forward_only: bool) -> list:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=_data_iterators(batches, len(model.chunks)),
+        model=model.chunks,
+        num_microbatches=len(batches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+def train_step(model, batches: list, seq_length: int, micro_batch_size: int, global_batch_size: int) -> StepResult:
+    """Forward/backward over all micro-batches of one global batch, then the optimizer step."""
+    for chunk in model.chunks:
+        chunk.zero_grad_buffer()
+    model.optimizer.zero_grad()
+    reports = run_schedule(model, batches, seq_length, micro_batch_size, forward_only=False)
+    updated, grad_norm, _ = model.optimizer.step()
+    if updated:
+        model.scheduler.step(increment=global_batch_size)
+    lr = model.optimizer.param_groups[0]["lr"]
+    return StepResult(_loss_everywhere(reports), grad_norm, not updated, lr)
+
+
+def evaluate(model, batches, eval_iters: int, num_microbatches: int, seq_length: int, micro_batch_size: int) -> float:
+    """Token-weighted validation loss over `eval_iters` global batches."""
+    for chunk in model.chunks:
+        chunk.eval()
+    reports = []
+    with torch.no_grad():
+        for _ in range(eval_iters):
+            group = list(itertools.islice(batches, num_microbatches))
+            if not group:
+                break
+            reports += run_schedule(model, group, seq_length, micro_batch_size, forward_only=True)
+    for chunk in model.chunks:
+        chunk.train()
+    return _loss_everywhere(reports)
