@@ -1,0 +1,167 @@
+"""Packed sequences -> training tensors, and the context-parallel (THD) split of a batch.
+
+One pack of `seq_length` tokens holds whole samples back to back, each padded to a multiple of
+2*CP under context parallelism, then padding to the end (its own segment). Per position i inside a
+sample: labels[i] = tokens[i+1], loss_mask[i] = 1 if token i+1 is supervised; the last position of a
+sample (and all padding) predicts nothing, so no loss crosses a sample boundary. Position ids restart
+at 0 in every segment; the attention mask is block-diagonal causal (True = masked, Megatron's local
+spec convention) and cu_seqlens carries the same segmentation for THD attention.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+PACK_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+def build_pack(
+    samples: list[tuple[np.ndarray, np.ndarray]], seq_length: int, pad_id: int, cp_multiple: int = 1
+) -> dict:
+    """One packed row from (token ids, supervised flags) samples whose padded lengths fit in seq_length."""
+    tokens = np.full(seq_length, pad_id, dtype=np.int64)
+    labels = np.full(seq_length, pad_id, dtype=np.int64)
+    loss_mask = np.zeros(seq_length, dtype=np.float32)
+    position_ids = np.zeros(seq_length, dtype=np.int64)
+    cu, cu_padded, at = [0], [0], 0
+    for ids, supervised in samples:
+        n = len(ids)
+        padded = -(-n // cp_multiple) * cp_multiple
+        assert at + padded <= seq_length, "pack overflows seq_length"
+        tokens[at : at + n] = ids
+        labels[at : at + n - 1] = ids[1:]
+        loss_mask[at : at + n - 1] = supervised[1:]
+        position_ids[at : at + padded] = np.arange(padded)
+        at += padded
+        cu.append(cu[-1] + n)
+        cu_padded.append(at)
+    if at < seq_length:  # trailing padding is a segment of its own
+        position_ids[at:] = np.arange(seq_length - at)
+        cu.append(cu[-1] + seq_length - at)
+        cu_padded.append(seq_length)
+    row = {k: torch.from_numpy(v) for k, v in zip(PACK_KEYS, (tokens, labels, loss_mask, position_ids))}
+    row["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32)
+    row["cu_seqlens_padded"] = torch.tensor(cu_padded, dtype=torch.int32)
+    return row
+
+
+def attention_mask_from_cu_seqlens(cu_seqlens_padded: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """[1, S, S] bool, True where query q may NOT attend key k: other segment, or k after q."""
+    lengths = (cu_seqlens_padded[1:] - cu_seqlens_padded[:-1]).long()
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    assert len(segment) == seq_length, "cu_seqlens_padded must cover the sequence"
+    causal = torch.ones(seq_length, seq_length, dtype=torch.bool).tril_()
+    return ~(causal & (segment[:, None] == segment[None, :]))[None]
+
+
+def collate(rows: list[dict], with_attention_mask: bool = True) -> dict:
+    """Stack packed rows into a micro-batch (the contract training consumes)."""
+    batch = {k: torch.stack([r[k] for r in rows]) for k in PACK_KEYS}
+    seq_length = batch["tokens"].shape[1]
+    cu = [r["cu_seqlens"] for r in rows]
+    cu_padded = [r["cu_seqlens_padded"] for r in rows]
+    if with_attention_mask:
+        batch["attention_mask"] = torch.stack([attention_mask_from_cu_seqlens(c, seq_length) for c in cu_padded])
+    batch["cu_seqlens"] = cu[0] if len(rows) == 1 else cu
+    batch["cu_seqlens_padded"] = cu_padded[0] if len(rows) == 1 else cu_padded
+    batch["max_seqlen"] = int(max(int((c[1:] - c[:-1]).max()) for c in cu_padded))
+    batch["num_supervised"] = batch["loss_mask"].sum().to(torch.int64)
+    return batch
+
+
+def _rows(value, batch_size: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * batch_size
+
+
+def _segments(batch: dict) -> list[torch.Tensor]:
+    """Per row, the padded segment boundaries; an unpacked batch is one segment per row."""
+    b, s = batch["tokens"].shape
+    for key in ("cu_seqlens_padded", "cu_seqlens"):
+        if key in batch:
+            return [torch.as_tensor(c) for c in _rows(batch[key], b)]
+    return [torch.tensor([0, s], dtype=torch.int32)] * b
+
+
+def context_parallel_indices(boundaries: torch.Tensor, cp_size: int, cp_rank: int) -> torch.Tensor:
+    """Positions rank `cp_rank` keeps: of each segment cut into 2*CP chunks, chunks r and 2*CP-1-r."""
+    parts = []
+    for a, b in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
+        if (b - a) % (2 * cp_size):
+            raise ValueError(
+                f"segment [{a}, {b}) of length {b - a} is not a multiple of 2 x CP = {2 * cp_size}; "
+                "call pad_for_context_parallel first"
+            )
+        c = (b - a) // (2 * cp_size)
+        for chunk in (cp_rank, 2 * cp_size - 1 - cp_rank):
+            parts.append(torch.arange(a + chunk * c, a + (chunk + 1) * c))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def split_for_context_parallel(batch: dict, cp_size: int, cp_rank: int) -> dict:
+    """This CP rank's share of a batch (THD partition of Megatron and Transformer Engine).
+
+    tokens/labels/loss_mask/position_ids become [B, S/CP]; the attention mask keeps the rows of this
+    rank's queries against all keys ([B, 1, S/CP, S], as Megatron's get_batch_on_this_cp_rank does);
+    cu_seqlens stay global (THD attention needs them whole); num_supervised becomes this rank's count
+    (the ranks' counts sum to the total).
+    """
+    if cp_size == 1:
+        return batch
+    if not 0 <= cp_rank < cp_size:
+        raise ValueError(f"cp_rank {cp_rank} is outside [0, {cp_size})")
+    index = torch.stack([context_parallel_indices(seg, cp_size, cp_rank) for seg in _segments(batch)])
+    out = dict(batch)
+    for key in PACK_KEYS:
+        if key in batch:
+            out[key] = torch.gather(batch[key], 1, index)
+    if "attention_mask" in batch:
+        rows = index[:, None, :, None].expand(-1, 1, -1, batch["attention_mask"].shape[-1])
+        out["attention_mask"] = torch.gather(batch["attention_mask"], 2, rows)
+    if "loss_mask" in out:
+        out["num_supervised"] = out["loss_mask"].sum().to(torch.int64)
+    return out
+
+
+def pad_for_context_parallel(batch: dict, cp_size: int, pad_token_id: int) -> dict:
+    """Re-lay a batch so every segment's length is a multiple of 2*CP (padding after each segment).
+
+    Padding predicts nothing (loss 0), continues its segment's positions, and is recorded in
+    cu_seqlens_padded; cu_seqlens keeps the real lengths. Rows grow to a common multiple of 2*CP.
+    """
+    m = 2 * cp_size
+    b = batch["tokens"].shape[0]
+    segments = _segments(batch)
+    real = [torch.as_tensor(c) for c in _rows(batch["cu_seqlens"], b)] if "cu_seqlens" in batch else segments
+    width = max(int(sum(-(-int(n) // m) * m for n in (s[1:] - s[:-1]).tolist())) for s in segments)
+    fill = {"tokens": pad_token_id, "labels": pad_token_id, "loss_mask": 0, "position_ids": 0}
+    out = {k: torch.full((b, width), fill[k], dtype=batch[k].dtype) for k in PACK_KEYS if k in batch}
+    new_padded = []
+    for row, seg in enumerate(segments):
+        cu, at = [0], 0
+        for a, z in zip(seg[:-1].tolist(), seg[1:].tolist()):
+            n = z - a
+            padded = -(-n // m) * m
+            for key, values in out.items():
+                values[row, at : at + n] = batch[key][row, a:z]
+            if "position_ids" in out and padded > n:
+                out["position_ids"][row, at + n : at + padded] = torch.arange(n, padded)
+            at += padded
+            cu.append(at)
+        if at < width:  # rows shorter than the widest get a padding segment
+            if "position_ids" in out:
+                out["position_ids"][row, at:] = torch.arange(width - at)
+            cu.append(width)
+        new_padded.append(torch.tensor(cu, dtype=torch.int32))
+    new_real = []
+    for r, p in zip(real, new_padded):
+        extra = [int(r[-1]) + int(p[-1] - p[-2])] if len(p) > len(r) else []
+        new_real.append(torch.cat([r.to(torch.int32), torch.tensor(extra, dtype=torch.int32)]))
+    out["cu_seqlens"] = new_real[0] if b == 1 else new_real
+    out["cu_seqlens_padded"] = new_padded[0] if b == 1 else new_padded
+    out["max_seqlen"] = max(int((p[1:] - p[:-1]).max()) for p in new_padded)
+    if "loss_mask" in out:
+        out["num_supervised"] = out["loss_mask"].sum().to(torch.int64)
+    if "attention_mask" in batch:
+        out["attention_mask"] = torch.stack([attention_mask_from_cu_seqlens(p, width) for p in new_padded])
+    return out

@@ -1,0 +1,155 @@
+"""The prepared-data cache: its key, the build lock, and memory-mapped read access.
+
+The key hashes everything that changes the result, so a cache is reused exactly when it is the same
+data: the data files (paths, sizes, modification times), the tokenizer and chat template, seq-length,
+context parallelism, the masking / truncation / invalid-record policies, split, seed, and the packer
+version. Under torchrun the local rank 0 of each node builds (under a file lock, so two nodes sharing
+a file system build once); the other ranks wait for it to appear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+
+from megatron_sft.data.config import DataConfig
+from megatron_sft.data.packing import PACKER_VERSION
+from megatron_sft.data.prepare import build_cache, read_chat_template
+from megatron_sft.data.sources import fingerprint, parse_sources
+from megatron_sft.errors import UserError
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+def cache_key(cfg: DataConfig, tokenizer) -> tuple[str, dict]:
+    sources = parse_sources(cfg.data_path, cfg.finetune_hf_dataset, cfg.finetune_hf_dataset_split)
+    template = read_chat_template(cfg.chat_template) or getattr(tokenizer, "chat_template", None) or ""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    inputs = {
+        "format": CACHE_FORMAT,
+        "packer_version": PACKER_VERSION,
+        "sources": [{**fingerprint(s), "weight": s.weight} for s in sources],
+        "tokenizer": _sha(backend.to_str() if backend is not None else repr(tokenizer)),
+        "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": _sha(json.dumps(template, sort_keys=True)),
+        "seq_length": cfg.seq_length,
+        "context_parallel_size": cfg.context_parallel_size,
+        "unmask_user": cfg.unmask_user,
+        "eod_mask_loss": cfg.eod_mask_loss,
+        "drop_long_samples": cfg.drop_long_samples,
+        "skip_invalid": cfg.skip_invalid,
+        "split": list(cfg.split_fractions),
+        "seed": cfg.seed,
+        "packing_algorithm": cfg.packing_algorithm,
+        "sample_limit": cfg.sample_limit,
+    }
+    return _sha(json.dumps(inputs, sort_keys=True))[:24], inputs
+
+
+def prepare(
+    cfg: DataConfig, tokenizer, *, is_builder: bool | None = None, progress: bool = True, poll_s: float = 0.5
+) -> PreparedData:
+    """Return the cache for `cfg`, building it first if needed (builder) or waiting for it (others)."""
+    key, inputs = cache_key(cfg, tokenizer)
+    root = cfg.cache_root
+    final = os.path.join(root, key)
+    if _complete(final):
+        log.info("data: reusing cache %s", final)
+        return PreparedData(final)
+    if is_builder is None:
+        is_builder = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+    os.makedirs(root, exist_ok=True)
+    failed = final + ".failed"
+    if not is_builder:
+        _wait_for(final, failed, poll_s)
+        return PreparedData(final)
+    with _locked(final + ".lock"):
+        if not _complete(final):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(failed)
+            tmp = f"{final}.tmp{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("data: building cache %s", final)
+            try:
+                build_cache(cfg, tokenizer, tmp, progress=progress, extra_meta={"key": key, "key_inputs": inputs})
+            except BaseException as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                with open(failed, "w") as f:
+                    f.write(f"{type(e).__name__}: {e}\n")
+                raise
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)  # atomic: readers see a complete cache or none
+    return PreparedData(final)
+
+
+class PreparedData:
+    """Read access to one cache directory; token arrays are memory-mapped, not loaded."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(os.path.join(path, "metadata.json")) as f:
+            self.meta = json.load(f)
+        self.offsets = np.load(os.path.join(path, "sample_offsets.npy"))
+        self.tokens = _memmap(os.path.join(path, "tokens.bin"), np.uint32)
+        self.supervised = _memmap(os.path.join(path, "supervised.bin"), np.uint8)
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.meta["pad_token_id"])
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.tokens[a:b], self.supervised[a:b]
+
+    def packs(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.load(os.path.join(self.path, f"packs_{split}_offsets.npy"), mmap_mode="r")
+        samples = np.load(os.path.join(self.path, f"packs_{split}_samples.npy"), mmap_mode="r")
+        return offsets, samples
+
+
+def _memmap(path: str, dtype) -> np.ndarray:
+    if os.path.getsize(path) == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "metadata.json"))
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _wait_for(final: str, failed: str, poll_s: float) -> None:
+    started = last = time.time()
+    while not _complete(final):
+        if os.path.exists(failed) and os.path.getmtime(failed) >= started - 1:
+            with open(failed) as f:
+                raise UserError(f"the data cache build on local rank 0 failed: {f.read().strip()}")
+        if time.time() - last > 60:
+            log.warning("data: still waiting for local rank 0 to build %s", final)
+            last = time.time()
+        time.sleep(poll_s)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

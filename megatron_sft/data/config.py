@@ -1,0 +1,99 @@
+"""Everything the data pipeline needs, as plain values (no dependency on the flag parser)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from megatron_sft.errors import UserError
+
+PACKING_ALGORITHMS = ("best_fit", "first_fit_decreasing")
+
+
+@dataclass
+class DataConfig:
+    """Data settings under Megatron-LM's flag dest names (`--seq-length` -> `seq_length`, ...)."""
+
+    data_path: list[str] = field(default_factory=list)
+    finetune_hf_dataset: str | None = None
+    finetune_hf_dataset_split: str = "train"
+    seq_length: int = 4096
+    split: str = "98,2,0"
+    seed: int = 1234
+    chat_template: str | None = None
+    skip_invalid: bool = False
+    drop_long_samples: bool = False
+    unmask_user: bool = False
+    eod_mask_loss: bool = False
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
+    data_cache_dir: str | None = None
+    num_workers: int = 2
+    context_parallel_size: int = 1
+    micro_batch_size: int = 1
+    global_batch_size: int | None = None
+    packing_algorithm: str = "best_fit"
+    sample_limit: int | None = None  # --sample N in tools/prepare_data.py: read only the first N records
+
+    @classmethod
+    def from_args(cls, args) -> DataConfig:
+        """Read the attributes of an argparse namespace that exist; the rest keep their defaults."""
+        values = {}
+        for f in fields(cls):
+            if hasattr(args, f.name) and getattr(args, f.name) is not None:
+                values[f.name] = getattr(args, f.name)
+        if isinstance(values.get("data_path"), str):
+            values["data_path"] = values["data_path"].split()
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @property
+    def split_fractions(self) -> tuple[float, float, float]:
+        return parse_split(self.split)
+
+    @property
+    def cp_multiple(self) -> int:
+        """Each sample is padded to this many tokens: THD context parallelism cuts it into 2*CP chunks."""
+        return 2 * self.context_parallel_size if self.context_parallel_size > 1 else 1
+
+    @property
+    def cache_root(self) -> str:
+        return self.data_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "megatron_sft", "data")
+
+    def validate(self) -> None:
+        problems = []
+        if not self.data_path and not self.finetune_hf_dataset:
+            problems.append("no data: give --data-path FILE [FILE ...] or --finetune-hf-dataset NAME")
+        if self.seq_length < 2:
+            problems.append(f"--seq-length ({self.seq_length}) must be at least 2")
+        if self.context_parallel_size < 1:
+            problems.append(f"--context-parallel-size ({self.context_parallel_size}) must be >= 1")
+        elif self.seq_length % self.cp_multiple:
+            m = self.cp_multiple
+            problems.append(
+                f"--seq-length ({self.seq_length}) must be a multiple of 2 x --context-parallel-size ({m}); "
+                f"use {self.seq_length // m * m or m}"
+            )
+        if self.packing_algorithm not in PACKING_ALGORITHMS:
+            problems.append(f"packing algorithm {self.packing_algorithm!r} is not one of {PACKING_ALGORITHMS}")
+        try:
+            parse_split(self.split)
+        except UserError as e:
+            problems.append(str(e))
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+def parse_split(split: str) -> tuple[float, float, float]:
+    """'98,2,0' (or '98/2/0', or fewer parts) -> normalised (train, valid, test) fractions."""
+    parts = [p for p in str(split).replace("/", ",").split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--split {split!r} must be comma-separated numbers such as 98,2,0") from None
+    if not 1 <= len(values) <= 3 or any(v < 0 for v in values) or sum(values) <= 0:
+        raise UserError(f"--split {split!r} needs one to three non-negative numbers with a positive sum, e.g. 98,2,0")
+    values += [0.0] * (3 - len(values))
+    total = sum(values)
+    return (values[0] / total, values[1] / total, values[2] / total)

@@ -1,0 +1,166 @@
+"""SFTDataset (usable on its own) and build_sft_datasets (what training consumes)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from megatron_sft.data.batch import build_pack, collate
+from megatron_sft.data.cache import PreparedData, prepare
+from megatron_sft.data.config import DataConfig
+from megatron_sft.data.prepare import SPLITS
+from megatron_sft.data.sharding import PackStream
+from megatron_sft.data.stats import summary_lines
+from megatron_sft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Chat SFT data, tokenized with the model's chat template, masked and packed.
+
+    Reads JSONL (or JSON, Parquet, save_to_disk folders) with `messages` (multi-turn, system / user /
+    assistant / tool), ShareGPT `conversations` or Alpaca `instruction`/`output`; trains on assistant
+    turns only (plus user turns with `unmask_user`); packs whole samples into `seq_length` tokens with
+    samples isolated from each other; pads each sample to 2*CP tokens for context parallelism.
+    Item i is one packed sequence: a dict of 1-D tensors (see megatron_sft.data.batch); batch
+    items with `SFTDataset.collate`. Tokenized data is cached in `cache_dir` and reused.
+
+        ds = SFTDataset("chat.jsonl", tokenizer, seq_length=4096)
+        loader = DataLoader(ds, batch_size=1, shuffle=True, collate_fn=SFTDataset.collate)
+    """
+
+    collate = staticmethod(collate)
+
+    def __init__(
+        self,
+        data_path: str | list[str],
+        tokenizer,
+        seq_length: int = 4096,
+        *,
+        split: str = "train",
+        split_ratio: str = "100,0,0",
+        context_parallel_size: int = 1,
+        unmask_user: bool = False,
+        chat_template: str | None = None,
+        drop_long_samples: bool = False,
+        skip_invalid: bool = False,
+        seed: int = 1234,
+        cache_dir: str | None = None,
+        num_workers: int = 1,
+        progress: bool = False,
+    ):
+        cfg = DataConfig(
+            data_path=[data_path] if isinstance(data_path, str) else list(data_path),
+            seq_length=seq_length,
+            split=split_ratio,
+            context_parallel_size=context_parallel_size,
+            unmask_user=unmask_user,
+            chat_template=chat_template,
+            drop_long_samples=drop_long_samples,
+            skip_invalid=skip_invalid,
+            seed=seed,
+            data_cache_dir=cache_dir,
+            num_workers=num_workers,
+        )
+        cfg.validate()
+        self._init(prepare(cfg, tokenizer, is_builder=True, progress=progress), split, cfg)
+
+    @classmethod
+    def from_prepared(cls, prepared: PreparedData, split: str, cfg: DataConfig) -> SFTDataset:
+        ds = cls.__new__(cls)
+        ds._init(prepared, split, cfg)
+        return ds
+
+    def _init(self, prepared: PreparedData, split: str, cfg: DataConfig) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.prepared, self.split, self.seq_length = prepared, split, cfg.seq_length
+        self.cp_multiple, self.pad_token_id = cfg.cp_multiple, prepared.pad_token_id
+        self.pack_offsets, self.pack_samples = prepared.packs(split)
+
+    @property
+    def stats(self) -> dict:
+        """metadata.json of the cache: counts, drops and why, tokens, fill, length histogram."""
+        return self.prepared.meta
+
+    @property
+    def num_conversations(self) -> int:
+        return int(self.prepared.meta["splits"][self.split]["conversations"])
+
+    def __len__(self) -> int:
+        return len(self.pack_offsets) - 1
+
+    def samples_of(self, i: int) -> list[int]:
+        """Ids of the samples (conversations) in pack i, in pack order."""
+        return [int(s) for s in self.pack_samples[self.pack_offsets[i] : self.pack_offsets[i + 1]]]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"pack {i} out of range [0, {len(self)})")
+        samples = [self.prepared.sample(s) for s in self.samples_of(i)]
+        return build_pack(samples, self.seq_length, self.pad_token_id, self.cp_multiple)
+
+
+@dataclass
+class SFTSplits:
+    """Per split, an endless stream of micro-batches for this data-parallel rank (None: empty split)."""
+
+    train: PackStream
+    valid: PackStream | None
+    test: PackStream | None
+    stats: dict
+    cache_dir: str
+
+
+def build_sft_datasets(
+    cfg: DataConfig, tokenizer, *, dp_rank: int, dp_size: int, consumed_samples: int = 0
+) -> SFTSplits:
+    """Prepare (or reuse) the cache and return the train/valid/test streams of one DP rank."""
+    cfg.validate()
+    prepared = prepare(cfg, tokenizer, progress=dp_rank == 0)
+    _log_notices(cfg, prepared)
+    streams = {}
+    for name in SPLITS:
+        ds = SFTDataset.from_prepared(prepared, name, cfg)
+        if len(ds) == 0:
+            if name == "train":
+                raise UserError(f"the training split is empty (--split {cfg.split}); give it a positive share")
+            if name == "valid":
+                log.info("data: the validation split is empty (--split %s): evaluation is skipped", cfg.split)
+            streams[name] = None
+            continue
+        streams[name] = PackStream(
+            len(ds),
+            ds.__getitem__,
+            collate,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            micro_batch_size=cfg.micro_batch_size,
+            consumed_samples=consumed_samples if name == "train" else 0,
+            shuffle=name == "train",
+            seed=cfg.seed,
+            conversations_per_epoch=ds.num_conversations,
+            name=name,
+        )
+    return SFTSplits(streams["train"], streams["valid"], streams["test"], prepared.meta, prepared.path)
+
+
+def _log_notices(cfg: DataConfig, prepared: PreparedData) -> None:
+    for line in summary_lines(prepared.meta):
+        log.info("data: %s", line)
+    if cfg.reset_position_ids or cfg.reset_attention_mask:
+        log.info(
+            "data: --reset-position-ids/--reset-attention-mask are what packing always does: position ids "
+            "restart and attention stays inside each sample (block-diagonal mask, cu_seqlens)"
+        )
+    if cfg.eod_mask_loss:
+        eot = prepared.meta["template"]["end_of_turn"]
+        log.info(
+            "data: --eod-mask-loss masks the padding token (id %d) only; end-of-turn %s stays trained, and "
+            "padding between samples never had loss",
+            prepared.pad_token_id,
+            eot,
+        )

@@ -1,0 +1,127 @@
+"""The prepared-data cache: reuse, key, one builder under a lock, metadata, parallel = serial."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+
+import pytest
+
+from megatron_sft.data import cache
+from megatron_sft.data.config import DataConfig
+from megatron_sft.errors import UserError
+from megatron_sft.tiny import make_tiny_tokenizer
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "d.jsonl"
+    recs = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i}"},
+                {"role": "assistant", "content": "answer " * (i % 20 + 1), "reasoning_content": "thinking " * (i % 3)},
+            ]
+        }
+        for i in range(1500)
+    ]
+    recs += [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "long " * 200}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return DataConfig(
+        data_path=[str(path)], seq_length=128, split="90,10,0", data_cache_dir=str(tmp_path / "c"), num_workers=1
+    )
+
+
+def test_reuse_and_what_changes_the_key(data, monkeypatch, tmp_path):
+    tok = make_tiny_tokenizer("qwen3")
+    first = cache.prepare(data, tok, progress=False)
+    monkeypatch.setattr(cache, "build_cache", lambda *a, **k: pytest.fail("rebuilt a cache that exists"))
+    assert cache.prepare(data, tok, progress=False).path == first.path
+    assert cache.prepare(dataclasses.replace(data, num_workers=2), tok, progress=False).path == first.path
+    key = cache.cache_key(data, tok)[0]
+    template = tmp_path / "t.jinja"
+    template.write_text(tok.chat_template + " ")
+    for change in (
+        {"seq_length": 256},
+        {"context_parallel_size": 2},
+        {"unmask_user": True},
+        {"drop_long_samples": True},
+        {"skip_invalid": True},
+        {"split": "80,20,0"},
+        {"seed": 1},
+        {"eod_mask_loss": True},
+        {"packing_algorithm": "first_fit_decreasing"},
+        {"sample_limit": 5},
+        {"chat_template": str(template)},
+    ):
+        assert cache.cache_key(dataclasses.replace(data, **change), tok)[0] != key, change
+    assert cache.cache_key(data, make_tiny_tokenizer("llama3"))[0] != key
+    with open(data.data_path[0], "a") as f:
+        f.write(
+            json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}) + "\n"
+        )
+    assert cache.cache_key(data, tok)[0] != key  # the data file changed
+
+
+def test_metadata_reports_everything(data):
+    meta = cache.prepare(data, make_tiny_tokenizer("qwen3"), progress=False).meta
+    stats = meta["stats"]
+    assert stats["records_read"] == 1501 and stats["samples_kept"] == 1501 and stats["truncated"] == 1
+    assert stats["template_dropped_content"] == {}  # single-turn: the final reasoning is rendered
+    assert stats["tokens"] == meta["splits"]["train"]["tokens"] + meta["splits"]["valid"]["tokens"]
+    assert 0 < stats["supervised_tokens"] < stats["tokens"]
+    assert sum(stats["length_histogram"].values()) == 1501 and "<=128" in stats["length_histogram"]
+    assert meta["splits"]["train"]["conversations"] == 1351 and meta["splits"]["valid"]["conversations"] == 150
+    assert meta["splits"]["train"]["fill"] > 0.9
+    assert meta["template"]["end_of_turn"] == "<|im_end|>"
+    assert "truncated" in stats["explain"]
+
+
+def test_parallel_workers_give_identical_arrays(data, tmp_path):
+    tok = make_tiny_tokenizer("qwen3")
+    serial = cache.prepare(data, tok, progress=False)
+    parallel = cache.prepare(
+        dataclasses.replace(data, num_workers=2, data_cache_dir=str(tmp_path / "p")), tok, progress=False
+    )
+    for name in ("tokens.bin", "supervised.bin", "sample_offsets.npy", "packs_train_samples.npy"):
+        with open(os.path.join(serial.path, name), "rb") as a, open(os.path.join(parallel.path, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def _race(cfg, is_builder, log_path):
+    def counting_build(*args, **kwargs):
+        with open(log_path, "a") as f:
+            f.write("build\n")
+        return real_build(*args, **kwargs)
+
+    real_build = cache.build_cache
+    cache.build_cache = counting_build
+    cache.prepare(cfg, make_tiny_tokenizer("qwen3"), is_builder=is_builder, progress=False, poll_s=0.05)
+
+
+def test_one_build_under_the_lock_others_wait(data, tmp_path):
+    make_tiny_tokenizer("qwen3")  # trained once here, inherited by the forked processes
+    log_path = tmp_path / "builds.txt"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_race, args=(data, b, str(log_path))) for b in (False, True, True, False)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert log_path.read_text() == "build\n"
+    assert len(cache.prepare(data, make_tiny_tokenizer("qwen3"), is_builder=False)) == 1501
+
+
+def test_waiters_see_a_failed_build(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    cfg = DataConfig(data_path=[str(bad)], seq_length=64, data_cache_dir=str(tmp_path / "c"), num_workers=1)
+    with pytest.raises(UserError, match="bad.jsonl:1"):
+        cache.prepare(cfg, make_tiny_tokenizer("qwen3"), progress=False)
+    key = cache.cache_key(cfg, make_tiny_tokenizer("qwen3"))[0]
+    os.utime(os.path.join(cfg.data_cache_dir, key + ".failed"))
+    with pytest.raises(UserError, match="build on local rank 0 failed.*bad.jsonl:1"):
+        cache.prepare(cfg, make_tiny_tokenizer("qwen3"), is_builder=False, poll_s=0.01)
