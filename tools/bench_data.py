@@ -126,7 +126,9 @@ def timed_build(path: str, tok, workers: int, out: str, seq_length: int = 4096):
     return time.perf_counter() - t0, meta
 
 
-def throughput(work: str, n: int, family: str) -> None:
+def throughput(work: str, n: int, family: str, repeats: int) -> None:
+    """Raw tokenizer vs end-to-end with 1 and 2 processes, interleaved `repeats` times; the best time
+    of each is kept, so that other load on the machine distorts the ratios as little as possible."""
     from megatron_sft.data.render import ChatRenderer
     from megatron_sft.tiny import make_tiny_tokenizer
 
@@ -137,26 +139,33 @@ def throughput(work: str, n: int, family: str) -> None:
     with open(path) as f:
         texts = [renderer.render_text([json.loads(line)["messages"]])[0] for line in f]
     backend = tok.backend_tokenizer
-    t0 = time.perf_counter()
-    raw_tokens = sum(
-        len(e.ids)
-        for i in range(0, len(texts), 512)
-        for e in backend.encode_batch(texts[i : i + 512], add_special_tokens=False)
-    )
-    raw_s = time.perf_counter() - t0
-    one_s, meta = timed_build(path, tok, 1, os.path.join(work, "c1"))
-    two_s, _ = timed_build(path, tok, 2, os.path.join(work, "c2"))
+    best = {"raw": float("inf"), "one": float("inf"), "two": float("inf")}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        raw_tokens = sum(
+            len(e)
+            for i in range(0, len(texts), 512)
+            for e in backend.encode_batch(texts[i : i + 512], add_special_tokens=False)
+        )
+        best["raw"] = min(best["raw"], time.perf_counter() - t0)
+        one_s, meta = timed_build(path, tok, 1, os.path.join(work, "c1"))
+        two_s, _ = timed_build(path, tok, 2, os.path.join(work, "c2"))
+        best["one"], best["two"] = min(best["one"], one_s), min(best["two"], two_s)
     tokens = meta["stats"]["tokens"]
     assert tokens == raw_tokens, (tokens, raw_tokens)  # the same texts, the same tokens
-    print(f"[throughput] {n} conversations (1-3 turns, 30% with reasoning), {tokens} tokens, tiny {family} tokenizer")
+    raw_s, one_s, two_s = best["raw"], best["one"], best["two"]
+    print(
+        f"[throughput] {n} conversations (1-3 turns, 30% with reasoning), {tokens:,} tokens, tiny {family} "
+        f"tokenizer; best of {repeats} interleaved runs"
+    )
     print(f"  raw batched tokenizer (encode_batch, same rendered texts): {tokens / raw_s:,.0f} tokens/s")
     print(
-        f"  end-to-end preparation, 1 process:  {tokens / one_s:,.0f} tokens/s "
-        f"-> ratio {raw_s / one_s:.2f} (goal >= 0.5)"
+        f"  end-to-end preparation, 1 process: {tokens / one_s:,.0f} tokens/s -> ratio {raw_s / one_s:.2f} (goal >= 0.5)"
     )
     print(
-        f"  end-to-end preparation, 2 workers:  {tokens / two_s:,.0f} tokens/s -> speed-up {one_s / two_s:.2f}x "
-        f"(on {os.cpu_count()} cores)"
+        f"  end-to-end preparation, 2 workers: {tokens / two_s:,.0f} tokens/s -> speed-up {one_s / two_s:.2f}x "
+        f"(machine has {os.cpu_count()} cores; the 1-process mode already overlaps Jinja rendering with the "
+        "multi-threaded tokenizer)"
     )
 
 
@@ -261,16 +270,20 @@ def main() -> int:
         rss_child(*sys.argv[2:5])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--conversations", type=int, default=20000)
+    parser.add_argument("--conversations", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-conversations", type=int, default=1_000_000)
     parser.add_argument("--rss-budget-s", type=float, default=180)
     parser.add_argument("--family", default="qwen3")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    import logging
+
+    logging.getLogger("megatron_sft").setLevel(logging.ERROR)  # the data's "logged once" notices
     work = args.workdir or tempfile.mkdtemp(prefix="bench_data_")
     os.makedirs(work, exist_ok=True)
     try:
-        throughput(work, args.conversations, args.family)
+        throughput(work, args.conversations, args.family, args.repeats)
         rss(work, args.rss_conversations, args.family, args.rss_budget_s)
         packing_fill()
     finally:

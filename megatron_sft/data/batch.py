@@ -6,6 +6,15 @@ sample: labels[i] = tokens[i+1], loss_mask[i] = 1 if token i+1 is supervised; th
 sample (and all padding) predicts nothing, so no loss crosses a sample boundary. Position ids restart
 at 0 in every segment; the attention mask is block-diagonal causal (True = masked, Megatron's local
 spec convention) and cu_seqlens carries the same segmentation for THD attention.
+
+A micro-batch (`collate`) holds:
+  tokens, labels [B, S] int64; loss_mask [B, S] float32 (aligned with labels); position_ids [B, S] int64;
+  attention_mask [B, 1, S, S] bool, True = masked;
+  cu_seqlens: int32 [n+1] for B=1, else a list of those per row: real sample lengths, cumulated, the
+      trailing padding counted as one more segment; cu_seqlens_padded: the same with each sample's
+      CP padding included (equal to cu_seqlens without context parallelism); max_seqlen: int;
+  num_supervised: int64 scalar, the number of loss tokens; num_padding: int64 scalar, the tokens of the
+      trailing padding segments (their segments are the last of each row's cu_seqlens).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ def build_pack(
     row = {k: torch.from_numpy(v) for k, v in zip(PACK_KEYS, (tokens, labels, loss_mask, position_ids))}
     row["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32)
     row["cu_seqlens_padded"] = torch.tensor(cu_padded, dtype=torch.int32)
+    row["num_padding"] = seq_length - at  # tokens of the trailing padding segment (0: the pack is full)
     return row
 
 
@@ -67,6 +77,7 @@ def collate(rows: list[dict], with_attention_mask: bool = True) -> dict:
     batch["cu_seqlens_padded"] = cu_padded[0] if len(rows) == 1 else cu_padded
     batch["max_seqlen"] = int(max(int((c[1:] - c[:-1]).max()) for c in cu_padded))
     batch["num_supervised"] = batch["loss_mask"].sum().to(torch.int64)
+    batch["num_padding"] = torch.tensor(sum(int(r.get("num_padding", 0)) for r in rows), dtype=torch.int64)
     return batch
 
 

@@ -33,12 +33,11 @@ CACHE_FORMAT = 1
 def cache_key(cfg: DataConfig, tokenizer) -> tuple[str, dict]:
     sources = parse_sources(cfg.data_path, cfg.finetune_hf_dataset, cfg.finetune_hf_dataset_split)
     template = read_chat_template(cfg.chat_template) or getattr(tokenizer, "chat_template", None) or ""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
     inputs = {
         "format": CACHE_FORMAT,
         "packer_version": PACKER_VERSION,
         "sources": [{**fingerprint(s), "weight": s.weight} for s in sources],
-        "tokenizer": _sha(backend.to_str() if backend is not None else repr(tokenizer)),
+        "tokenizer": _tokenizer_digest(tokenizer),
         "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
         "chat_template": _sha(json.dumps(template, sort_keys=True)),
         "seq_length": cfg.seq_length,
@@ -102,6 +101,12 @@ class PreparedData:
         self.tokens = _memmap(os.path.join(path, "tokens.bin"), np.uint32)
         self.supervised = _memmap(os.path.join(path, "supervised.bin"), np.uint8)
 
+    def __getstate__(self) -> dict:  # DataLoader workers re-open the files instead of copying the arrays
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
     @property
     def pad_token_id(self) -> int:
         return int(self.meta["pad_token_id"])
@@ -149,6 +154,18 @@ def _wait_for(final: str, failed: str, poll_s: float) -> None:
             log.warning("data: still waiting for local rank 0 to build %s", final)
             last = time.time()
         time.sleep(poll_s)
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """Hash of the tokenizer's vocabulary and pipeline, without the truncation/padding state that
+    transformers changes on the object as it is used."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return _sha(repr(tokenizer))
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return _sha(json.dumps(spec, sort_keys=True))
 
 
 def _sha(text: str) -> str:

@@ -81,6 +81,19 @@ class SFTDataset(torch.utils.data.Dataset):
         self.cp_multiple, self.pad_token_id = cfg.cp_multiple, prepared.pad_token_id
         self.pack_offsets, self.pack_samples = prepared.packs(split)
 
+    def __getstate__(self) -> dict:  # pickled for DataLoader workers: re-open, never copy, the arrays
+        return {
+            "prepared": self.prepared,
+            "split": self.split,
+            "seq_length": self.seq_length,
+            "cp_multiple": self.cp_multiple,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.pad_token_id = self.prepared.pad_token_id
+        self.pack_offsets, self.pack_samples = self.prepared.packs(self.split)
+
     @property
     def stats(self) -> dict:
         """metadata.json of the cache: counts, drops and why, tokens, fill, length histogram."""

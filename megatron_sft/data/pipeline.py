@@ -54,6 +54,10 @@ class ChunkProcessor:
         self.masked_id = _eod_id_to_mask(tokenizer, self.renderer.end_of_turn) if eod_mask_loss else None
 
     def __call__(self, chunk: RawChunk) -> ChunkResult:
+        return self.tokenize(*self.render(chunk))
+
+    def render(self, chunk: RawChunk) -> tuple[RawChunk, DataStats, list, list]:
+        """Stage 1 (Python): decode, validate and render every record of the chunk."""
         stats = DataStats()
         rendered, wheres = [], []
         for n, item in chunk.items:
@@ -70,6 +74,10 @@ class ChunkProcessor:
                 stats.count("invalid", e.reason, where)
             except NothingToTrain as e:
                 stats.count("dropped", e.reason, where)
+        return chunk, stats, rendered, wheres
+
+    def tokenize(self, chunk: RawChunk, stats: DataStats, rendered: list, wheres: list) -> ChunkResult:
+        """Stage 2 (mostly Rust, which releases the GIL): tokenize, mask, truncate or drop."""
         kept_tokens, kept_sup = [], []
         for (ids, sup), r, where in zip(self.encoder.encode(rendered), rendered, wheres):
             if len(ids) > self.seq_length:
@@ -123,7 +131,7 @@ def _run_in_worker(chunk: RawChunk) -> ChunkResult:
 def chunk_mapper(processor: ChunkProcessor, num_workers: int) -> Iterator[Callable[[Iterable], Iterator]]:
     """A function mapping chunks to results in order, over `num_workers` processes (1: in this process)."""
     if num_workers <= 1:
-        yield lambda chunks: map(processor, chunks)
+        yield lambda chunks: _two_stage(processor, chunks)
         return
     import multiprocessing as mp
 
@@ -144,6 +152,22 @@ def chunk_mapper(processor: ChunkProcessor, num_workers: int) -> Iterator[Callab
     finally:
         pool.terminate()
         pool.join()
+
+
+def _two_stage(processor: ChunkProcessor, chunks: Iterable[RawChunk]) -> Iterator[ChunkResult]:
+    # One process: chunk k is tokenized on a thread (the Rust tokenizer releases the GIL) while this
+    # thread renders chunk k+1 with Jinja, so rendering and tokenizing overlap instead of adding up.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for chunk in chunks:
+            staged = processor.render(chunk)
+            if pending is not None:
+                yield pending.result()
+            pending = pool.submit(processor.tokenize, *staged)
+        if pending is not None:
+            yield pending.result()
 
 
 def _bounded_ordered_map(pool, chunks: Iterable[RawChunk], in_flight: int) -> Iterator[ChunkResult]:

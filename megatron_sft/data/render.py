@@ -74,12 +74,13 @@ class ChatRenderer:
         (text,) = self.render_text([[{"role": "user", "content": "probe"}, {"role": "assistant", "content": marker}]])
         after = text[text.find(marker) + len(marker) :]
         hits = [(after.find(s), s) for s in self._specials if s and after.find(s) >= 0]
-        if not hits or after[: min(hits)[0]].strip():
+        first = min((at for at, _ in hits), default=-1)
+        if first < 0 or after[:first].strip():
             raise UserError(
                 "the chat template emits no special end-of-turn token right after an assistant turn "
                 f"(it emits {after[:40]!r}); use a template whose turns end with one, via --chat-template FILE"
             )
-        return min(hits)[1]
+        return max((s for at, s in hits if at == first), key=len)
 
     # -- spans ----------------------------------------------------------------------------------
     def render(self, conv: Conversation, where: str = "?") -> Rendered:
@@ -92,7 +93,7 @@ class ChatRenderer:
             full, probe = self.render_text([conv.messages, replaced], conv.tools)
             spans = self._spans_together(full, probe, conv, trained)
             if spans is None:
-                spans = [self._span_alone(full, conv, i) for i in trained]
+                spans = [span for i in trained if (span := self._span_alone(full, conv, i)) is not None]
         except Exception as e:  # noqa: BLE001 - a Jinja error or raise_exception(): the record is at fault
             raise InvalidRecord(where, f"the chat template rejected the conversation: {e}", "template_error") from None
         return Rendered(full, spans, self._dropped(full, conv))
@@ -130,10 +131,14 @@ class ChatRenderer:
             pos = end + len(eot)
         return spans if full[pos:] == pieces[-1] else None
 
-    def _span_alone(self, full: str, conv: Conversation, i: int) -> tuple[int, int]:
+    def _span_alone(self, full: str, conv: Conversation, i: int) -> tuple[int, int] | None:
+        """Span of turn i from a render with only that turn replaced; None if the template does not render
+        the turn at all (its content is then counted as dropped by the template)."""
         msgs = list(conv.messages)
         msgs[i] = {"role": msgs[i]["role"], "content": _SENTINEL.format(i)}
         (probe,) = self.render_text([msgs], conv.tools)
+        if probe == full:
+            return None
         head = _common_prefix(full, probe)
         tail = min(_common_prefix(full[::-1], probe[::-1]), min(len(full), len(probe)) - head)
         end = full.find(self.end_of_turn, len(full) - tail)

@@ -169,7 +169,13 @@ def _datasets(source: Source) -> Iterator[tuple[int, dict]]:
     if source.kind == "saved":
         ds = datasets.load_from_disk(source.spec)
     else:
-        ds = datasets.load_dataset(source.spec, split=source.hf_split)
+        try:
+            ds = datasets.load_dataset(source.spec, split=source.hf_split)
+        except Exception as e:  # noqa: BLE001 - network, auth, unknown name: all end the run the same way
+            raise UserError(
+                f"--finetune-hf-dataset {source.spec} (split {source.hf_split!r}) could not be loaded: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; check the name, or give a local file"
+            ) from None
     if isinstance(ds, datasets.DatasetDict):
         if source.hf_split not in ds:
             raise UserError(f"{source.spec} has splits {list(ds)}, not {source.hf_split!r}; pick one")

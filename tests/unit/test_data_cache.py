@@ -41,6 +41,8 @@ def test_reuse_and_what_changes_the_key(data, monkeypatch, tmp_path):
     assert cache.prepare(data, tok, progress=False).path == first.path
     assert cache.prepare(dataclasses.replace(data, num_workers=2), tok, progress=False).path == first.path
     key = cache.cache_key(data, tok)[0]
+    tok(["a b c"], padding="max_length", max_length=16, truncation=True)  # changes the backend's state
+    assert cache.cache_key(data, tok)[0] == key
     template = tmp_path / "t.jinja"
     template.write_text(tok.chat_template + " ")
     for change in (

@@ -231,3 +231,18 @@ def test_spans_found_alone_equal_spans_found_together():
         "c" + IM_END,
         "<think>\n\n</think>\n\nd" + IM_END,
     ]
+
+
+def test_end_of_turn_text_inside_content_and_turns_the_template_leaves_out():
+    # The literal end-of-turn inside an answer must not end its span early.
+    record = msgs(("user", "how do turns end?"), ("assistant", "with <|im_end|> here"))
+    assert loss_runs("qwen3", record)[0] == ["<think>\n\n</think>\n\nwith <|im_end|> here" + IM_END]
+    # A template that renders only the last assistant turn: the earlier one has no span and is counted.
+    only_last = (
+        "{% for m in messages %}{% if m.role != 'assistant' or loop.last %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    record = msgs(("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2"))
+    runs, stats = loss_runs("qwen3", record, chat_template=only_last)
+    assert runs == ["a2" + IM_END] and dict(stats.template_dropped) == {"content": 1}

@@ -66,6 +66,18 @@ def test_every_source_kind_gives_the_same_samples(tmp_path, monkeypatch):
     assert all_tokens(PreparedData(str(tmp_path / "hub"))) == reference
 
 
+def test_hub_loading_failure_is_one_clear_error(tmp_path, monkeypatch):
+    import datasets
+
+    def offline(name, split):
+        raise ConnectionError("no network\ndetails")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    cfg = DataConfig(finetune_hf_dataset="org/missing", seq_length=64, num_workers=1)
+    with pytest.raises(UserError, match=r"^--finetune-hf-dataset org/missing .*ConnectionError: no network;"):
+        build_cache(cfg, make_tiny_tokenizer("qwen3"), str(tmp_path / "c"), progress=False)
+
+
 def test_data_path_parsing():
     with pytest.raises(UserError, match="not found"):
         parse_sources(["missing/file.jsonl"], None)
@@ -112,3 +124,24 @@ def test_empty_validation_split_skips_evaluation_with_one_notice(tmp_path, caplo
     notices = [r for r in caplog.records if "validation split is empty" in r.getMessage()]
     assert len(notices) == 1 and notices[0].levelno == logging.INFO
     assert next(iter(splits.train))["tokens"].shape == (1, 128)
+
+
+def test_sft_dataset_standalone_with_a_dataloader(tmp_path):
+    import pickle
+
+    import torch
+
+    from megatron_sft.data import SFTDataset
+
+    path = write_jsonl(tmp_path / "d.jsonl", records(30))
+    ds = SFTDataset(
+        path, make_tiny_tokenizer("qwen3"), seq_length=64, context_parallel_size=2, cache_dir=str(tmp_path / "c")
+    )
+    assert ds.num_conversations == 30 and len(ds) >= 1
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(pickle.dumps(ds)) < 2000  # the arrays are re-opened, not copied
+    assert torch.equal(clone[0]["tokens"], ds[0]["tokens"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=SFTDataset.collate)
+    batch = next(iter(loader))
+    assert batch["tokens"].shape == (2, 64) and isinstance(batch["cu_seqlens_padded"], list)
+    assert all(((c[1:] - c[:-1]) % 4 == 0).all() for c in batch["cu_seqlens_padded"])  # 2 x CP
