@@ -73,8 +73,13 @@ def _recompute_fields(args) -> dict:
     )
 
 
-def transformer_config(args):
-    """TransformerConfig for the resolved architecture and layout in `args`."""
+def transformer_config(args, skip_init: bool = False):
+    """TransformerConfig for the resolved architecture and layout in `args`.
+
+    `skip_init` leaves weights uninitialised (they are about to be loaded): minutes saved on big
+    models. Only for conversion and inference: Megatron-Core marks tensor-parallel weights
+    (`tensor_model_parallel`) only while initialising them, and the gradient norm needs that mark.
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     on_cpu = args.device == "cpu"
@@ -109,8 +114,7 @@ def transformer_config(args):
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu_initialization=on_cpu,
-        # Weights that are about to be loaded need no random initialisation (big models: minutes).
-        perform_initialization=not getattr(args, "load", None),
+        perform_initialization=not skip_init,
         attention_softmax_in_fp32=True,
         # The loss is a sum over supervised tokens; Megatron divides the gradients by the token
         # count of the whole global batch (all micro-batches, DP and CP ranks) in finalize_model_grads.

@@ -55,7 +55,9 @@ MEGATRON_DEFAULTS: dict[str, Any] = {
     "make_vocab_size_divisible_by": 128,
 }
 # Hyper-parameters a checkpoint records but a run may change: a differing flag is a notice, not an error.
-TUNABLE_KEYS = ("attention_dropout", "hidden_dropout", "init_method_std")
+TUNABLE_KEYS = (
+    "attention_dropout", "hidden_dropout", "init_method_std", "moe_aux_loss_coeff", "moe_router_load_balancing_type",
+)
 # Taken from the record when not given, never compared: they do not change what the weights mean.
 SOFT_KEYS = ("group_query_attention", "make_vocab_size_divisible_by")
 

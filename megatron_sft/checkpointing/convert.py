@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def build_and_load(args) -> list:
     """Model chunks for this rank's layout, with the weights --load points at."""
-    chunks = build_model_chunks(args, transformer_config(args), padded_vocab_size(args))
+    chunks = build_model_chunks(args, transformer_config(args, skip_init=True), padded_vocab_size(args))
     load_weights(args, chunks)
     for chunk in chunks:
         chunk.eval()

@@ -21,6 +21,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 _ENABLED = False
+_CPU = torch.device("cpu")
 
 # CPU tensor type names -> the CUDA names Megatron's optimizers compare against.
 _CUDA_TYPE_NAMES = {
@@ -95,7 +96,9 @@ def _set_rng_state(new_state, device=-1, graph_safe=False):
 
 def _patch_torch_cuda() -> None:
     cuda = torch.cuda
-    cuda.current_device = lambda: 0
+    # A device object, not the index 0: code that runs outside the function mode (autograd's
+    # backward of Megatron's custom Functions) passes it straight to torch.empty(device=...).
+    cuda.current_device = lambda: _CPU
     cuda.device_count = lambda: 0
     cuda.set_device = lambda *a, **k: None
     cuda.synchronize = lambda *a, **k: None

@@ -89,6 +89,7 @@ class Trainer:
         self.data = _build_data(args, self.tokenizer, self.state.consumed_samples)
         self.train_batches = iter(self.data.train)
         self.history: list[tuple[int, float]] = []
+        self.records: list[dict] = []  # every step's figures, for tests and tools
         self.eval_history: list[tuple[int, float]] = []
         self.last_save: str | None = None
         self.saved_iteration: int | None = None
@@ -151,6 +152,7 @@ class Trainer:
         reason = None
         while self.state.iteration < total and reason is None:
             figures = self.step()
+            self.records.append(figures)
             progress.update(self.state.iteration, figures)
             self.reporters.scalars({f"train/{k}": v for k, v in figures.items()}, self.state.iteration)
             self.maybe_evaluate()

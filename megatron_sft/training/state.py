@@ -82,11 +82,28 @@ def read_train_state(ckpt_dir: Path) -> TrainState | None:
     return TrainState(**json.loads(path.read_text()))
 
 
+def _inner_optimizers(optimizer) -> list:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _allocate_optimizer_state(optimizer) -> None:
+    """A fresh torch Adam has no state, and Megatron's sharded_state_dict(is_loading=True) needs it
+    (it reads the per-param 'step'). Allocate it with one zero-gradient step: every value is
+    overwritten by the load that follows."""
+    for opt in _inner_optimizers(optimizer):
+        torch_opt = getattr(opt, "optimizer", None)
+        if torch_opt is None or len(torch_opt.state) > 0:
+            continue
+        if hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+            opt._init_optimizer_states_with_dummy_values()
+        elif getattr(opt, "init_state_fn", None) is not None:
+            opt.init_state_fn(torch_opt, getattr(opt, "config", None))
+
+
 def _restore_adam_step(optimizer, steps: int) -> None:
     """Megatron's checkpoint keeps Adam's moments but not torch Adam's per-param step counter;
     without this, bias correction restarts and the resumed run diverges from the straight one."""
-    inner = getattr(optimizer, "chained_optimizers", [optimizer])
-    for opt in inner:
+    for opt in _inner_optimizers(optimizer):
         torch_opt = getattr(opt, "optimizer", None)
         if torch_opt is None:
             continue
@@ -110,6 +127,7 @@ def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
             f"TP={now['tp']} PP={now['pp']} EP={now['ep']}; the optimizer state only reshards over DP: resume at "
             "the saved TP/PP/EP, or add --finetune to start a new run from its weights"
         )
+    _allocate_optimizer_state(model.optimizer)
     sharded = _training_sharded_state(model, is_loading=True, with_rng=saved.get("dp") == now["dp"])
     loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
     chunks = [unwrap(c) for c in model.chunks]

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     assert torch.empty(3, device="cuda").device.type == "cpu"
     assert torch.zeros(2).cuda().device.type == "cpu"
     assert torch.zeros(2).to("cuda:0").device.type == "cpu"
-    assert torch.cuda.current_device() == 0
+    assert torch.empty(2, device=torch.cuda.current_device()).device.type == "cpu"
     assert torch.zeros(2).type() == "torch.cuda.FloatTensor"
     assert torch.zeros(2, dtype=torch.bfloat16).type() == "torch.cuda.BFloat16Tensor"
     assert torch.zeros(2).type(torch.float64).dtype == torch.float64  # conversions untouched

@@ -1,0 +1,120 @@
+"""Training checks, several runs per launch (one launch per world size).
+
+    torchrun --nproc_per_node=N training.py --models DIR --data FILE --out DIR
+
+Rank 0 writes OUT/results_ws<N>.json: per named run, the figures of every step (loss, grad norm).
+At world size 1 it also writes the first global batch of the reference run for the test to
+recompute the loss with transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from pathlib import Path
+
+TUTORIAL = (  # the reference tutorial's torchrun flags; only tiny-model values and paths differ
+    "--bf16 --no-masked-softmax-fusion --disable-bias-linear --position-embedding-type rope --no-rope-fusion "
+    "--normalization RMSNorm --swiglu --num-layers 4 --hidden-size 64 --ffn-hidden-size 128 "
+    "--num-attention-heads 8 --group-query-attention --num-query-groups 4 --kv-channels 16 --qk-layernorm "
+    "--seq-length 128 --max-position-embeddings 2048 --tokenizer-type HuggingFaceTokenizer "
+    "--tokenizer-model {model} --make-vocab-size-divisible-by 128 --use-mcore-models --rotary-percent 1.0 "
+    "--rotary-base 1000000 --no-bias-swiglu-fusion --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 "
+    "--micro-batch-size 1 --train-samples 8 --lr-decay-samples 8 --lr-warmup-samples 0 --split 100,0,0 "
+    "--finetune-hf-dataset {data} --lr 5.0e-6 --min-lr 1.0e-7 "
+    "--lr-decay-style cosine --clip-grad 1.0 --weight-decay 0.0 --adam-beta1 0.9 --adam-beta2 0.95 "
+    "--use-distributed-optimizer --no-gradient-accumulation-fusion --reset-position-ids --reset-attention-mask "
+    "--eod-mask-loss --attention-dropout 0.0 --hidden-dropout 0.0 --no-check-for-nan-in-loss-and-grad "
+    "--eval-iters 1 --eval-interval 1000 --save-interval 1000 --log-interval 100 --auto-detect-ckpt-format "
+    "--export-te-mcore-model --finetune --load {model} --save {save}"
+)
+
+# name -> (world size, flags); GBS 4 everywhere, so every run sees the same global batch.
+LAYOUTS = {
+    "tp1pp1dp1_mb4": (1, "--micro-batch-size 1"),
+    "tp1pp1dp1_mb1": (1, "--micro-batch-size 4"),
+    "tp2": (2, "--tensor-model-parallel-size 2"),
+    "tp2_sp": (2, "--tensor-model-parallel-size 2 --sequence-parallel"),
+    "pp2": (2, "--pipeline-model-parallel-size 2"),
+    "dp2": (2, "--use-distributed-optimizer"),
+    "tp2pp2": (4, "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2"),
+    "pp4": (4, "--pipeline-model-parallel-size 4"),
+    "moe_ep1_dp2": (2, "--moe-aux-loss-coeff 0"),
+    "moe_ep2_dp2": (2, "--moe-aux-loss-coeff 0 --expert-model-parallel-size 2"),
+}
+
+
+def common(model: Path, data: Path, cache: Path) -> str:
+    return (f"--load {model} --data-path {data} --data-cache-dir {cache} --device cpu --seq-length 64 "
+            "--global-batch-size 4 --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine --log-interval 1000 "
+            "--split 100,0,0 --seed 7 --distributed-timeout-minutes 3")
+
+
+def train(flags: str, capture: list | None = None) -> list[dict]:
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.runtime.distributed import init_from_args
+    from megatron_sft.training.loop import Trainer
+
+    args = parse_args(shlex.split(flags))
+    init_from_args(args)
+    trainer = Trainer(args)
+    if capture is not None:  # record the global batches this rank trains on
+        original = trainer.next_global_batch
+        trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
+    trainer.run()
+    return [{"loss": r["loss"], "grad_norm": r["grad_norm"]} for r in trainer.records]
+
+
+def layout_runs(ws: int, cli, results: dict) -> None:
+    for name, (size, flags) in LAYOUTS.items():
+        if size != ws:
+            continue
+        model = cli.models / ("qwen3_moe" if name.startswith("moe") else "qwen3")
+        capture = [] if name == "tp1pp1dp1_mb4" else None
+        results[name] = train(f"{common(model, cli.data, cli.out / 'cache')} {flags} --train-iters 1", capture)
+        if capture:
+            import torch
+
+            torch.save(capture[0], cli.out / "first_global_batch.pt")
+
+
+def resume_runs(ws: int, cli, results: dict) -> None:
+    """20 straight vs 10 + resume 10 (DP=2); at DP=1, resume the DP=2 checkpoint for one step."""
+    base = f"{common(cli.models / 'qwen3', cli.data, cli.out / 'cache')} --use-distributed-optimizer"
+    if ws == 2:
+        results["straight20"] = train(f"{base} --train-iters 20")
+        ckpt = cli.out / "resume_ckpt"
+        results["first10"] = train(f"{base} --train-iters 20 --exit-interval 10 --save {ckpt}")
+        results["resumed10"] = train(f"{base.replace(str(cli.models / 'qwen3'), str(ckpt))} --train-iters 20")
+    if ws == 1:
+        ckpt = cli.out / "resume_ckpt"
+        results["dp1_resumes_dp2"] = train(
+            f"{base.replace(str(cli.models / 'qwen3'), str(ckpt))} --train-iters 11")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("--models", "--data", "--out"):
+        parser.add_argument(flag, type=Path, required=True)
+    parser.add_argument("--long-data", type=Path)
+    cli = parser.parse_args()
+    ws = int(os.environ["WORLD_SIZE"])
+    results: dict = {}
+    layout_runs(ws, cli, results)
+    resume_runs(ws, cli, results)
+    if ws == 1:
+        results["learn"] = train(f"{common(cli.models / 'qwen3', cli.long_data, cli.out / 'cache')} "
+                                 "--train-iters 60 --lr 3e-3 --lr-warmup-iters 5")
+        tutorial = TUTORIAL.format(model=cli.models / "qwen3", data=cli.data, save=cli.out / "tutorial_ckpt")
+        results["tutorial"] = train(f"{tutorial} --device cpu --data-cache-dir {cli.out / 'cache'}")
+    if int(os.environ["RANK"]) == 0:
+        (cli.out / f"results_ws{ws}.json").write_text(json.dumps(results, indent=1))
+    from megatron_sft.runtime.distributed import shutdown
+
+    shutdown()
+
+
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file
+    main()
