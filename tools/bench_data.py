@@ -3,7 +3,8 @@
   1. throughput ratio = end-to-end preparation (read, render, tokenize, mask, pack, write; one process)
                         / raw batched tokenizer throughput on the same rendered texts (goal >= 0.5)
   2. speed-up with 2 worker processes over 1
-  3. peak RSS while preparing 1M short synthetic conversations (goal < 1 GiB), 2 workers
+  3. peak memory while preparing 1M short synthetic conversations with 2 workers (goal < 1 GiB): RSS of
+     each process, and the PSS of all processes together (forked workers share pages with the parent)
   4. packing fill: best fit vs plain greedy concatenation vs padding each sample to seq-length
 
     python tools/bench_data.py [--conversations 20000] [--rss-conversations 1000000] [--family qwen3]
@@ -160,7 +161,8 @@ def throughput(work: str, n: int, family: str, repeats: int) -> None:
     )
     print(f"  raw batched tokenizer (encode_batch, same rendered texts): {tokens / raw_s:,.0f} tokens/s")
     print(
-        f"  end-to-end preparation, 1 process: {tokens / one_s:,.0f} tokens/s -> ratio {raw_s / one_s:.2f} (goal >= 0.5)"
+        f"  end-to-end preparation, 1 process: {tokens / one_s:,.0f} tokens/s "
+        f"-> ratio {raw_s / one_s:.2f} (goal >= 0.5)"
     )
     print(
         f"  end-to-end preparation, 2 workers: {tokens / two_s:,.0f} tokens/s -> speed-up {one_s / two_s:.2f}x "
@@ -181,23 +183,24 @@ def rss(work: str, n: int, family: str, budget_s: float) -> None:
         print(
             f"[memory] {r['n']:,} short conversations, 2 workers: built in {r['build_s']:.0f} s, "
             f"{r['tokens']:,} tokens, {r['packs']:,} packs; peak RSS main process {r['main_mib']:.0f} MiB, "
-            f"largest worker {r['worker_mib']:.0f} MiB"
+            f"largest worker {r['worker_mib']:.0f} MiB; all processes together (PSS) {r['total_pss_mib']:.0f} MiB"
         )
     last = runs[-1]
     if last["n"] == n:
         print(
-            f"  peak RSS for {n:,} conversations: {last['main_mib']:.0f} MiB main + {last['worker_mib']:.0f} MiB "
-            "per worker (goal < 1024 MiB)"
+            f"  peak memory for {n:,} conversations: RSS {last['main_mib']:.0f} MiB main process, "
+            f"{last['worker_mib']:.0f} MiB per worker; {last['total_pss_mib']:.0f} MiB PSS all processes together "
+            "(goal < 1024 MiB)"
         )
         return
     a, b = runs
-    per_conv = {k: (b[k] - a[k]) / (b["n"] - a["n"]) for k in ("main_mib", "worker_mib")}
-    main = b["main_mib"] + per_conv["main_mib"] * (n - b["n"])
-    worker = b["worker_mib"] + per_conv["worker_mib"] * (n - b["n"])
+    est = {
+        k: b[k] + (b[k] - a[k]) / (b["n"] - a["n"]) * (n - b["n"]) for k in ("main_mib", "worker_mib", "total_pss_mib")
+    }
     print(
         f"  EXTRAPOLATED (linear from the two runs above; {n:,} would take about "
-        f"{b['build_s'] * n / b['n']:.0f} s here): peak RSS for {n:,} conversations ~{main:.0f} MiB main, "
-        f"~{worker:.0f} MiB per worker (goal < 1024 MiB)"
+        f"{b['build_s'] * n / b['n']:.0f} s here): peak RSS for {n:,} conversations ~{est['main_mib']:.0f} MiB main, "
+        f"~{est['worker_mib']:.0f} MiB per worker, ~{est['total_pss_mib']:.0f} MiB PSS together (goal < 1024 MiB)"
     )
 
 
@@ -211,9 +214,16 @@ def _rss_run(work: str, n: int, family: str) -> dict:
 
 
 def rss_child(path: str, out: str, family: str) -> None:
+    import threading
+
     from megatron_sft.tiny import make_tiny_tokenizer
 
+    peak_pss, done = [0.0], threading.Event()
+    sampler = threading.Thread(target=_sample_pss, args=(peak_pss, done), daemon=True)
+    sampler.start()
     build_s, meta = timed_build(path, make_tiny_tokenizer(family), 2, out, seq_length=2048)
+    done.set()
+    sampler.join()
     print(
         json.dumps(
             {
@@ -222,9 +232,26 @@ def rss_child(path: str, out: str, family: str) -> None:
                 "tokens": meta["stats"]["tokens"],
                 "packs": meta["splits"]["train"]["packs"],
                 "build_s": build_s,
+                "total_pss_mib": peak_pss[0],
             }
         )
     )
+
+
+def _sample_pss(peak: list, done) -> None:
+    """Peak of the summed proportional set size (shared pages split between the processes sharing them)
+    of this process and its workers: the memory the preparation really holds."""
+    import psutil
+
+    me = psutil.Process()
+    while not done.wait(0.5):
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        peak[0] = max(peak[0], total / 2**20)
 
 
 def packing_fill() -> None:
