@@ -1,6 +1,6 @@
 """Tokenize, mask and pack chat data once into the memory-mapped cache that training reuses.
 
-    python tools/prepare_data.py --data-path chat.jsonl --tokenizer-model Qwen/Qwen3-0.6B \
+    python tools/prepare_data.py --data-path chat.jsonl --tokenizer-model Qwen/Qwen3-0.6B
         --seq-length 4096 --split 98,2,0 --num-workers 8 [--sample 1000]
 
 Prints the cache folder and its statistics (also in <cache>/metadata.json). Training with the same
