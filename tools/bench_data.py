@@ -309,10 +309,12 @@ def main() -> int:
     logging.getLogger("megatron_sft").setLevel(logging.ERROR)  # the data's "logged once" notices
     work = args.workdir or tempfile.mkdtemp(prefix="bench_data_")
     os.makedirs(work, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work distorts ratios)")
     try:
         throughput(work, args.conversations, args.family, args.repeats)
         rss(work, args.rss_conversations, args.family, args.rss_budget_s)
         packing_fill()
+        print(f"load average at end: {os.getloadavg()[0]:.1f}")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
