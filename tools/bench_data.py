@@ -4,7 +4,7 @@
                         / raw batched tokenizer throughput on the same rendered texts (goal >= 0.5)
   2. speed-up with 2 worker processes over 1
   3. peak memory while preparing 1M short synthetic conversations with 2 workers (goal < 1 GiB): RSS of
-     each process, and the PSS of all processes together (forked workers share pages with the parent)
+     each process, and all processes together (main RSS + the workers' private pages)
   4. packing fill: best fit vs plain greedy concatenation vs padding each sample to seq-length
 
     python tools/bench_data.py [--conversations 20000] [--rss-conversations 1000000] [--family qwen3]
@@ -195,24 +195,23 @@ def rss(work: str, n: int, family: str, budget_s: float) -> None:
         print(
             f"[memory] {r['n']:,} short conversations, 2 workers: built in {r['build_s']:.0f} s, "
             f"{r['tokens']:,} tokens, {r['packs']:,} packs; peak RSS main process {r['main_mib']:.0f} MiB, "
-            f"largest worker {r['worker_mib']:.0f} MiB; all processes together (PSS) {r['total_pss_mib']:.0f} MiB"
+            f"largest worker {r['worker_mib']:.0f} MiB; all processes together {r['total_mib']:.0f} MiB"
         )
     last = runs[-1]
     if last["n"] == n:
         print(
             f"  peak memory for {n:,} conversations: RSS {last['main_mib']:.0f} MiB main process, "
-            f"{last['worker_mib']:.0f} MiB per worker; {last['total_pss_mib']:.0f} MiB PSS all processes together "
+            f"{last['worker_mib']:.0f} MiB per worker; {last['total_mib']:.0f} MiB all processes together "
             "(goal < 1024 MiB)"
         )
         return
     a, b = runs
-    est = {
-        k: b[k] + (b[k] - a[k]) / (b["n"] - a["n"]) * (n - b["n"]) for k in ("main_mib", "worker_mib", "total_pss_mib")
-    }
+    est = {k: b[k] + (b[k] - a[k]) / (b["n"] - a["n"]) * (n - b["n"]) for k in ("main_mib", "worker_mib", "total_mib")}
     print(
         f"  EXTRAPOLATED (linear from the two runs above; {n:,} would take about "
         f"{b['build_s'] * n / b['n']:.0f} s here): peak RSS for {n:,} conversations ~{est['main_mib']:.0f} MiB main, "
-        f"~{est['worker_mib']:.0f} MiB per worker, ~{est['total_pss_mib']:.0f} MiB PSS together (goal < 1024 MiB)"
+        f"~{est['worker_mib']:.0f} MiB per worker, ~{est['total_mib']:.0f} MiB all processes together "
+        "(goal < 1024 MiB)"
     )
 
 
@@ -230,8 +229,8 @@ def rss_child(path: str, out: str, family: str) -> None:
 
     from megatron_sft.tiny import make_tiny_tokenizer
 
-    peak_pss, done = [0.0], threading.Event()
-    sampler = threading.Thread(target=_sample_pss, args=(peak_pss, done), daemon=True)
+    peak_total, done = [0.0], threading.Event()
+    sampler = threading.Thread(target=_sample_total, args=(peak_total, done), daemon=True)
     sampler.start()
     build_s, meta = timed_build(path, make_tiny_tokenizer(family), 2, out, seq_length=2048)
     done.set()
@@ -244,23 +243,24 @@ def rss_child(path: str, out: str, family: str) -> None:
                 "tokens": meta["stats"]["tokens"],
                 "packs": meta["splits"]["train"]["packs"],
                 "build_s": build_s,
-                "total_pss_mib": peak_pss[0],
+                "total_mib": max(peak_total[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             }
         )
     )
 
 
-def _sample_pss(peak: list, done) -> None:
-    """Peak of the summed proportional set size (shared pages split between the processes sharing them)
-    of this process and its workers: the memory the preparation really holds."""
+def _sample_total(peak: list, done) -> None:
+    """Peak memory of the whole preparation: the main process's RSS plus the pages private to each
+    worker (USS). Forked workers share the rest with the main process, so this counts each page once
+    (PSS would be simpler but splits shared libraries with unrelated processes on the machine)."""
     import psutil
 
     me = psutil.Process()
     while not done.wait(0.5):
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
+        total = me.memory_info().rss
+        for p in me.children(recursive=True):
             try:
-                total += p.memory_full_info().pss
+                total += p.memory_full_info().uss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         peak[0] = max(peak[0], total / 2**20)
