@@ -38,6 +38,9 @@ def _fusions(args, on_cpu: bool) -> dict:
         gradient_accumulation_fusion=bool(getattr(args, "gradient_accumulation_fusion", True)) and not on_cpu,
         bias_dropout_fusion=not on_cpu,
         persist_layer_norm=not on_cpu,
+        # Over gloo, batched isend/irecv corrupted activations in the interleaved pipeline schedule
+        # (later micro-batches got another loss); plain isend/irecv is exact.
+        batch_p2p_comm=not on_cpu,
     )
 
 
@@ -135,7 +138,9 @@ def ddp_config(args):
         overlap_grad_reduce=bool(getattr(args, "overlap_grad_reduce", False)) and on_gpu,
         overlap_param_gather=bool(getattr(args, "overlap_param_gather", False)) and on_gpu,
         use_distributed_optimizer=bool(getattr(args, "use_distributed_optimizer", False)),
-        check_for_nan_in_grad=bool(getattr(args, "check_for_nan_in_loss_and_grad", True)),
+        # The training loop checks loss and grad norm itself and names the iteration; DDP's own
+        # check would raise a bare RuntimeError from inside the backward pass.
+        check_for_nan_in_grad=False,
         bucket_size=None,
     )
 

@@ -36,13 +36,14 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _pause_for_tests() -> None:
-    """Test-only hook: MEGATRON_SFT_TEST_PAUSE_SAVE=<seconds> holds a save after the data is
-    written and before the tracker is updated, so a test can kill the run mid-save."""
-    seconds = float(os.environ.get("MEGATRON_SFT_TEST_PAUSE_SAVE", "0") or 0)
-    if seconds > 0:
-        print("megatron_sft: save paused (test hook)", flush=True)
-        time.sleep(seconds)
+def _pause_for_tests(ckpt_dir: Path) -> None:
+    """Test-only hook: MEGATRON_SFT_TEST_PAUSE_SAVE=<dir name>:<seconds> (e.g. iter_0000010:60)
+    holds that save after its data is written and before the tracker names it, so a test can kill
+    the run mid-save."""
+    name, _, seconds = os.environ.get("MEGATRON_SFT_TEST_PAUSE_SAVE", "").partition(":")
+    if name == ckpt_dir.name:
+        print(f"megatron_sft: save of {name} paused (test hook)", flush=True)
+        time.sleep(float(seconds))
 
 
 def save_checkpoint(
@@ -74,7 +75,7 @@ def save_checkpoint(
         layout.copy_hf_assets(hf_assets_src, ckpt_dir, chat_template)
         for name, text in (extra_files or {}).items():
             (ckpt_dir / name).write_text(text)
-    _pause_for_tests()
+    _pause_for_tests(ckpt_dir)
     _barrier()
     if _is_rank0():
         layout.write_tracker(root, iteration)

@@ -183,10 +183,22 @@ class Trainer:
                  tokens / secs, supervised / secs, self.last_save or "not saved (no --save)")
 
 
+def choose_transformer_impl(args) -> None:
+    """Packed batches isolate samples with an explicit block-diagonal mask, which the local spec
+    honours. Transformer Engine needs THD attention (cu_seqlens) for that, not built yet."""
+    if args.transformer_impl == "transformer_engine":
+        raise UserError("--transformer-impl transformer_engine: packed SFT training needs THD attention to keep "
+                        "samples apart, which is not implemented yet; use --transformer-impl local")
+    if args.transformer_impl is None:
+        args.transformer_impl = "local"
+        args.notices.append("training uses the local layer spec: it honours the packing mask exactly")
+
+
 def finetune(args) -> Trainer:
     """Train as `args` say; returns the Trainer (its history is what tests and tools read)."""
     from megatron_sft.runtime.distributed import init_from_args
 
+    choose_transformer_impl(args)
     init_from_args(args)
     for notice in getattr(args, "notices", []):
         log.info("note: %s", notice)

@@ -6,6 +6,7 @@ transformers in this process, independent of the code under test.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,14 @@ def runs(tiny_models, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     torch.save(torch.randint(0, 400, (2, 24)), out / "tokens.pt")
     models_root = tiny_models["qwen3"].parent
+    chat = out / "chat.jsonl"
+    with open(chat, "w") as f:  # short conversations: several share one 96-token pack
+        for i in range(12):
+            word = "abcdefgh"[: 2 + i % 6]
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"reverse {word}"},
+                                             {"role": "assistant", "content": word[::-1]}]}) + "\n")
     for world_size in (1, 2, 4):
-        torchrun(WORKERS / "foundation.py", world_size, ["--models", models_root, "--out", out])
+        torchrun(WORKERS / "foundation.py", world_size, ["--models", models_root, "--out", out, "--chat-data", chat])
     return out
 
 
@@ -92,3 +99,15 @@ def test_hf_roundtrip_is_exact_and_loads(runs, tiny_models, family):
     AutoModelForCausalLM.from_pretrained(exported_dir)
     tok = AutoTokenizer.from_pretrained(exported_dir)
     assert tok.chat_template, "exported tokenizer lost its chat template"
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-4), ("bf16", 0.1)])
+def test_packed_samples_see_only_themselves(runs, dtype, tol):
+    """Each sample's logits inside a pack equal its logits run alone; without the mask they would not."""
+    result = torch.load(runs / f"packing_{dtype}.pt")
+    cu, packed, unmasked = result["cu"], result["packed"], result["unmasked"]
+    assert len(cu) - 1 >= 3, "the pack should hold several samples"
+    for (a, b), alone in zip(zip(cu[:-1], cu[1:]), result["alone"]):
+        assert (packed[0, a:b] - alone[0]).abs().max().item() <= tol
+    second = slice(cu[1], cu[2])
+    assert (unmasked[0, second] - packed[0, second]).abs().max().item() > tol, "without the mask the check would not fail"

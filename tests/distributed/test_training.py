@@ -45,7 +45,7 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-LAYOUTS = ["tp1pp1dp1_mb1", "tp2", "tp2_sp", "pp2", "dp2", "tp2pp2", "pp4"]
+LAYOUTS = ["tp1pp1dp1_mb1", "tp2", "tp2_sp", "pp2", "pp2_vp2", "dp2", "tp2pp2", "pp4"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -103,3 +103,53 @@ def test_reference_tutorial_command_runs(results):
     assert len(results["tutorial"]) == 8 and all(math.isfinite(r["loss"]) for r in results["tutorial"])
     assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "8"
     assert (out / "iter_0000008" / "loss_curve.png").is_file()
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(results):
+    message = results["nan"]
+    assert "not finite at iteration" in message, message
+    iteration = int(message.split("at iteration ")[1].split(";")[0])
+    ckpt = results["out"] / "nan_ckpt"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(iteration - 1)
+    assert str(ckpt / f"iter_{iteration - 1:07d}") in message
+
+
+def test_sigkill_during_save_leaves_previous_checkpoint(tiny_models, results):
+    """Kill -9 while iteration 10 is being saved: 5 stays current, and a resume from it completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, free_port
+
+    out = results["out"] / "killed"
+    flags = ["--load", str(tiny_models["qwen3"]), "--data-path", str(results["out"] / "data.jsonl"),
+             "--data-cache-dir", str(results["out"] / "cache"), "--device", "cpu", "--seq-length", "64",
+             "--global-batch-size", "4", "--lr", "1e-3", "--train-iters", "10", "--save-interval", "5",
+             "--save", str(out), "--split", "100,0,0", "--log-interval", "1000"]
+    def command(flag_list):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", f"--master_port={free_port()}",
+                str(REPO / "examples" / "finetune.py"), *flag_list]
+
+    cmd = command(flags)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEGATRON_SFT_TEST_PAUSE_SAVE": "iter_0000010:300"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True, cwd=REPO)
+    try:
+        for line in proc.stdout:
+            if "save of iter_0000010 paused" in line:
+                break
+        else:
+            raise AssertionError("the run ended without reaching the paused save")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert (out / "iter_0000010").is_dir(), "the partial save should exist on disk"
+    assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "5"
+    resume = [f if f != str(tiny_models["qwen3"]) else str(out) for f in flags]
+    done = subprocess.run(command(resume), capture_output=True,
+                          text=True, env={**env, "MEGATRON_SFT_TEST_PAUSE_SAVE": ""}, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resumed" in done.stdout and "iteration 5" in done.stdout
+    assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "10"

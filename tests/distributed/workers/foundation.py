@@ -79,15 +79,43 @@ def run_checkpoint_roundtrip(models: Path, out: Path, tokens) -> None:
         megatron_to_hf(args)
 
 
+def run_packing(models: Path, out: Path, data: Path) -> None:
+    """Logits of a multi-sample pack and of each sample alone, fp32 and bf16 (world size 1)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.data import SFTDataset
+    from megatron_sft.data.batch import attention_mask_from_cu_seqlens
+    from megatron_sft.inference.logits import forward_logits
+
+    tokenizer = AutoTokenizer.from_pretrained(models / "qwen3")
+    ds = SFTDataset(str(data), tokenizer, seq_length=96, cache_dir=str(out / "pack_cache"))
+    pack = max((ds[i] for i in range(len(ds))), key=lambda p: len(p["cu_seqlens"]))
+    tokens, positions = pack["tokens"][None], pack["position_ids"][None]
+    mask = attention_mask_from_cu_seqlens(pack["cu_seqlens_padded"], tokens.shape[1])[None]
+    for dtype_flags, tag in (([], "fp32"), (["--bf16"], "bf16")):
+        args = setup(flags(models / "qwen3", 1, 1, 1) + dtype_flags)
+        chunks = build_and_load(args)
+        packed = forward_logits(chunks, tokens, positions, mask)
+        cu = pack["cu_seqlens"].tolist()
+        alone = [forward_logits(chunks, tokens[:, a:b]) for a, b in zip(cu[:-1], cu[1:])]
+        unmasked = forward_logits(chunks, tokens, positions, None)  # what a kernel ignoring the mask gives
+        torch.save({"cu": cu, "packed": packed, "alone": alone, "unmasked": unmasked}, out / f"packing_{tag}.pt")
+
+
 def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--chat-data", type=Path, help="JSONL conversations for the packing check (world size 1)")
     cli = parser.parse_args()
     tokens = torch.load(cli.out / "tokens.pt")
     run_layouts(cli.models, cli.out, tokens)
+    if int(os.environ["WORLD_SIZE"]) == 1 and cli.chat_data:
+        run_packing(cli.models, cli.out, cli.chat_data)
     if int(os.environ["WORLD_SIZE"]) == 2:
         run_checkpoint_roundtrip(cli.models, cli.out, tokens)
     from megatron_sft.runtime.distributed import shutdown

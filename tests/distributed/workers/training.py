@@ -41,6 +41,7 @@ LAYOUTS = {
     "dp2": (2, "--use-distributed-optimizer"),
     "tp2pp2": (4, "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2"),
     "pp4": (4, "--pipeline-model-parallel-size 4"),
+    "pp2_vp2": (2, "--pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1"),
     "moe_ep1_dp2": (2, "--moe-aux-loss-coeff 0"),
     "moe_ep2_dp2": (2, "--moe-aux-loss-coeff 0 --expert-model-parallel-size 2"),
 }
@@ -94,6 +95,19 @@ def resume_runs(ws: int, cli, results: dict) -> None:
             f"{base.replace(str(cli.models / 'qwen3'), str(ckpt))} --train-iters 11")
 
 
+def diverge(cli) -> str:
+    """An absurd learning rate: the run must stop at the first non-finite loss, saving nothing more."""
+    from megatron_sft.training.loop import TrainingDiverged
+
+    flags = (f"{common(cli.models / 'qwen3', cli.data, cli.out / 'cache')} --lr 1e30 --min-lr 1e30 "
+             f"--lr-decay-style constant --train-iters 6 --save-interval 1 --save {cli.out / 'nan_ckpt'}")
+    try:
+        train(flags)
+    except TrainingDiverged as e:
+        return str(e)
+    return "no error"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     for flag in ("--models", "--data", "--out"):
@@ -107,6 +121,7 @@ def main() -> None:
     if ws == 1:
         results["learn"] = train(f"{common(cli.models / 'qwen3', cli.long_data, cli.out / 'cache')} "
                                  "--train-iters 60 --lr 3e-3 --lr-warmup-iters 5")
+        results["nan"] = diverge(cli)
         tutorial = TUTORIAL.format(model=cli.models / "qwen3", data=cli.data, save=cli.out / "tutorial_ckpt")
         results["tutorial"] = train(f"{tutorial} --device cpu --data-cache-dir {cli.out / 'cache'}")
     if int(os.environ["RANK"]) == 0:
