@@ -13,42 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from megatron_sft.errors import UserError
+from megatron_sft.models.registry import FAMILIES, family_for_architecture, supported_architectures
 
-ARCHITECTURES = {
-    "Qwen3ForCausalLM": "qwen3",
-    "Qwen3MoeForCausalLM": "qwen3_moe",
-    "Qwen2ForCausalLM": "qwen2",
-    "LlamaForCausalLM": "llama",
-}
-
-# transformers 5.14.1 config-class defaults: what HF itself uses when config.json omits a field.
-_COMMON = {
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "initializer_range": 0.02,
-    "max_position_embeddings": 32768,
-    "head_dim": None,  # None: hidden_size // num_attention_heads
-    "hidden_act": "silu",
-    "use_sliding_window": False,
-}
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "qwen3": {**_COMMON, "num_key_value_heads": 32, "head_dim": 128},
-    "qwen3_moe": {
-        **_COMMON,
-        "num_key_value_heads": 4,
-        "num_experts": 128,
-        "moe_intermediate_size": 768,
-        "num_experts_per_tok": 8,
-        "norm_topk_prob": False,
-        "router_aux_loss_coef": 0.001,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-    },
-    "qwen2": {**_COMMON, "num_key_value_heads": 32},
-    "llama": {**_COMMON, "num_key_value_heads": None, "max_position_embeddings": 2048, "mlp_bias": False},
-}
 _REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
 
 # Megatron-Core 0.16.1 RotaryEmbedding._apply_scaling takes only the factor; the rest is fixed.
@@ -93,11 +59,11 @@ def read_hf_config(model_dir: str | os.PathLike) -> tuple[dict, Path]:
 def family_of(config: dict, path: str | os.PathLike) -> tuple[str, str]:
     """(family, architecture) of a config.json; anything unsupported is a UserError."""
     archs = config.get("architectures") or []
-    if len(archs) != 1 or archs[0] not in ARCHITECTURES:
+    if len(archs) != 1 or family_for_architecture(archs[0]) is None:
         raise UserError(
-            f"{path}: architecture {archs or 'missing'} is not supported; supported: {', '.join(ARCHITECTURES)}"
+            f"{path}: architecture {archs or 'missing'} is not supported; supported: {', '.join(supported_architectures())}"
         )
-    return ARCHITECTURES[archs[0]], archs[0]
+    return family_for_architecture(archs[0]).name, archs[0]
 
 
 def megatron_args_from_hf_config(config: dict, path: str | os.PathLike) -> dict[str, Any]:
@@ -107,7 +73,7 @@ def megatron_args_from_hf_config(config: dict, path: str | os.PathLike) -> dict[
     padded vocabulary). `path` only names the file in error messages.
     """
     family, arch = family_of(config, path)
-    cfg = {**FAMILY_DEFAULTS[family], **{k: v for k, v in config.items() if v is not None}}
+    cfg = {**FAMILIES[family].hf_defaults, **{k: v for k, v in config.items() if v is not None}}
     if "num_local_experts" in config:  # how transformers 5 saves Qwen3-MoE's num_experts
         cfg["num_experts"] = config["num_local_experts"]
     missing = [k for k in _REQUIRED if k not in cfg]
@@ -134,8 +100,8 @@ def megatron_args_from_hf_config(config: dict, path: str | os.PathLike) -> dict[
         "swiglu": True,
         "add_bias_linear": False,
         # Qwen2 hard-codes q/k/v biases; the others would need an o_proj bias too (refused above).
-        "add_qkv_bias": family == "qwen2",
-        "qk_layernorm": family in ("qwen3", "qwen3_moe"),
+        "add_qkv_bias": FAMILIES[family].qkv_bias,
+        "qk_layernorm": FAMILIES[family].qk_layernorm,
         "untie_embeddings_and_output_weights": not cfg["tie_word_embeddings"],
         "attention_dropout": float(cfg["attention_dropout"]),
         "hidden_dropout": 0.0,  # these HF models have no residual dropout
@@ -143,7 +109,7 @@ def megatron_args_from_hf_config(config: dict, path: str | os.PathLike) -> dict[
         "num_experts": None,
     }
     out.update(_rope_args(cfg, path))
-    if family == "qwen3_moe":
+    if FAMILIES[family].moe:
         out.update(_moe_args(cfg))
     return out
 
@@ -152,7 +118,7 @@ def _refuse_unsupported(cfg: dict, family: str, path: str | os.PathLike) -> None
     """Features these families allow but the Megatron-Core model built here cannot reproduce."""
     if cfg["hidden_act"] != "silu":
         raise UserError(f"{path}: hidden_act={cfg['hidden_act']!r} is not supported (SwiGLU needs 'silu')")
-    if family != "qwen2" and cfg["attention_bias"]:
+    if not FAMILIES[family].qkv_bias and cfg["attention_bias"]:
         raise UserError(
             f"{path}: attention_bias=true puts a bias on o_proj too, which Megatron's --add-qkv-bias "
             "does not cover; this checkpoint is not supported"
@@ -162,7 +128,7 @@ def _refuse_unsupported(cfg: dict, family: str, path: str | os.PathLike) -> None
     layer_types = set(cfg.get("layer_types") or ["full_attention"])
     if cfg["use_sliding_window"] or layer_types != {"full_attention"}:
         raise UserError(f"{path}: sliding-window attention is not supported (use_sliding_window / layer_types)")
-    if family == "qwen3_moe" and (cfg["decoder_sparse_step"] != 1 or cfg["mlp_only_layers"]):
+    if FAMILIES[family].moe and (cfg["decoder_sparse_step"] != 1 or cfg["mlp_only_layers"]):
         raise UserError(
             f"{path}: decoder_sparse_step={cfg['decoder_sparse_step']}, mlp_only_layers={cfg['mlp_only_layers']}: "
             "dense layers between MoE layers are not supported (need decoder_sparse_step=1, mlp_only_layers=[])"

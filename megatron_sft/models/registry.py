@@ -1,20 +1,38 @@
 """Supported model families, registered by name in one place each.
 
-A family ties a Hugging Face architecture (what config.json names and what modelopt's
-importer/exporter maps) to how this project builds the Megatron model for it.
+A family ties a Hugging Face architecture (what config.json names, and what modelopt's
+importer/exporter maps) to what Megatron needs to know beyond config.json: which fields
+transformers defaults when config.json omits them, qk-layernorm, qkv bias, MoE.
+Pure Python: argument parsing reads it before any heavy import.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+# transformers 5.14.1 config-class defaults shared by every family (used when config.json omits a field).
+_HF_COMMON = {
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "max_position_embeddings": 32768,
+    "head_dim": None,  # None: hidden_size // num_attention_heads
+    "hidden_act": "silu",
+    "use_sliding_window": False,
+}
 
 
 @dataclass(frozen=True)
 class ModelFamily:
     name: str
     hf_architecture: str
+    hf_defaults: dict[str, Any] = field(default_factory=dict)
+    qk_layernorm: bool = False
+    qkv_bias: bool = False  # q/k/v biases hard-coded by the HF model (Qwen2)
     moe: bool = False
-    description: str = ""
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -28,17 +46,25 @@ def register(family: ModelFamily) -> ModelFamily:
 
 
 def family_for_architecture(architecture: str) -> ModelFamily | None:
-    for family in FAMILIES.values():
-        if family.hf_architecture == architecture:
-            return family
-    return None
+    return next((f for f in FAMILIES.values() if f.hf_architecture == architecture), None)
 
 
 def supported_architectures() -> list[str]:
     return [f.hf_architecture for f in FAMILIES.values()]
 
 
-register(ModelFamily("qwen3", "Qwen3ForCausalLM", description="Qwen3 dense: qk-layernorm, GQA, explicit head_dim"))
-register(ModelFamily("qwen3_moe", "Qwen3MoeForCausalLM", moe=True, description="Qwen3-MoE: every layer MoE"))
-register(ModelFamily("qwen2", "Qwen2ForCausalLM", description="Qwen2 / Qwen2.5: qkv bias"))
-register(ModelFamily("llama", "LlamaForCausalLM", description="Llama 3.x: llama3 RoPE scaling"))
+register(ModelFamily(
+    "qwen3", "Qwen3ForCausalLM", {**_HF_COMMON, "num_key_value_heads": 32, "head_dim": 128}, qk_layernorm=True,
+))
+register(ModelFamily(
+    "qwen3_moe", "Qwen3MoeForCausalLM",
+    {**_HF_COMMON, "num_key_value_heads": 4, "num_experts": 128, "moe_intermediate_size": 768,
+     "num_experts_per_tok": 8, "norm_topk_prob": False, "router_aux_loss_coef": 0.001,
+     "decoder_sparse_step": 1, "mlp_only_layers": []},
+    qk_layernorm=True, moe=True,
+))
+register(ModelFamily("qwen2", "Qwen2ForCausalLM", {**_HF_COMMON, "num_key_value_heads": 32}, qkv_bias=True))
+register(ModelFamily(
+    "llama", "LlamaForCausalLM",
+    {**_HF_COMMON, "num_key_value_heads": None, "max_position_embeddings": 2048, "mlp_bias": False},
+))
