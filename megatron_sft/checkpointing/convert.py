@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from megatron_sft.checkpointing import layout
@@ -27,10 +28,14 @@ def build_and_load(args) -> list:
 
 def hf_to_megatron(args) -> Path:
     """Import an HF directory and save it as a weights-only `release` Megatron checkpoint."""
+    t0 = time.perf_counter()
     chunks = build_and_load(args)
-    return save_checkpoint(
+    t1 = time.perf_counter()
+    path = save_checkpoint(
         args.save, None, model_sharded_state_dict(chunks), args_record(args), hf_assets_src=hf_assets_source(args)
     )
+    log.info("conversion timing: build+import %.1f s, save %.1f s", t1 - t0, time.perf_counter() - t1)
+    return path
 
 
 def megatron_to_hf(args) -> Path:
