@@ -4,7 +4,7 @@
                         / raw batched tokenizer throughput on the same rendered texts (goal >= 0.5)
   2. speed-up with 2 worker processes over 1
   3. peak memory while preparing 1M short synthetic conversations with 2 workers (goal < 1 GiB): RSS of
-     each process, and all processes together (main RSS + the workers' private pages)
+     the main process, of the largest worker, and of all processes together
   4. packing fill: best fit vs plain greedy concatenation vs padding each sample to seq-length
 
     python tools/bench_data.py [--conversations 20000] [--rss-conversations 1000000] [--family qwen3]
@@ -195,23 +195,21 @@ def rss(work: str, n: int, family: str, budget_s: float) -> None:
         print(
             f"[memory] {r['n']:,} short conversations, 2 workers: built in {r['build_s']:.0f} s, "
             f"{r['tokens']:,} tokens, {r['packs']:,} packs; peak RSS main process {r['main_mib']:.0f} MiB, "
-            f"largest worker {r['worker_mib']:.0f} MiB; all processes together {r['total_mib']:.0f} MiB"
+            f"largest worker {r['worker_mib']:.0f} MiB, all processes together {r['total_mib']:.0f} MiB"
         )
     last = runs[-1]
-    if last["n"] == n:
+    if last["n"] < n:  # extrapolate the peaks linearly; labelled as such
+        a, b = runs
+        last = {
+            k: b[k] + (b[k] - a[k]) / (b["n"] - a["n"]) * (n - b["n"]) for k in ("main_mib", "worker_mib", "total_mib")
+        }
         print(
-            f"  peak memory for {n:,} conversations: RSS {last['main_mib']:.0f} MiB main process, "
-            f"{last['worker_mib']:.0f} MiB per worker; {last['total_mib']:.0f} MiB all processes together "
-            "(goal < 1024 MiB)"
+            f"  EXTRAPOLATED to {n:,} conversations (linear from the two runs above; the full run would take "
+            f"about {b['build_s'] * n / b['n']:.0f} s here):"
         )
-        return
-    a, b = runs
-    est = {k: b[k] + (b[k] - a[k]) / (b["n"] - a["n"]) * (n - b["n"]) for k in ("main_mib", "worker_mib", "total_mib")}
     print(
-        f"  EXTRAPOLATED (linear from the two runs above; {n:,} would take about "
-        f"{b['build_s'] * n / b['n']:.0f} s here): peak RSS for {n:,} conversations ~{est['main_mib']:.0f} MiB main, "
-        f"~{est['worker_mib']:.0f} MiB per worker, ~{est['total_mib']:.0f} MiB all processes together "
-        "(goal < 1024 MiB)"
+        f"  peak RSS for {n:,} conversations: main process {last['main_mib']:.0f} MiB, largest worker "
+        f"{last['worker_mib']:.0f} MiB, all processes together {last['total_mib']:.0f} MiB (goal < 1024 MiB)"
     )
 
 
@@ -229,41 +227,44 @@ def rss_child(path: str, out: str, family: str) -> None:
 
     from megatron_sft.tiny import make_tiny_tokenizer
 
-    peak_total, done = [0.0], threading.Event()
-    sampler = threading.Thread(target=_sample_total, args=(peak_total, done), daemon=True)
+    peaks, done = {"main": 0.0, "worker": 0.0, "total": 0.0}, threading.Event()
+    sampler = threading.Thread(target=_sample_memory, args=(peaks, done), daemon=True)
     sampler.start()
     build_s, meta = timed_build(path, make_tiny_tokenizer(family), 2, out, seq_length=2048)
     done.set()
     sampler.join()
-    print(
-        json.dumps(
-            {
-                "main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                "tokens": meta["stats"]["tokens"],
-                "packs": meta["splits"]["train"]["packs"],
-                "build_s": build_s,
-                "total_mib": max(peak_total[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            }
-        )
-    )
+    result = {"tokens": meta["stats"]["tokens"], "packs": meta["splits"]["train"]["packs"], "build_s": build_s}
+    print(json.dumps({**result, **{f"{k}_mib": v for k, v in peaks.items()}}))
 
 
-def _sample_total(peak: list, done) -> None:
-    """Peak memory of the whole preparation: the main process's RSS plus the pages private to each
-    worker (USS). Forked workers share the rest with the main process, so this counts each page once
-    (PSS would be simpler but splits shared libraries with unrelated processes on the machine)."""
+def _sample_memory(peaks: dict, done) -> None:
+    """Peak RSS of this process and of its workers, from each one's own high-water mark (VmHWM; getrusage's
+    ru_maxrss would report the parent's size for spawned children), and the peak of their summed RSS
+    (shared libraries counted once per process: an upper bound)."""
     import psutil
 
     me = psutil.Process()
-    while not done.wait(0.5):
-        total = me.memory_info().rss
-        for p in me.children(recursive=True):
+    while True:
+        stop = done.wait(0.25)
+        total = 0.0
+        for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_full_info().uss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                total += p.memory_info().rss / 2**20
+                key = "main" if p.pid == me.pid else "worker"
+                peaks[key] = max(peaks[key], _high_water_mib(p.pid))
+            except (psutil.NoSuchProcess, OSError):
                 pass
-        peak[0] = max(peak[0], total / 2**20)
+        peaks["total"] = max(peaks["total"], total)
+        if stop:
+            return
+
+
+def _high_water_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def packing_fill() -> None:

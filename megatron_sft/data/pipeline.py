@@ -135,13 +135,13 @@ def chunk_mapper(processor: ChunkProcessor, num_workers: int) -> Iterator[Callab
         return
     import multiprocessing as mp
 
-    # Workers tokenize one text at a time, so Rust-level threads would only oversubscribe the cores;
-    # setting this before the fork also avoids the tokenizers' fork-after-parallelism warning.
+    # Workers are spawned, not forked: forking a training process (threads of torch.distributed, CUDA)
+    # can deadlock, and a fresh worker imports only the tokenizing modules (no torch), so it stays small.
+    # Each worker tokenizes on one thread; Rust-level threads would only oversubscribe the cores.
     old = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the workers
     try:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(processor,))
+        pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(processor,))
     finally:
         if old is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
