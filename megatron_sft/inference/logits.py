@@ -6,12 +6,18 @@ import torch
 
 
 def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+                   attention_mask: torch.Tensor | None = None, *, select: torch.Tensor | None = None,
+                   inference_context=None) -> torch.Tensor | None:
     """Logits [B, S, V] gathered over tensor parallelism, returned on the last pipeline stage.
 
     Runs Megatron's own (pipelined) forward schedule, so it works at any PP, with
     `attention_mask` None for plain causal attention or a boolean [B,1,S,S] (True = masked).
     Other pipeline stages return None.
+
+    `select` (int64 [B]): keep only that position of each row, giving [B, 1, V]; the slice is taken
+    before the TP gather, so a long prompt never materialises [B, S, V] full-vocabulary logits.
+    `inference_context` (a Megatron StaticInferenceContext): attention reads and extends its KV
+    cache, and the model itself returns the gathered logits of the last position only, [B, 1, V].
     """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -21,12 +27,19 @@ def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tenso
     if position_ids is None:
         position_ids = torch.arange(seq_len).unsqueeze(0).expand(batch_size, -1)
     batch = {"tokens": tokens, "position_ids": position_ids, "attention_mask": attention_mask}
+    # With a context Megatron insists on gathering TP itself (runtime_gather_output) and keeps only
+    # the last position; without one the output is this rank's vocabulary shard of every position.
+    extra = {"inference_context": inference_context, "runtime_gather_output": True} if inference_context else {}
 
     def forward_step(data_iterator, model):
         b = next(data_iterator)
-        output = model(b["tokens"], b["position_ids"], b["attention_mask"])
+        output = model(b["tokens"], b["position_ids"], b["attention_mask"], **extra)
 
         def collect(output_tensor, non_loss_data=False):
+            if inference_context is not None:
+                return output_tensor
+            if select is not None:
+                output_tensor = output_tensor[torch.arange(batch_size), select].unsqueeze(1)
             return gather_from_tensor_model_parallel_region(output_tensor)
 
         return output, collect
