@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -12,12 +13,19 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_process_group(device: str, timeout_minutes: float = 10.0) -> None:
     """NCCL on GPU, gloo on CPU. Works under torchrun and as a single plain process."""
     if dist.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    if "MASTER_PORT" not in os.environ:  # a plain single process (no torchrun): any free port
+        os.environ["MASTER_PORT"] = str(_free_port())
     dist.init_process_group(
         backend="nccl" if device == "cuda" else "gloo",
         rank=int(os.environ.get("RANK", "0")),

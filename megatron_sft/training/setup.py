@@ -91,7 +91,9 @@ def build_training_model(args, tokenizer_vocab: int, resume: bool) -> TrainingMo
     from megatron.core.optimizer import get_megatron_optimizer
 
     config = transformer_config(args)
-    chunks = build_model_chunks(args, config, padded_vocab_size(args, tokenizer_vocab))
+    # Recorded in run_args.json, so a model trained from scratch reloads with the same vocabulary.
+    args.padded_vocab_size = padded_vocab_size(args, tokenizer_vocab)
+    chunks = build_model_chunks(args, config, args.padded_vocab_size)
     loaded_iteration = None if resume else load_weights(args, chunks)
     ddp_chunks = _wrap_ddp(args, config, chunks)
     optimizer = get_megatron_optimizer(optimizer_config(args), ddp_chunks)
