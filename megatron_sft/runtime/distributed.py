@@ -59,10 +59,12 @@ def init_parallel_state(
 def init_from_args(args) -> None:
     """Device, process group and parallel state for a run described by parsed args."""
     from megatron_sft.runtime.device import setup_device
-    from megatron_sft.runtime.versions import check_versions
+    from megatron_sft.runtime.versions import apex_available, check_versions
 
     check_versions()
     setup_device(args)
+    log.info("device %s, transformer implementation %s, Apex %s", args.device, args.transformer_impl,
+             "found" if apex_available() else "not installed (optional)")
     init_process_group(args.device, getattr(args, "distributed_timeout_minutes", 10.0))
     init_parallel_state(
         tp=args.tensor_model_parallel_size,
