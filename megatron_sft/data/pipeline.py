@@ -1,16 +1,13 @@
-"""Read -> validate -> render -> tokenize -> mask, chunk by chunk, in worker processes, in order.
+"""Read -> validate -> render -> tokenize -> mask, chunk by chunk.
 
-Chunks are handed to a bounded number of workers and results come back in input order, so memory
-holds only a few chunks at a time however large the data, and the output does not depend on the
-number of workers.
+Rendering (Jinja, Python) and tokenizing (Rust, which releases the GIL) are two stages that overlap:
+while one chunk is tokenized on a thread, the next one is rendered. Worker processes (workers.py)
+run the same two stages on their share of the chunks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,46 +112,7 @@ def _eod_id_to_mask(tokenizer, end_of_turn: str) -> int | None:
     return pad
 
 
-_WORKER: ChunkProcessor | None = None
-
-
-def _init_worker(processor: ChunkProcessor) -> None:
-    global _WORKER
-    _WORKER = processor
-
-
-def _run_in_worker(chunk: RawChunk) -> ChunkResult:
-    return _WORKER(chunk)
-
-
-@contextlib.contextmanager
-def chunk_mapper(processor: ChunkProcessor, num_workers: int) -> Iterator[Callable[[Iterable], Iterator]]:
-    """A function mapping chunks to results in order, over `num_workers` processes (1: in this process)."""
-    if num_workers <= 1:
-        yield lambda chunks: _two_stage(processor, chunks)
-        return
-    import multiprocessing as mp
-
-    # Workers are spawned, not forked: forking a training process (threads of torch.distributed, CUDA)
-    # can deadlock, and a fresh worker imports only the tokenizing modules (no torch), so it stays small.
-    # Each worker tokenizes on one thread; Rust-level threads would only oversubscribe the cores.
-    old = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the workers
-    try:
-        pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=(processor,))
-    finally:
-        if old is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = old
-    try:
-        yield lambda chunks: _bounded_ordered_map(pool, chunks, 2 * num_workers)
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _two_stage(processor: ChunkProcessor, chunks: Iterable[RawChunk]) -> Iterator[ChunkResult]:
+def two_stage(processor: ChunkProcessor, chunks: Iterable[RawChunk]) -> Iterator[ChunkResult]:
     # One process: chunk k is tokenized on a thread (the Rust tokenizer releases the GIL) while this
     # thread renders chunk k+1 with Jinja, so rendering and tokenizing overlap instead of adding up.
     from concurrent.futures import ThreadPoolExecutor
@@ -168,14 +126,3 @@ def _two_stage(processor: ChunkProcessor, chunks: Iterable[RawChunk]) -> Iterato
             pending = pool.submit(processor.tokenize, *staged)
         if pending is not None:
             yield pending.result()
-
-
-def _bounded_ordered_map(pool, chunks: Iterable[RawChunk], in_flight: int) -> Iterator[ChunkResult]:
-    # Pool.imap would read the whole input ahead; this keeps at most `in_flight` chunks submitted.
-    pending: deque = deque()
-    for chunk in chunks:
-        pending.append(pool.apply_async(_run_in_worker, (chunk,)))
-        if len(pending) >= in_flight:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()

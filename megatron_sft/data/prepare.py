@@ -22,9 +22,10 @@ import numpy as np
 from megatron_sft.data.config import DataConfig
 from megatron_sft.data.mixture import blend, split_indices
 from megatron_sft.data.packing import PACKER_VERSION, fill, pack, padded_sizes
-from megatron_sft.data.pipeline import CHUNK_RECORDS, ChunkProcessor, chunk_mapper
+from megatron_sft.data.pipeline import CHUNK_RECORDS, ChunkProcessor
 from megatron_sft.data.sources import Source, iter_chunks, parse_sources
 from megatron_sft.data.stats import DataStats
+from megatron_sft.data.workers import chunk_mapper
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
