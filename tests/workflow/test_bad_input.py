@@ -1,0 +1,209 @@
+"""Bad input to the shell scripts: one clear line on stderr and a non-zero exit before any Python process.
+
+`python` and `torchrun` on PATH are replaced by stubs that record being called, so a test also proves
+that nothing was launched. The multi-node launch line and the Slurm example are checked the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.workflow.helpers import EXAMPLES, REPO
+
+STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$(basename "$0") $*" >> "{log}"
+"""
+
+
+@pytest.fixture()
+def sandbox(tmp_path):
+    """A work dir with a fake HF model and dataset, and a PATH whose python/torchrun only record their calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "launched.txt"
+    for name in ("python", "python3", "torchrun", "srun"):
+        (bin_dir / name).write_text(STUB.format(log=log))
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'node-a\\nnode-b\\n'\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    hf = tmp_path / "work" / "tiny" / "hf"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    (tmp_path / "work" / "tiny" / "train.jsonl").write_text("{}\n")
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "HOME": str(tmp_path),
+        "MLM_WORK_DIR": str(tmp_path / "work"),
+    }
+    return {"env": env, "log": log, "root": tmp_path}
+
+
+def run(script: str, model: str, sandbox: dict, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(EXAMPLES / script), model],
+        capture_output=True,
+        text=True,
+        env={**sandbox["env"], **env},
+        cwd=sandbox["root"],
+        timeout=60,
+        check=False,
+    )
+
+
+def launched(sandbox: dict) -> list[str]:
+    return sandbox["log"].read_text().splitlines() if sandbox["log"].exists() else []
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, sandbox: dict, *needles: str) -> str:
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert launched(sandbox) == [], "a process was launched before the error"
+    return lines[0]
+
+
+def test_unknown_model_lists_the_configs(sandbox):
+    line = assert_one_line_error(
+        run("finetune.sh", "Qwen/Qwen9-1B", sandbox), sandbox, "unknown MODEL 'Qwen/Qwen9-1B'"
+    )
+    for model in ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-30B-A3B", "meta-llama/Llama-3.1-8B-Instruct", "tiny"):
+        assert model in line
+    assert "arguments" not in line
+    for script in ("generate.sh", "mmlu.sh", "convert.sh"):
+        assert_one_line_error(run(script, "nope", sandbox), sandbox, "unknown MODEL 'nope'")
+    assert_one_line_error(run("finetune.sh", "", sandbox), sandbox, "usage: finetune.sh MODEL")
+
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({"TP": "2", "EP": "4"}, "EP=4 x ETP=2 = 8 must divide TP x CP x DP = 2 x 1 x 1 = 2"),
+        ({"TP": "2", "NPROC_PER_NODE": "3"}, "= 2 processes, but NNODES x NPROC_PER_NODE = 1 x 3 = 3"),
+        ({"TP": "2", "PP": "2", "NNODES": "3"}, "4 processes do not split evenly over NNODES=3"),
+        ({"TP": "two"}, "TP=two: must be a positive integer"),
+        ({"DP": "0"}, "DP=0: must be a positive integer"),
+        ({"NNODES": "2", "NPROC_PER_NODE": "1", "DP": "2"}, "set MASTER_ADDR"),
+        ({"HF_MODEL_CKPT": "/no/such/model"}, "HF_MODEL_CKPT=/no/such/model: no such directory"),
+        ({"DATASET": "/no/such/data.jsonl"}, "DATASET=/no/such/data.jsonl: no such file"),
+        ({"DATASET": "./chat.jsonl"}, "DATASET=./chat.jsonl: no such file"),
+        ({"MLM_MODEL_CKPT": "/no/ckpt"}, "MLM_MODEL_CKPT=/no/ckpt: no such directory"),
+        ({"MLM_RESUME": "yes"}, "MLM_RESUME=yes: use 1"),
+        ({"MLM_DATA_ARGS": "--train-iters 4 --data-path x.jsonl", "DATASET": "y.jsonl"}, "keep one"),
+    ],
+)
+def test_finetune_refuses_bad_settings(sandbox, env, needle):
+    assert_one_line_error(run("finetune.sh", "tiny", sandbox, **env), sandbox, needle)
+
+
+def test_finetune_refuses_to_save_over_its_input(sandbox):
+    hf = sandbox["env"]["MLM_WORK_DIR"] + "/tiny/hf"
+    assert_one_line_error(
+        run("finetune.sh", "tiny", sandbox, MLM_MODEL_SAVE=hf), sandbox, "is the checkpoint the run starts from"
+    )
+
+
+def test_real_model_without_a_local_checkpoint_says_how_to_get_one(sandbox):
+    assert_one_line_error(
+        run("finetune.sh", "Qwen/Qwen3-0.6B", sandbox), sandbox, "set HF_MODEL_CKPT", "hf download Qwen/Qwen3-0.6B"
+    )
+
+
+@pytest.mark.parametrize(
+    "script, env, needle",
+    [
+        ("generate.sh", {"PROMPTS_PATH": "/no/prompts.jsonl"}, "PROMPTS_PATH=/no/prompts.jsonl: no such file"),
+        ("generate.sh", {"MLM_MODEL_SAVE": "/no/run"}, "MLM_MODEL_SAVE=/no/run: no complete checkpoint"),
+        ("mmlu.sh", {"MMLU_DATASET": "/no/mmlu"}, "MMLU_DATASET=/no/mmlu: no such directory"),
+        ("mmlu.sh", {"MLM_MODEL_CKPT": "/no/ckpt"}, "MLM_MODEL_CKPT=/no/ckpt: no such directory"),
+        ("convert.sh", {"MLM_MODEL_CKPT": "/tmp"}, "MLM_MODEL_CKPT=/tmp: not a complete Megatron checkpoint"),
+        ("convert.sh", {"HF_MODEL_CKPT": "/no/model"}, "HF_MODEL_CKPT=/no/model: no such directory"),
+        ("convert.sh", {"TP": "3", "EP": "2"}, "must divide TP x CP x DP"),
+    ],
+)
+def test_other_scripts_refuse_bad_settings(sandbox, script, env, needle):
+    assert_one_line_error(run(script, "tiny", sandbox, **env), sandbox, needle)
+
+
+def test_settings_block_and_launch_line(sandbox):
+    proc = run("finetune.sh", "tiny", sandbox, TP="2", MLM_EXTRA_ARGS="--seed 7")
+    assert proc.returncode == 0, proc.stderr
+    block = proc.stdout
+    assert "== finetune.sh tiny (conf/tiny.sh)" in block
+    assert "TP=2 PP=1 CP=1 DP=1 EP=1 ETP=2 -> 2 processes (TP x PP x CP x DP) on 1 node(s)  (TP: env)" in block
+    assert "MLM_OPTIM_ARGS  --lr 3e-3" in block and "(conf)" in block
+    assert proc.stderr == ""
+    [call] = launched(sandbox)
+    assert call.startswith(f"torchrun --standalone --nproc_per_node=2 {REPO}/examples/finetune.py ")
+    args = call.split()
+    assert args[args.index("--tensor-model-parallel-size") + 1] == "2"
+    assert args[args.index("--load") + 1].endswith("/tiny/hf") and "--finetune" in args
+    assert args[args.index("--save") + 1] == sandbox["env"]["MLM_WORK_DIR"] + "/tiny_sft"
+    assert args[args.index("--data-path") + 1].endswith("/tiny/train.jsonl")
+    assert args[-2:] == ["--seed", "7"], "MLM_EXTRA_ARGS come last, so they win"
+
+
+def test_multi_node_rendezvous_line(sandbox):
+    proc = run(
+        "finetune.sh",
+        "tiny",
+        sandbox,
+        TP="2",
+        DP="2",
+        NNODES="2",
+        NODE_RANK="1",
+        MASTER_ADDR="node-a",
+        MASTER_PORT="6000",
+    )
+    assert proc.returncode == 0, proc.stderr
+    [call] = launched(sandbox)
+    assert call.startswith(
+        "torchrun --nnodes=2 --node_rank=1 --nproc_per_node=2 --master_addr=node-a --master_port=6000 "
+    )
+
+
+def test_slurm_example_starts_one_torchrun_per_node(sandbox):
+    """sbatch's script with a fake srun: it must hand finetune.sh the node count, GPUs per node and master."""
+    env = {
+        **sandbox["env"],
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_SUBMIT_DIR": str(REPO),
+    }
+    proc = subprocess.run(
+        ["bash", str(EXAMPLES / "slurm" / "finetune.sbatch"), "Qwen/Qwen3-32B"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [call] = launched(sandbox)
+    assert call.startswith(
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 env NNODES=2 NPROC_PER_NODE=8 "
+        "MASTER_ADDR=node-a MASTER_PORT=29500 bash -c"
+    )
+    assert call.endswith(f"{REPO}/examples/finetune.sh Qwen/Qwen3-32B")
+    # What srun would run on node 1 of 2: Qwen3-32B's conf (TP=8 PP=2) fills 2 nodes x 8 GPUs.
+    hf = Path(sandbox["env"]["MLM_WORK_DIR"]) / "tiny" / "hf"
+    node = run(
+        "finetune.sh",
+        "Qwen/Qwen3-32B",
+        sandbox,
+        NNODES="2",
+        NPROC_PER_NODE="8",
+        MASTER_ADDR="node-a",
+        NODE_RANK="1",
+        HF_MODEL_CKPT=str(hf),
+        DATASET=str(hf.parent / "train.jsonl"),
+    )
+    assert node.returncode == 0, node.stderr
+    assert launched(sandbox)[-1].startswith("torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 ")

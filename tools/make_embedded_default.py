@@ -1,0 +1,84 @@
+"""The embedded default: a tiny model, its tokenizer and a task it learns in minutes on a CPU.
+
+    python tools/make_embedded_default.py build --out WORKDIR/tiny
+        WORKDIR/tiny/hf/              tiny Qwen3, character-level tokenizer, ChatML template (HF format)
+        WORKDIR/tiny/train.jsonl      chat samples: "reverse: abc" -> "cba" (strings of 1-6 letters)
+        WORKDIR/tiny/heldout.jsonl    prompts never seen in training, each ending in the expected answer
+    python tools/make_embedded_default.py report --before before.jsonl --after after.jsonl [--min-exact 0.9]
+        prints expected / before / after for each held-out prompt, and the exact-match rates
+
+examples/demo.sh runs both around generate.sh and finetune.sh. `report` reads the --output files of
+examples/generate.py (each record carries the reference answer of its prompt) and needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def build(out: Path, n_train: int, n_heldout: int, seed: int) -> None:
+    from megatron_sft.tiny.charlevel import build_embedded_default
+
+    paths = build_embedded_default(out, n_train, n_heldout, seed)
+    print(
+        f"embedded default in {out}: model {paths['hf'].name}/, {n_train} training samples "
+        f"({paths['train'].name}), {n_heldout} held-out prompts ({paths['heldout'].name})"
+    )
+
+
+def _read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def report(before: Path, after: Path, min_exact: float | None) -> int:
+    rows_before, rows_after = _read_records(before), _read_records(after)
+    if len(rows_before) != len(rows_after):
+        print(f"error: {before} has {len(rows_before)} records, {after} has {len(rows_after)}", file=sys.stderr)
+        return 2
+    hits = [0, 0]
+    print(f"{'prompt':<17} {'expected':<9} {'before':<13} after")
+    for b, a in zip(rows_before, rows_after):
+        expected = a["reference"].strip()
+        answers = [b["completion"].strip(), a["completion"].strip()]
+        marks = []
+        for i, answer in enumerate(answers):
+            hits[i] += answer == expected
+            marks.append("ok" if answer == expected else "--")
+        shown = [repr(x[:8]) for x in answers]
+        print(f"{a['messages'][-1]['content']:<17} {expected:<9} {shown[0]:<10} {marks[0]} {shown[1]:<10} {marks[1]}")
+    n = len(rows_after)
+    rates = [h / n for h in hits]
+    print(
+        f"exact answers on {n} held-out prompts: before {hits[0]}/{n} ({rates[0]:.0%}), "
+        f"after {hits[1]}/{n} ({rates[1]:.0%})"
+    )
+    if min_exact is not None and rates[1] < min_exact:
+        print(f"error: {rates[1]:.0%} exact after fine-tuning is below --min-exact {min_exact:.0%}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write the tiny model, tokenizer and data")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--train-samples", type=int, default=4000)
+    b.add_argument("--heldout", type=int, default=50)
+    b.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("report", help="compare generate.py outputs before and after fine-tuning")
+    r.add_argument("--before", type=Path, required=True)
+    r.add_argument("--after", type=Path, required=True)
+    r.add_argument("--min-exact", type=float, default=None, help="exit 1 when the exact-match rate after is below")
+    cli = parser.parse_args()
+    if cli.command == "build":
+        build(cli.out, cli.train_samples, cli.heldout, cli.seed)
+        return 0
+    return report(cli.before, cli.after, cli.min_exact)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
