@@ -133,12 +133,20 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def force_worker_processes() -> None:
+    """Measure real worker processes even on a machine where preparation would stay in one process."""
+    from megatron_sft.data import workers
+
+    workers.MIN_CORES_FOR_WORKERS = 0
+
+
 def throughput(work: str, n: int, family: str, repeats: int) -> None:
     """Raw tokenizer vs end-to-end with 1 and 2 processes, interleaved `repeats` times; the best time
     of each is kept, so that other load on the machine distorts the ratios as little as possible."""
     from megatron_sft.data.render import ChatRenderer
     from megatron_sft.tiny import make_tiny_tokenizer
 
+    force_worker_processes()
     tok = make_tiny_tokenizer(family)
     path = os.path.join(work, "bench.jsonl")
     write_data(path, n, short=False)
@@ -178,8 +186,8 @@ def throughput(work: str, n: int, family: str, repeats: int) -> None:
     )
     print(
         f"  end-to-end preparation, 2 workers: {tokens / two_s:,.0f} tokens/s -> speed-up {one_s / two_s:.2f}x "
-        f"(machine has {os.cpu_count()} cores; the 1-process mode already overlaps Jinja rendering with the "
-        "multi-threaded tokenizer)"
+        f"(forced: with {os.cpu_count()} cores preparation would stay in one process, whose rendering and "
+        "multi-threaded tokenizing already overlap; worker processes are for machines with more cores)"
     )
 
 
@@ -227,6 +235,7 @@ def rss_child(path: str, out: str, family: str) -> None:
 
     from megatron_sft.tiny import make_tiny_tokenizer
 
+    force_worker_processes()
     peaks, done = {"main": 0.0, "worker": 0.0, "total": 0.0}, threading.Event()
     sampler = threading.Thread(target=_sample_memory, args=(peaks, done), daemon=True)
     sampler.start()

@@ -23,11 +23,24 @@ from megatron_sft.data.stats import DataStats
 
 log = logging.getLogger(__name__)
 _WORKER: ChunkProcessor | None = None
+# One process already keeps about two cores busy (a rendering thread and a tokenizing thread), so
+# worker processes only pay for their start-up and transfers on smaller machines.
+MIN_CORES_FOR_WORKERS = 3
 
 
 @contextlib.contextmanager
 def chunk_mapper(processor: ChunkProcessor, num_workers: int) -> Iterator[Callable[[Iterable], Iterator]]:
     """A function mapping chunks to results in order, over `num_workers` processes (<= 1: this process)."""
+    cores = os.cpu_count() or 1
+    if num_workers > 1 and cores < MIN_CORES_FOR_WORKERS:
+        log.info(
+            "data: %d cores: preparing in this process (rendering and tokenizing overlap); "
+            "--num-workers %d takes effect on machines with %d or more cores",
+            cores,
+            num_workers,
+            MIN_CORES_FOR_WORKERS,
+        )
+        num_workers = 1
     pool = _start_pool(processor, num_workers) if num_workers > 1 else None
     if pool is None:
         yield lambda chunks: two_stage(processor, chunks)

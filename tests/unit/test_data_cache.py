@@ -81,7 +81,10 @@ def test_metadata_reports_everything(data):
     assert "truncated" in stats["explain"]
 
 
-def test_parallel_workers_give_identical_arrays(data, tmp_path):
+def test_parallel_workers_give_identical_arrays(data, tmp_path, monkeypatch):
+    from megatron_sft.data import workers
+
+    monkeypatch.setattr(workers, "MIN_CORES_FOR_WORKERS", 0)  # real worker processes even on 2 cores
     tok = make_tiny_tokenizer("qwen3")
     serial = cache.prepare(data, tok, progress=False)
     parallel = cache.prepare(
