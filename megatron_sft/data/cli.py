@@ -27,7 +27,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eod-mask-loss", action="store_true")
     g.add_argument("--context-parallel-size", type=int, default=1)
     g.add_argument("--data-cache-dir", default=None)
-    g.add_argument("--num-workers", type=int, default=2)
+    g.add_argument(
+        "--num-workers",
+        type=int,
+        default=2,
+        help="preparation worker processes (from 3 cores on; one process already overlaps rendering and tokenizing)",
+    )
     g.add_argument("--packing-algorithm", choices=PACKING_ALGORITHMS, default="best_fit")
     g.add_argument("--sample", dest="sample_limit", type=int, default=None, help="read only the first N records")
 
