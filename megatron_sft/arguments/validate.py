@@ -203,6 +203,7 @@ def _check_schedule(args: Namespace, problems: list[str]) -> None:
         args.lr_decay_samples = args.lr_decay_samples or args.train_samples
     if args.lr_warmup_fraction is not None and (args.lr_warmup_iters or args.lr_warmup_samples):
         problems.append("give --lr-warmup-fraction or --lr-warmup-iters/--lr-warmup-samples, not both")
+    _check_warmup_shorter_than_decay(args, problems)
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None and args.lr_wsd_decay_samples is None:
         problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters (or --lr-wsd-decay-samples)")
     training = args.train_iters is not None or args.train_samples is not None
@@ -210,6 +211,17 @@ def _check_schedule(args: Namespace, problems: list[str]) -> None:
         problems.append("--lr is required for training (e.g. --lr 1e-5)")
     if training and args.seq_length is None:
         problems.append("--seq-length is required for training (e.g. --seq-length 4096)")
+
+
+def _check_warmup_shorter_than_decay(args: Namespace, problems: list[str]) -> None:
+    """Megatron's scheduler asserts warmup < decay; say which flags and a value that works."""
+    if args.lr_warmup_fraction is not None and not 0 <= args.lr_warmup_fraction < 1:
+        problems.append(f"--lr-warmup-fraction {args.lr_warmup_fraction} must be in [0, 1), e.g. 0.05")
+    for unit in ("iters", "samples"):
+        warmup, decay = getattr(args, f"lr_warmup_{unit}"), getattr(args, f"lr_decay_{unit}")
+        if warmup and decay and warmup >= decay:
+            problems.append(f"--lr-warmup-{unit} {warmup} must be shorter than the decay ({decay} {unit}, "
+                            f"--lr-decay-{unit} or --train-{unit}); use e.g. --lr-warmup-{unit} {max(decay // 10, 0)}")
 
 
 def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:

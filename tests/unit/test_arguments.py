@@ -382,3 +382,8 @@ def test_run_main_is_silent_on_other_ranks_and_still_exits_2():
 def test_run_main_lets_bugs_through():
     out = run_entry("run_main(lambda: 1 / 0)", rank=None)
     assert out.returncode == 1 and "ZeroDivisionError" in out.stderr and "Traceback" in out.stderr
+
+
+def test_warmup_must_be_shorter_than_decay():
+    with pytest.raises(ConfigErrors, match="--lr-warmup-iters 10 must be shorter"):
+        parse_args(["--train-iters", "10", "--lr-warmup-iters", "10", "--lr", "1e-3", "--seq-length", "32"])
