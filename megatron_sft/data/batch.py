@@ -13,8 +13,8 @@ A micro-batch (`collate`) holds:
   cu_seqlens: int32 [n+1] for B=1, else a list of those per row: real sample lengths, cumulated, the
       trailing padding counted as one more segment; cu_seqlens_padded: the same with each sample's
       CP padding included (equal to cu_seqlens without context parallelism); max_seqlen: int;
-  num_supervised: int64 scalar, the number of loss tokens; num_padding: int64 scalar, the tokens of the
-      trailing padding segments (their segments are the last of each row's cu_seqlens).
+  num_supervised: int64 scalar, the number of loss tokens; num_padding: int64 [B], per row the tokens
+      of its trailing padding segment (0: the row is full; else its last cu_seqlens segment is padding).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def collate(rows: list[dict], with_attention_mask: bool = True) -> dict:
     batch["cu_seqlens_padded"] = cu_padded[0] if len(rows) == 1 else cu_padded
     batch["max_seqlen"] = int(max(int((c[1:] - c[:-1]).max()) for c in cu_padded))
     batch["num_supervised"] = batch["loss_mask"].sum().to(torch.int64)
-    batch["num_padding"] = torch.tensor(sum(int(r.get("num_padding", 0)) for r in rows), dtype=torch.int64)
+    batch["num_padding"] = torch.tensor([int(r.get("num_padding", 0)) for r in rows], dtype=torch.int64)
     return batch
 
 

@@ -23,17 +23,17 @@ def gpu_peak_flops() -> float | None:
 
 
 def sample_lengths(batch: dict) -> list[int]:
-    """Real sample lengths of a packed micro-batch (padding excluded), from its cu_seqlens."""
-    cu = batch.get("cu_seqlens")
+    """Real sample lengths of a packed micro-batch, from cu_seqlens; a row's trailing padding
+    segment (num_padding[row] > 0) is not a sample."""
+    cu = batch["cu_seqlens"]
     rows = cu if isinstance(cu, list) else [cu]
+    padding = batch.get("num_padding", torch.zeros(len(rows), dtype=torch.int64)).reshape(-1).tolist()
     lengths = []
-    for row in rows:
-        if row is None:
-            continue
-        row = row.tolist() if isinstance(row, torch.Tensor) else list(row)
-        lengths += [b - a for a, b in zip(row[:-1], row[1:])]
-    pad = int(batch.get("num_padding", 0))
-    return lengths if not pad else lengths[:-1]
+    for row, pad in zip(rows, padding):
+        bounds = row.tolist()
+        row_lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        lengths += row_lengths[:-1] if pad else row_lengths
+    return lengths
 
 
 def training_flops(lengths: list[int], args) -> float:
