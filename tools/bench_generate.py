@@ -105,7 +105,8 @@ def main() -> None:
     rate_cached, rate_plain = len(cached) / t_cached, len(plain) / t_plain
     print(f"model: Qwen3-0.6B shape, random weights, fp32, {device}, {torch.get_num_threads()} threads")
     print(f"prompt {cli.prompt_tokens} tokens, greedy")
-    print(f"with KV cache:    {len(cached)} new tokens in {t_cached:.1f} s = {rate_cached:.2f} tokens/s (incl. prefill)")
+    print(f"with KV cache:    {len(cached)} new tokens in {t_cached:.1f} s = {rate_cached:.2f} tokens/s "
+          "(incl. prefill)")
     print(f"without KV cache: {len(plain)} new tokens in {t_plain:.1f} s = {rate_plain:.3f} tokens/s"
           + ("" if n_plain == cli.new_tokens else f" (first {n_plain} of {cli.new_tokens}: its cheapest)"))
     print(f"same first {n_plain} tokens: {cached[:n_plain] == plain}")

@@ -35,7 +35,8 @@ def load_prompts(args) -> list[Prompt]:
     if args.prompts_file:
         prompts += read_prompts_file(args.prompts_file)
     if not prompts and not args.prompts_file:
-        prompts = [Prompt([{"role": "user", "content": p}], f"default #{i + 1}") for i, p in enumerate(DEFAULT_PROMPTS)]
+        prompts = [Prompt([{"role": "user", "content": p}], f"default #{i + 1}")
+                   for i, p in enumerate(DEFAULT_PROMPTS)]
     if not prompts:
         raise UserError(f"--prompts-file {args.prompts_file}: no prompts in the file (only blank lines)")
     return prompts

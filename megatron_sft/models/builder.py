@@ -16,7 +16,9 @@ def padded_vocab_size(args, tokenizer_vocab: int | None = None) -> int:
     if getattr(args, "padded_vocab_size", None):
         return int(args.padded_vocab_size)
     if tokenizer_vocab is None:
-        raise UserError("cannot size the vocabulary: no checkpoint vocab_size and no tokenizer; pass --tokenizer-model")
+        raise UserError(
+            "cannot size the vocabulary: no checkpoint vocab_size and no tokenizer; pass --tokenizer-model"
+        )
     multiple = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
     return int(math.ceil(tokenizer_vocab / multiple) * multiple)
 

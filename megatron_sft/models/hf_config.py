@@ -61,7 +61,8 @@ def family_of(config: dict, path: str | os.PathLike) -> tuple[str, str]:
     archs = config.get("architectures") or []
     if len(archs) != 1 or family_for_architecture(archs[0]) is None:
         raise UserError(
-            f"{path}: architecture {archs or 'missing'} is not supported; supported: {', '.join(supported_architectures())}"
+            f"{path}: architecture {archs or 'missing'} is not supported; "
+            f"supported: {', '.join(supported_architectures())}"
         )
     return family_for_architecture(archs[0]).name, archs[0]
 

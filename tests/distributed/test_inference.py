@@ -148,7 +148,8 @@ def test_greedy_matches_transformers_with_and_without_cache(setup_runs, hf_model
     assert len({len(p) for p in result["prompt_ids"]}) > 1, "prompts of one length would not exercise padding"
     runs = result["runs"]
     ties = {name: [check_against_transformers(hf_models[family], p, ours, stops, result["vocab_size"])
-                   for p, ours in zip(result["prompt_ids"], runs[name])] for name in ("cache_b4", "cache_b1", "nocache_b4")}
+                   for p, ours in zip(result["prompt_ids"], runs[name])]
+            for name in ("cache_b4", "cache_b1", "nocache_b4")}
     for name in ("cache_b1", "nocache_b4"):  # the project's variants agree exactly unless a near tie intervened
         for row, (a, b) in enumerate(zip(runs["cache_b4"], runs[name])):
             assert a == b or ties["cache_b4"][row] or ties[name][row], f"{name} row {row}: {b} vs cache_b4 {a}"

@@ -40,7 +40,8 @@ def truncated_checkpoint(root: Path) -> Path:
 
 CASES = {
     "missing checkpoint": (lambda t: ["--load", str(t / "nope")], 1, ["nope", "no such directory"]),
-    "truncated checkpoint": (lambda t: ["--load", str(truncated_checkpoint(t / "ck"))], 1, ["iter_0000010", "metadata.json"]),
+    "truncated checkpoint": (
+        lambda t: ["--load", str(truncated_checkpoint(t / "ck"))], 1, ["iter_0000010", "metadata.json"]),
     "unsupported architecture": (
         lambda t: ["--load", str(hf_dir(t / "gpt2", architectures=["GPT2LMHeadModel"]))], 1,
         ["GPT2LMHeadModel", "config.json", "Qwen3ForCausalLM"]),

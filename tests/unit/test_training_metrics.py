@@ -26,6 +26,9 @@ def test_causal_flops_formula():
                            ffn_hidden_size=16, swiglu=True, num_experts=None, padded_vocab_size=32)
     # per token, forward: 2 FLOPs per weight: qkv 8*(8+2*4), proj 8*8, swiglu mlp 8*16*3, per layer; lm head 8*32
     weights = 2 * (8 * 16 + 8 * 8 + 8 * 48) + 8 * 32
-    attention = lambda n: 2 * 2 * 2 * 8 * n * (n + 1) / 2  # layers * (QK^T + AV) * 2 FLOPs * q-dim * causal pairs
+
+    def attention(n: int) -> float:  # layers * (QK^T + AV) * 2 FLOPs * q-dim * causal pairs
+        return 2 * 2 * 2 * 8 * n * (n + 1) / 2
+
     expected = 3 * (2 * weights * (3 + 5) + attention(3) + attention(5))
     assert training_flops([3, 5], args) == expected

@@ -74,7 +74,8 @@ def mmlu_runs(args, chunks, tokenizer) -> dict:
     out = {}
     for shots in (0, 2):
         args.few_shot = shots
-        out[f"shots{shots}"] = {s: r["predictions"] for s, r in mmlu_report(args, chunks, tokenizer)["subjects"].items()}
+        subjects = mmlu_report(args, chunks, tokenizer)["subjects"]
+        out[f"shots{shots}"] = {s: r["predictions"] for s, r in subjects.items()}
     return out
 
 
