@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megatron_sft.checkpointing.layout import (
+    RUN_ARGS,
+    TRACKER,
+    hf_assets_dir,
+    is_megatron_checkpoint,
+    latest_checkpoint_dir,
+)
 from megatron_sft.errors import UserError
 from megatron_sft.models.hf_config import HF_FIELDS, HF_NEGATED_FIELDS, megatron_args_from_hf_config, read_hf_config
 
-TRACKER = "latest_checkpointed_iteration.txt"
-RUN_ARGS = "run_args.json"
 
 # Megatron-LM's defaults for the flags whose argparse default is None (so explicit ones can be told apart).
 # None here: derived from other values in derive_architecture().
@@ -161,10 +166,6 @@ def _bad_load_message(flag_value: str, load: Path, pretrained: Path | None) -> s
     )
 
 
-def is_megatron_checkpoint(path: Path) -> bool:
-    return (path / TRACKER).is_file() or (path / "release").is_dir() or any(path.glob("iter_[0-9]*"))
-
-
 def check_hf_dir(path: Path, flag: str) -> None:
     """An HF model directory: config.json plus every safetensors shard it needs."""
     if not path.is_dir():
@@ -186,27 +187,10 @@ def check_hf_dir(path: Path, flag: str) -> None:
         )
 
 
-def checkpoint_iteration_dir(load: Path) -> Path:
-    """The directory the tracker file points at, checked to be a complete checkpoint."""
-    tracker = load / TRACKER
-    if not tracker.is_file():
-        raise UserError(f"--load {load}: checkpoint directories but no {TRACKER}; the first save never finished")
-    text = tracker.read_text().strip()
-    if text != "release" and not text.isdigit():
-        raise UserError(f"{tracker}: expected an iteration number or 'release', found {text!r}")
-    iter_dir = load / ("release" if text == "release" else f"iter_{int(text):07d}")
-    if not (iter_dir / "metadata.json").is_file():
-        raise UserError(
-            f"--load {load}: {TRACKER} names {iter_dir.name}/, which is missing or truncated (no metadata.json); "
-            "restore it or point --load at a complete checkpoint"
-        )
-    return iter_dir
-
-
 def _megatron_source(args: Namespace, load: Path) -> Source | None:
-    iter_dir = checkpoint_iteration_dir(load)
+    iter_dir, _ = latest_checkpoint_dir(load)
     args.load_format, args.load_iteration_dir = "megatron", str(iter_dir)
-    assets = iter_dir / "hf_assets"  # the tokenizer saved with the checkpoint outlives the HF source
+    assets = hf_assets_dir(iter_dir)  # the tokenizer saved with the checkpoint outlives the HF source
     if args.tokenizer_model is None and assets.is_dir():
         args.tokenizer_model = str(assets)
     path = iter_dir / RUN_ARGS

@@ -36,7 +36,7 @@ def read_tracker(root: str | os.PathLike) -> int | None:
     """The latest complete checkpoint: an iteration, or None for `release`. Errors name the file."""
     path = Path(root) / TRACKER
     if not path.is_file():
-        raise UserError(f"{root}: no {TRACKER}; not a Megatron checkpoint (or the first save never finished)")
+        raise UserError(f"{root}: checkpoint directories but no {TRACKER}; the first save never finished")
     text = path.read_text().strip()
     if text == "release":
         return None
@@ -51,19 +51,16 @@ def latest_checkpoint_dir(root: str | os.PathLike) -> tuple[Path, int | None]:
     path = iteration_dir(root, iteration)
     if not (path / "metadata.json").is_file():
         raise UserError(
-            f"{path}: checkpoint named by {Path(root) / TRACKER} is missing or truncated "
-            "(no metadata.json); restore it or point --load at another checkpoint"
+            f"{root}: {TRACKER} names {path.name}/, which is missing or truncated (no metadata.json); "
+            "restore it or point --load at a complete checkpoint"
         )
     return path, iteration
 
 
 def is_megatron_checkpoint(path: str | os.PathLike) -> bool:
-    return (Path(path) / TRACKER).is_file()
-
-
-def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    """Looks like one (complete or not): a tracker, release/ or iter_NNNNNNN/ directories."""
     p = Path(path)
-    return (p / "config.json").is_file() and not is_megatron_checkpoint(p)
+    return (p / TRACKER).is_file() or (p / "release").is_dir() or any(p.glob("iter_[0-9]*"))
 
 
 def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
