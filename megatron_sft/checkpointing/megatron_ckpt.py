@@ -20,11 +20,19 @@ from megatron_sft.checkpointing import layout
 log = logging.getLogger(__name__)
 
 
-def model_sharded_state_dict(chunks: list) -> dict:
+def _chunk_key(i: int, n_chunks: int) -> str:
     """Megatron-LM's keys: 'model' for one chunk, 'model0', 'model1', ... for virtual stages."""
-    if len(chunks) == 1:
-        return {"model": chunks[0].sharded_state_dict()}
-    return {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
+    return "model" if n_chunks == 1 else f"model{i}"
+
+
+def model_sharded_state_dict(chunks: list) -> dict:
+    return {_chunk_key(i, len(chunks)): c.sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def load_chunk_states(chunks: list, loaded: dict) -> None:
+    """Put a loaded (model part of a) state dict into the chunks; every weight must be there."""
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded[_chunk_key(i, len(chunks))], strict=True)
 
 
 def _is_rank0() -> bool:
@@ -91,9 +99,5 @@ def load_model_weights(ckpt_dir: str | Path, chunks: list) -> None:
 
     sharded = model_sharded_state_dict(chunks)
     loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
-    if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded["model"], strict=True)
-    else:
-        for i, c in enumerate(chunks):
-            c.load_state_dict(loaded[f"model{i}"], strict=True)
+    load_chunk_states(chunks, loaded)
     log.info("loaded model weights from %s", ckpt_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from megatron_sft.checkpointing import layout
-from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
+from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sharded_state_dict, save_checkpoint
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,7 @@ def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
     sharded = _training_sharded_state(model, is_loading=True, with_rng=saved.get("dp") == now["dp"])
     loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
     chunks = [unwrap(c) for c in model.chunks]
-    for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"], strict=True)
+    load_chunk_states(chunks, loaded)
     model.optimizer.load_state_dict(loaded["optimizer"])
     _restore_adam_step(model.optimizer, state.optimizer_steps)
     model.scheduler.load_state_dict(state.scheduler)
