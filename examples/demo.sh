@@ -7,7 +7,8 @@
 # 3. fine-tunes it through finetune.sh (conf/tiny.sh: 1000 iterations, about 2 minutes on 2 CPU cores);
 # 4. answers the same prompts again and prints both answers side by side, with the exact-match rates.
 #
-# The environment works as for the scripts it calls, e.g. MLM_DATA_ARGS="--train-iters 40" for a shorter run.
+# The environment works as for the scripts it calls, e.g. MLM_DATA_ARGS="--train-iters 40" for a shorter run,
+# or CP=2 to fine-tune with context parallelism (generation always runs at CP=1: it has no CP).
 # DEMO_MIN_EXACT (default 0.9): exit 1 when a smaller share of the held-out answers is exact after fine-tuning.
 set -euo pipefail
 EXAMPLES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -22,7 +23,7 @@ echo "== 1/4 build the tiny model and the task in $TINY"
 python "$REPO_DIR/tools/make_embedded_default.py" build --out "$TINY"
 
 echo "== 2/4 held-out prompts, before fine-tuning"
-OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/hf" PROMPTS_PATH="$TINY/heldout.jsonl" \
+CP=1 OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/hf" PROMPTS_PATH="$TINY/heldout.jsonl" \
     OUTPUT_PATH="$TINY/before.jsonl" MLM_EXTRA_ARGS="--max-new-tokens 8 ${MLM_EXTRA_ARGS:-}" \
     "$EXAMPLES_DIR/generate.sh" tiny > "$TINY/before.log" 2>&1 || { tail -n 40 "$TINY/before.log" >&2; exit 1; }
 echo "answers written to $TINY/before.jsonl"
@@ -31,7 +32,7 @@ echo "== 3/4 fine-tune (OMP_NUM_THREADS=$THREADS)"
 OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_SAVE="$TINY/sft" MLM_RESUME=0 "$EXAMPLES_DIR/finetune.sh" tiny
 
 echo "== 4/4 held-out prompts, after fine-tuning"
-OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/sft" PROMPTS_PATH="$TINY/heldout.jsonl" \
+CP=1 OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/sft" PROMPTS_PATH="$TINY/heldout.jsonl" \
     OUTPUT_PATH="$TINY/after.jsonl" MLM_EXTRA_ARGS="--max-new-tokens 8 ${MLM_EXTRA_ARGS:-}" \
     "$EXAMPLES_DIR/generate.sh" tiny > "$TINY/after.log" 2>&1 || { tail -n 40 "$TINY/after.log" >&2; exit 1; }
 

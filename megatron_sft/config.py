@@ -28,19 +28,56 @@ def dtype_from_name(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+def _fused_rope_available() -> bool:
+    """Transformer Engine's fused RoPE (both layouts: THD training, SBHD generation)."""
+    from megatron.core.models.common.embeddings import rope_utils
+
+    return rope_utils.fused_apply_rotary_pos_emb is not None and rope_utils.fused_apply_rotary_pos_emb_thd is not None
+
+
+def _grad_accum_fusion_available() -> bool:
+    """Apex's fused_weight_gradient_mlp_cuda, which the local spec's parallel linears call."""
+    import importlib.util
+
+    return importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
+
+
+_fusion_notice_given = False
+
+
+def _kernel_fusions(args, on_cpu: bool) -> dict:
+    """RoPE and gradient-accumulation fusion only where their kernels import: Megatron would raise
+    'apply_rope_fusion is not available' (no Transformer Engine) or an Apex error otherwise."""
+    global _fusion_notice_given
+    wanted = {
+        "apply_rope_fusion": (bool(getattr(args, "apply_rope_fusion", True)), _fused_rope_available,
+                              "Transformer Engine"),
+        "gradient_accumulation_fusion": (bool(getattr(args, "gradient_accumulation_fusion", True)),
+                                         _grad_accum_fusion_available, "Apex"),
+    }
+    fields, missing = {}, []
+    for name, (asked, available, provider) in wanted.items():
+        fields[name] = asked and not on_cpu and available()
+        if asked and not on_cpu and not fields[name]:
+            missing.append(f"{name} (needs {provider})")
+    if missing and not _fusion_notice_given:
+        log.info("fusions off, their kernels are not installed: %s", ", ".join(missing))
+        _fusion_notice_given = True
+    return fields
+
+
 def _fusions(args, on_cpu: bool) -> dict:
-    """Fused kernels are CUDA-only. Masked-softmax fusion is always off: packed batches carry an
+    """Fused kernels are CUDA-only. Masked-softmax fusion is always off: the local backend passes an
     explicit block-diagonal mask, and the fused causal kernel would ignore it (see DESIGN.md)."""
     return dict(
         masked_softmax_fusion=False,
         bias_activation_fusion=bool(getattr(args, "bias_swiglu_fusion", True)) and not on_cpu,
-        apply_rope_fusion=bool(getattr(args, "apply_rope_fusion", True)) and not on_cpu,
-        gradient_accumulation_fusion=bool(getattr(args, "gradient_accumulation_fusion", True)) and not on_cpu,
         bias_dropout_fusion=not on_cpu,
         persist_layer_norm=not on_cpu,
         # Over gloo, batched isend/irecv corrupted activations in the interleaved pipeline schedule
         # (later micro-batches got another loss); plain isend/irecv is exact.
         batch_p2p_comm=not on_cpu,
+        **_kernel_fusions(args, on_cpu),
     )
 
 

@@ -36,14 +36,15 @@ def write_data(path: Path, n: int = 300) -> Path:
 def bare_iteration(model, batches, seq_length: int, mbs: int) -> None:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_sft.training.step import forward_step
+    from megatron_sft.training.step import make_forward_step
 
     for chunk in model.chunks:
         chunk.zero_grad_buffer()
     model.optimizer.zero_grad()
-    get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter(batches), model=model.chunks,
-                                num_microbatches=len(batches), seq_length=seq_length, micro_batch_size=mbs,
-                                forward_only=False)
+    seq_length, mbs = model.layout.schedule_shape(seq_length, mbs)
+    get_forward_backward_func()(forward_step_func=make_forward_step(model.layout), data_iterator=iter(batches),
+                                model=model.chunks, num_microbatches=len(batches), seq_length=seq_length,
+                                micro_batch_size=mbs, forward_only=False)
     model.optimizer.step()
 
 

@@ -19,9 +19,9 @@ def add_parallel_args(parser: ArgumentParser) -> None:
     g.add_argument(
         "--cp-comm-type",
         nargs="+",
-        default=["p2p"],
+        default=None,
         choices=["p2p", "a2a", "allgather", "a2a+p2p"],
-        help="one type for all layers, or one per layer",
+        help="the packed attention all-gathers K/V over the CP group: allgather (the default) is the one it does",
     )
     g.add_argument("--expert-model-parallel-size", type=int, default=1)
     g.add_argument(

@@ -34,6 +34,7 @@ def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
     _check_batch(args, problems)
     _check_schedule(args, problems)
     _check_precision_and_misc(args, problems)
+    _check_attention(args, problems)
     _collect_notices(args)
     return problems
 
@@ -240,6 +241,30 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
     seq, positions = args.seq_length, args.max_position_embeddings
     if args.position_embedding_type == "learned_absolute" and seq and positions and seq > positions:
         problems.append(f"--seq-length {seq} is longer than --max-position-embeddings {positions}")
+
+
+def _check_attention(args: Namespace, problems: list[str]) -> None:
+    """--attention-backend, --cp-comm-type and the token counts that THD, CP and SP must split."""
+    backend, cp, tp = args.attention_backend, args.context_parallel_size, args.tensor_model_parallel_size
+    if backend in ("flash", "fused", "unfused"):
+        problems.append(f"--attention-backend {backend} names a Transformer Engine kernel, and training on Transformer "
+                        "Engine is not available yet; use --attention-backend auto (packed SDPA, the default)")
+    if backend == "local" and cp > 1:
+        problems.append(f"--attention-backend local (Megatron's DotProductAttention) has no context parallelism; "
+                        f"use --attention-backend auto with --context-parallel-size {cp}")
+    comm = args.cp_comm_type
+    if comm is not None and cp == 1:
+        args.notices.append(f"--cp-comm-type {' '.join(comm)} has no effect with --context-parallel-size 1")
+    elif comm is not None and any(c != "allgather" for c in comm):
+        problems.append(f"--cp-comm-type {' '.join(comm)}: the packed attention all-gathers K/V over the context-"
+                        "parallel group; use --cp-comm-type allgather (or leave it out)")
+    seq, mbs = args.seq_length, args.micro_batch_size
+    if seq and args.sequence_parallel:
+        tokens = seq * (mbs if backend == "auto" else 1) // cp  # per CP rank, split again over TP under SP
+        if tokens % tp:
+            problems.append(f"--sequence-parallel splits the {tokens} tokens per context-parallel rank over "
+                            f"--tensor-model-parallel-size {tp}; use a --seq-length that is a multiple of "
+                            f"{tp * cp * (2 if cp > 1 else 1)}")
 
 
 def _collect_notices(args: Namespace) -> None:

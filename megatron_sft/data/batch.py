@@ -9,7 +9,7 @@ spec convention) and cu_seqlens carries the same segmentation for THD attention.
 
 A micro-batch (`collate`) holds:
   tokens, labels [B, S] int64; loss_mask [B, S] float32 (aligned with labels); position_ids [B, S] int64;
-  attention_mask [B, 1, S, S] bool, True = masked;
+  attention_mask [B, 1, S, S] bool, True = masked (only with `with_attention_mask`);
   cu_seqlens: int32 [n+1] for B=1, else a list of those per row: real sample lengths, cumulated, the
       trailing padding counted as one more segment; cu_seqlens_padded: the same with each sample's
       CP padding included (equal to cu_seqlens without context parallelism); max_seqlen: int;
@@ -65,8 +65,12 @@ def attention_mask_from_cu_seqlens(cu_seqlens_padded: torch.Tensor, seq_length: 
     return ~(causal & (segment[:, None] == segment[None, :]))[None]
 
 
-def collate(rows: list[dict], with_attention_mask: bool = True) -> dict:
-    """Stack packed rows into a micro-batch (the contract training consumes)."""
+def collate(rows: list[dict], with_attention_mask: bool = False) -> dict:
+    """Stack packed rows into a micro-batch (the contract training consumes).
+
+    The [B, 1, S, S] mask is built only on request (`--attention-backend local`, tests): the default
+    backend reads cu_seqlens instead, and an S x S mask per row would make memory quadratic in S.
+    """
     batch = {k: torch.stack([r[k] for r in rows]) for k in PACK_KEYS}
     seq_length = batch["tokens"].shape[1]
     cu = [r["cu_seqlens"] for r in rows]
@@ -79,6 +83,31 @@ def collate(rows: list[dict], with_attention_mask: bool = True) -> dict:
     batch["num_supervised"] = batch["loss_mask"].sum().to(torch.int64)
     batch["num_padding"] = torch.tensor([int(r.get("num_padding", 0)) for r in rows], dtype=torch.int64)
     return batch
+
+
+def join_rows(batch: dict) -> dict:
+    """A micro-batch of B rows as one token stream [1, B*S] (THD: Megatron drops the batch dimension).
+
+    Row r's segments keep their order, offset by the rows before it (r*S in cu_seqlens_padded; the
+    real lengths in cu_seqlens are cumulated the same way); every row's
+    trailing padding stays a segment of its own, so no sample ever meets another.
+    """
+    b, s = batch["tokens"].shape
+    if b == 1:
+        return {k: v for k, v in batch.items() if k != "attention_mask"}
+    out = {k: v for k, v in batch.items() if k not in ("attention_mask",) + PACK_KEYS}
+    for key in PACK_KEYS:
+        if key in batch:
+            out[key] = batch[key].reshape(1, b * s)
+    for key in ("cu_seqlens", "cu_seqlens_padded"):
+        if key in batch:
+            joined, offset = [torch.zeros(1, dtype=torch.int32)], 0
+            for c in _rows(batch[key], b):
+                c = torch.as_tensor(c, dtype=torch.int32)
+                joined.append(c[1:] + offset)
+                offset += int(c[-1])
+            out[key] = torch.cat(joined)
+    return out
 
 
 def _rows(value, batch_size: int) -> list:

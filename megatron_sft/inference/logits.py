@@ -7,7 +7,7 @@ import torch
 
 def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                    attention_mask: torch.Tensor | None = None, *, select: torch.Tensor | None = None,
-                   inference_context=None) -> torch.Tensor | None:
+                   inference_context=None, packed_seq_params=None) -> torch.Tensor | None:
     """Logits [B, S, V] gathered over tensor parallelism, returned on the last pipeline stage.
 
     Runs Megatron's own (pipelined) forward schedule, so it works at any PP, with
@@ -18,6 +18,8 @@ def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tenso
     before the TP gather, so a long prompt never materialises [B, S, V] full-vocabulary logits.
     `inference_context` (a Megatron StaticInferenceContext): attention reads and extends its KV
     cache, and the model itself returns the gathered logits of the last position only, [B, 1, V].
+    `packed_seq_params` (THD, B = 1): samples packed in one stream, kept apart by their cu_seqlens
+    (attention backend auto), as training runs them.
     """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -30,6 +32,8 @@ def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tenso
     # With a context Megatron insists on gathering TP itself (runtime_gather_output) and keeps only
     # the last position; without one the output is this rank's vocabulary shard of every position.
     extra = {"inference_context": inference_context, "runtime_gather_output": True} if inference_context else {}
+    if packed_seq_params is not None:
+        extra["packed_seq_params"] = packed_seq_params
 
     def forward_step(data_iterator, model):
         b = next(data_iterator)

@@ -32,7 +32,9 @@ def build_gpt_model(args, config, vocab_size: int, vp_stage: int | None = None):
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     return GPTModel(
         config=config,
-        transformer_layer_spec=decoder_block_spec(config, args.transformer_impl, vp_stage),
+        transformer_layer_spec=decoder_block_spec(
+            config, args.transformer_impl, vp_stage, getattr(args, "attention_backend", "auto")
+        ),
         vocab_size=vocab_size,
         max_sequence_length=args.max_position_embeddings,
         pre_process=pre,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from megatron_sft.checkpointing.loading import load_weights
 from megatron_sft.config import ddp_config, optimizer_config, transformer_config
 from megatron_sft.models.builder import build_model_chunks, padded_vocab_size
+from megatron_sft.training.inputs import PackedLayout
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ class TrainingModel:
     scheduler: object
     config: object  # the TransformerConfig shared by all chunks
     loaded_iteration: int | None  # iteration of the Megatron checkpoint the weights came from
+    layout: PackedLayout  # THD stream or explicit mask, and this rank's context-parallel share
 
 
 def unwrap(chunk):
@@ -101,4 +103,4 @@ def build_training_model(args, tokenizer_vocab: int, resume: bool) -> TrainingMo
     scheduler = build_scheduler(args, optimizer)
     n_params = sum(p.numel() for c in chunks for p in c.parameters())
     log.info("model built: %.2fM parameters on this rank", n_params / 1e6)
-    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded_iteration)
+    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded_iteration, PackedLayout.from_args(args))

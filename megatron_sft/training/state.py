@@ -39,11 +39,12 @@ def _layout() -> dict:
     from megatron.core import parallel_state as ps
 
     return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
-            "dp": ps.get_data_parallel_world_size(), "ep": ps.get_expert_model_parallel_world_size()}
+            "dp": ps.get_data_parallel_world_size(), "ep": ps.get_expert_model_parallel_world_size(),
+            "cp": ps.get_context_parallel_world_size()}
 
 
 def _rng_sharded_object():
-    """Per (PP, TP) rank RNG states, replicated over DP (Megatron-LM's convention)."""
+    """Per (PP, TP) rank RNG states, replicated over DP and CP (Megatron-LM's convention)."""
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedObject
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
@@ -52,7 +53,8 @@ def _rng_sharded_object():
              "tracker": get_cuda_rng_tracker().get_states()}
     pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
     shape = (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size())
-    return ShardedObject("rng_state", state, shape, (pp, tp), replica_id=ps.get_data_parallel_rank())
+    replica = ps.get_data_parallel_rank(with_context_parallel=True)
+    return ShardedObject("rng_state", state, shape, (pp, tp), replica_id=replica)
 
 
 def _training_sharded_state(model, is_loading: bool, with_rng: bool) -> dict:
@@ -121,11 +123,15 @@ def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
     from megatron_sft.training.setup import unwrap
 
     saved, now = state.layout, _layout()
-    if (saved.get("tp"), saved.get("pp"), saved.get("ep")) != (now["tp"], now["pp"], now["ep"]):
+    saved.setdefault("cp", 1)  # checkpoints from before context parallelism existed
+    fixed = ("tp", "pp", "ep", "cp")  # the data position also depends on CP (samples are padded to 2 x CP)
+    if any(saved.get(k) != now[k] for k in fixed):
+        was = " ".join(f"{k.upper()}={saved.get(k)}" for k in fixed)
+        run = " ".join(f"{k.upper()}={now[k]}" for k in fixed)
         raise UserError(
-            f"{ckpt_dir}: saved at TP={saved.get('tp')} PP={saved.get('pp')} EP={saved.get('ep')}, resumed at "
-            f"TP={now['tp']} PP={now['pp']} EP={now['ep']}; the optimizer state only reshards over DP: resume at "
-            "the saved TP/PP/EP, or add --finetune to start a new run from its weights"
+            f"{ckpt_dir}: saved at {was}, resumed at {run}; the optimizer state and the data position carry over "
+            "only when DP changes: resume at the saved TP/PP/EP/CP, or add --finetune to start a new run from "
+            "its weights"
         )
     _allocate_optimizer_state(model.optimizer)
     sharded = _training_sharded_state(model, is_loading=True, with_rng=saved.get("dp") == now["dp"])

@@ -8,20 +8,21 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_sft.training.inputs import PackedLayout, model_inputs
 from megatron_sft.training.loss import masked_loss_func, reduce_loss_reports
 
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "attention_mask")
 
-
-def _to_device(batch: dict, device: str) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def forward_step(data_iterator, model):
+def make_forward_step(layout: PackedLayout):
     """Megatron's forward_step_func: per-token losses from the model, masked-sum loss function."""
-    batch = _to_device(next(data_iterator), "cuda" if torch.cuda.is_available() else "cpu")
-    per_token_loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
-    return per_token_loss, masked_loss_func(batch["loss_mask"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def forward_step(data_iterator, model):
+        b = model_inputs(next(data_iterator), layout, device)
+        per_token_loss = model(b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"],
+                               packed_seq_params=b["packed_seq_params"])
+        return per_token_loss, masked_loss_func(b["loss_mask"])
+
+    return forward_step
 
 
 @dataclass
@@ -55,8 +56,9 @@ def _loss_everywhere(reports: list[dict]) -> float:
 def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, forward_only: bool) -> list:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    seq_length, micro_batch_size = model.layout.schedule_shape(seq_length, micro_batch_size)
     return get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=make_forward_step(model.layout),
         data_iterator=_data_iterators(batches, len(model.chunks)),
         model=model.chunks,
         num_microbatches=len(batches),

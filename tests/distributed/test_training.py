@@ -46,6 +46,7 @@ def rel(a: float, b: float) -> float:
 
 
 LAYOUTS = ["tp1pp1dp1_mb1", "tp2", "tp2_sp", "pp2", "pp2_vp2", "dp2", "tp2pp2", "pp4"]
+CP_LAYOUTS = {"cp2": 2, "cp2tp2": 2, "cp2pp2": 2, "cp4": 4, "cp2tp2_sp": 2, "cp2dp2": 2}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -53,6 +54,38 @@ def test_first_step_loss_and_grad_norm_do_not_depend_on_layout(results, layout):
     ref, got = results["tp1pp1dp1_mb4"][0], results[layout][0]
     assert rel(got["loss"], ref["loss"]) <= 1e-5, (got, ref)
     assert rel(got["grad_norm"], ref["grad_norm"]) <= 1e-5, (got, ref)
+
+
+def test_local_attention_backend_gives_the_same_first_step(results):
+    """Megatron's DotProductAttention with the explicit mask vs the packed THD attention (default)."""
+    ref, got = results["tp1pp1dp1_mb4"][0], results["local_mb4"][0]
+    assert rel(got["loss"], ref["loss"]) <= 1e-5 and rel(got["grad_norm"], ref["grad_norm"]) <= 1e-5, (got, ref)
+
+
+@pytest.mark.parametrize("layout", sorted(CP_LAYOUTS))
+def test_context_parallel_matches_cp1_for_three_steps(results, layout):
+    assert any(n % 8 for n in results["cp_sample_lengths"]), "samples should not all be multiples of 2 x CP"
+    ref, got = results["cp1"], results[layout]
+    assert len(got) == len(ref) == 3
+    for step, (a, b) in enumerate(zip(got, ref)):
+        assert rel(a["loss"], b["loss"]) <= 1e-5 and rel(a["grad_norm"], b["grad_norm"]) <= 1e-5, (step, a, b)
+
+
+@pytest.mark.parametrize("layout", sorted(CP_LAYOUTS))
+def test_each_context_parallel_rank_attends_with_its_share_of_queries(results, layout):
+    """A CP that did nothing (every rank the whole stream) would pass the loss check; not this one."""
+    cp = CP_LAYOUTS[layout]
+    per_rank = results[f"{layout}_queries"]
+    assert per_rank and all(per_rank), per_rank
+    for calls in per_rank:
+        assert all(local * cp == total for local, total in calls), (cp, calls)
+    assert all(local == total for local, total in results["cp1_queries"][0])
+
+
+def test_context_parallel_resume_is_bitwise_identical(results):
+    straight = [r["loss"] for r in results["cp2_straight6"]]
+    split = [r["loss"] for r in results["cp2_first3"]] + [r["loss"] for r in results["cp2_resumed3"]]
+    assert len(straight) == 6 and split == straight
 
 
 def test_moe_expert_parallel_does_not_change_loss(results):

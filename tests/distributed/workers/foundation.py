@@ -37,7 +37,8 @@ def setup(argv: list[str]):
     setup_device(args)
     init_process_group(args.device, args.distributed_timeout_minutes)
     init_parallel_state(tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
-                        ep=args.expert_model_parallel_size, etp=args.expert_tensor_parallel_size, seed=args.seed)
+                        ep=args.expert_model_parallel_size, etp=args.expert_tensor_parallel_size,
+                        vp=args.virtual_pipeline_model_parallel_size, seed=args.seed)
     return args
 
 
@@ -104,6 +105,75 @@ def run_packing(models: Path, out: Path, data: Path) -> None:
         torch.save({"cu": cu, "packed": packed, "alone": alone, "unmasked": unmasked}, out / f"packing_{tag}.pt")
 
 
+# Packed (THD) attention: name -> (family, extra flags, packs per micro-batch), per world size.
+PACKED_LAYOUTS = {
+    1: {"tp1": ("qwen3", [], 1), "tp1_mb4": ("qwen3", [], 4)},
+    2: {"tp2": ("qwen3", ["--tensor-model-parallel-size", "2"], 1),
+        "tp2_sp": ("qwen3", ["--tensor-model-parallel-size", "2", "--sequence-parallel"], 1),
+        "pp2_vp2": ("qwen3", ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"], 1),
+        "ep2": ("qwen3_moe", ["--expert-model-parallel-size", "2"], 1)},
+}
+
+
+def fullest_packs(models: Path, out: Path, data: Path, n: int) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    from megatron_sft.data import SFTDataset
+
+    tokenizer = AutoTokenizer.from_pretrained(models / "qwen3")
+    ds = SFTDataset(str(data), tokenizer, seq_length=96, cache_dir=str(out / "pack_cache"))
+    packs = sorted((ds[i] for i in range(len(ds))), key=lambda p: -len(p["cu_seqlens"]))
+    return packs[:n]
+
+
+def thd_logits(chunks, stream: dict, bounds=None):
+    from megatron_sft.inference.logits import forward_logits
+    from megatron_sft.training.inputs import thd_params
+
+    cu = stream["cu_seqlens_padded"] if bounds is None else bounds
+    params = thd_params(cu, cu, int((cu[1:] - cu[:-1]).max()))
+    return forward_logits(chunks, stream["tokens"], stream["position_ids"], None, packed_seq_params=params)
+
+
+def alone_logits(chunks, tokens):
+    """A sample on its own (plain causal attention), padded at the end to an even length for SP."""
+    import torch
+
+    from megatron_sft.inference.logits import forward_logits
+
+    n = tokens.shape[1]
+    padded = torch.cat([tokens, tokens.new_zeros(1, n % 2)], dim=1)
+    logits = forward_logits(chunks, padded)
+    return None if logits is None else logits[:, :n]
+
+
+def run_packed_attention(models: Path, out: Path, data: Path) -> None:
+    """THD logits of packed samples against each sample alone (and at world size 1, the local backend)."""
+    import torch
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.data.batch import collate, join_rows
+
+    for name, (family, extra, n_packs) in PACKED_LAYOUTS[int(os.environ["WORLD_SIZE"])].items():
+        batch = collate(fullest_packs(models, out, data, n_packs), with_attention_mask=True)
+        stream = join_rows(batch)
+        chunks = build_and_load(setup(flags(models / family, 1, 1, 1) + extra))
+        cu = stream["cu_seqlens_padded"]
+        result = {"cu": cu.tolist(), "packed": thd_logits(chunks, stream),
+                  "alone": [alone_logits(chunks, stream["tokens"][:, a:b]) for a, b in zip(cu[:-1], cu[1:])]}
+        if name == "tp1":  # the check can fail: the same stream without its boundaries
+            result["one_segment"] = thd_logits(chunks, stream, torch.tensor([0, cu[-1]], dtype=torch.int32))
+        if name == "tp1_mb4":  # Megatron's DotProductAttention with the explicit mask, row by row
+            local = build_and_load(setup(flags(models / family, 1, 1, 1) + ["--attention-backend", "local"]))
+            from megatron_sft.inference.logits import forward_logits
+
+            result["local"] = forward_logits(local, batch["tokens"], batch["position_ids"], batch["attention_mask"])
+        if result["packed"] is not None and ps.get_tensor_model_parallel_rank() == 0 \
+                and ps.get_data_parallel_rank() == 0:
+            torch.save(result, out / f"packed_attention_{name}.pt")
+
+
 def main() -> None:
     import torch
 
@@ -114,6 +184,8 @@ def main() -> None:
     cli = parser.parse_args()
     tokens = torch.load(cli.out / "tokens.pt")
     run_layouts(cli.models, cli.out, tokens)
+    if cli.chat_data and int(os.environ["WORLD_SIZE"]) in PACKED_LAYOUTS:
+        run_packed_attention(cli.models, cli.out, cli.chat_data)
     if int(os.environ["WORLD_SIZE"]) == 1 and cli.chat_data:
         run_packing(cli.models, cli.out, cli.chat_data)
     if int(os.environ["WORLD_SIZE"]) == 2:

@@ -44,6 +44,20 @@ LAYOUTS = {
     "pp2_vp2": (2, "--pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1"),
     "moe_ep1_dp2": (2, "--moe-aux-loss-coeff 0"),
     "moe_ep2_dp2": (2, "--moe-aux-loss-coeff 0 --expert-model-parallel-size 2"),
+    "local_mb4": (1, "--micro-batch-size 1 --attention-backend local"),
+}
+
+# Context parallelism: 3 steps each, against CP=1. Every CP run pads samples to 8 tokens (2 x the
+# largest CP): padding changes how samples pack, so with it fixed all runs see the same batches.
+CP_PAD = 8
+CP_LAYOUTS = {
+    "cp1": (1, ""),
+    "cp2": (2, "--context-parallel-size 2"),
+    "cp2tp2": (4, "--context-parallel-size 2 --tensor-model-parallel-size 2"),
+    "cp2pp2": (4, "--context-parallel-size 2 --pipeline-model-parallel-size 2"),
+    "cp4": (4, "--context-parallel-size 4"),
+    "cp2tp2_sp": (4, "--context-parallel-size 2 --tensor-model-parallel-size 2 --sequence-parallel"),
+    "cp2dp2": (4, "--context-parallel-size 2"),
 }
 
 
@@ -66,6 +80,51 @@ def train(flags: str, capture: list | None = None) -> list[dict]:
         trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
     trainer.run()
     return [{"loss": r["loss"], "grad_norm": r["grad_norm"]} for r in trainer.records]
+
+
+def watch_attention_queries() -> list:
+    """Record, for every packed attention call, (local query tokens, global tokens of the stream)."""
+    from megatron_sft.models.attention import PackedSDPAttention
+
+    seen: list = []
+    original = PackedSDPAttention._forward_thd
+
+    def recording(self, query, key, value, params):
+        seen.append((int(query.shape[0]), int(params.cu_seqlens_q_padded[-1])))
+        return original(self, query, key, value, params)
+
+    PackedSDPAttention._forward_thd = recording
+    return seen
+
+
+def cp_runs(ws: int, cli, results: dict) -> None:
+    """Each CP layout for 3 steps, with what every rank's attention saw; at CP=2 an exact resume."""
+    import torch
+
+    from megatron_sft.data.config import DataConfig
+
+    DataConfig.cp_multiple = property(lambda self: CP_PAD)
+    base = f"{common(cli.models / 'qwen3', cli.data, cli.out / 'cp_cache')} --micro-batch-size 2 " \
+           "--use-distributed-optimizer"
+    seen = watch_attention_queries()
+    for name, (size, flags) in CP_LAYOUTS.items():
+        if size == ws:
+            seen.clear()
+            capture = [] if name == "cp1" else None
+            results[name] = train(f"{base} {flags} --train-iters 3", capture)
+            if capture:  # real sample lengths, to show they are not all multiples of 2 x CP
+                from megatron_sft.training.metrics import sample_lengths
+
+                results["cp_sample_lengths"] = [n for batches in capture for mb in batches for n in sample_lengths(mb)]
+            per_rank = [None] * ws
+            torch.distributed.all_gather_object(per_rank, sorted(set(seen)))
+            results[f"{name}_queries"] = per_rank
+    if ws == 2:
+        cp2 = f"{base} --context-parallel-size 2"
+        ckpt = cli.out / "cp_resume_ckpt"
+        results["cp2_straight6"] = train(f"{cp2} --train-iters 6")
+        results["cp2_first3"] = train(f"{cp2} --train-iters 6 --exit-interval 3 --save {ckpt}")
+        results["cp2_resumed3"] = train(f"{cp2.replace(str(cli.models / 'qwen3'), str(ckpt))} --train-iters 6")
 
 
 def layout_runs(ws: int, cli, results: dict) -> None:
@@ -125,6 +184,7 @@ def main() -> None:
         tutorial = TUTORIAL.format(model=cli.models / "qwen3", data=cli.data, save=cli.out / "tutorial_ckpt")
         os.environ["HOME"] = str(cli.out / "home")  # the default data cache lands here, not in the real home
         results["tutorial"] = train(tutorial)  # nothing added: device and cache dir are the defaults
+    cp_runs(ws, cli, results)  # last: it changes how samples are padded
     if int(os.environ["RANK"]) == 0:
         (cli.out / f"results_ws{ws}.json").write_text(json.dumps(results, indent=1))
     from megatron_sft.runtime.distributed import shutdown
