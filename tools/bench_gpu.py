@@ -60,7 +60,9 @@ def build_trainer(cli, work: Path):
     data = work / "data.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                              {"role": "assistant", "content": "hello"}]}) + "\n")
-    dtype = "--bf16" if cli.device != "cpu" else ""
+    import torch
+
+    dtype = "--bf16" if cli.device != "cpu" and torch.cuda.is_available() else ""
     args = parse_args(shlex.split(
         f"--tokenizer-model {tok} --data-path {data} --device {cli.device} {SHAPES[cli.shape]} "
         f"--group-query-attention --qk-layernorm --swiglu --normalization RMSNorm --norm-epsilon 1e-6 "

@@ -50,13 +50,21 @@ def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tenso
 
     config = chunks[0].config
     config.variable_seq_lengths = False
-    iterators = [iter([batch]) for _ in chunks] if len(chunks) > 1 else iter([batch])
+    # Megatron's interleaved schedule (virtual pipeline stages) runs at least PP micro-batches: run
+    # copies of the batch and keep the first output. Not with a KV cache, which each copy would extend.
+    copies = parallel_state.get_pipeline_model_parallel_world_size() if len(chunks) > 1 else 1
+    if copies > 1 and inference_context is not None:
+        from megatron_sft.errors import UserError
+
+        raise UserError("KV-cached generation does not run with virtual pipeline stages; load without "
+                         "--num-layers-per-virtual-pipeline-stage")
+    iterators = [iter([batch] * copies) for _ in chunks] if len(chunks) > 1 else iter([batch])
     with torch.no_grad():
         outputs = get_forward_backward_func()(
             forward_step_func=forward_step,
             data_iterator=iterators,
             model=chunks,
-            num_microbatches=1,
+            num_microbatches=copies,
             seq_length=seq_len,
             micro_batch_size=batch_size,
             forward_only=True,

@@ -123,7 +123,7 @@ class PackedSDPAttention(MegatronModule):
         kwargs = dict(dropout_p=dropout, scale=self.softmax_scale, enable_gqa=self.num_heads != self.num_groups)
         with _rng_fork(dropout > 0 and not self.config.sequence_parallel):
             if attention_mask is not None:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, **kwargs)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=_allowed(attention_mask, sq, sk), **kwargs)
             elif sq == sk:
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
             else:  # KV-cache decode: the new queries are the last sq positions
@@ -131,6 +131,16 @@ class PackedSDPAttention(MegatronModule):
 
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(sq, sk), **kwargs)
         return out.permute(2, 0, 1, 3).reshape(sq, q.shape[0], -1)
+
+
+def _allowed(mask: torch.Tensor, sq: int, sk: int) -> torch.Tensor:
+    """SDPA's boolean mask (True = attend) from Megatron's (True = masked), each query allowed its own
+    key: a left-padding query with every key masked would otherwise give NaN, which then reaches
+    real tokens through 0 x NaN in the next layer (Megatron's -10000 fill gives a finite row)."""
+    allowed = ~mask
+    index = torch.arange(sq, device=mask.device)
+    allowed[..., index, sk - sq + index] = True
+    return allowed
 
 
 def _cp_gather_order(bounds: list[int], cp: int, local_tokens: int, device) -> torch.Tensor:

@@ -114,3 +114,15 @@ def test_sbhd_masks_and_kv_cache_decode():
     assert (masked.double() - causal).abs().max().item() < 1e-5
     decode = attn(q[7:, None], k[:, None], v[:, None], None)  # 3 new queries over 10 cached keys
     assert (decode.double() - causal[7:]).abs().max().item() < 1e-5
+
+
+def test_left_padding_gives_finite_outputs_and_leaves_real_tokens_alone():
+    """Generation's left padding masks every key of a padding query; that row must not become NaN."""
+    q, k, v = qkv(10)
+    pad = torch.zeros(10, dtype=torch.bool)
+    pad[:3] = True  # three padding tokens, then a 7-token prompt
+    mask = (torch.ones(10, 10, dtype=torch.bool).tril().logical_not() | pad[None, :])[None, None]
+    out = make_attention()(q[:, None], k[:, None], v[:, None], mask)
+    assert torch.isfinite(out).all()
+    alone = by_hand(q[3:], k[3:], v[3:], [0, 7]).reshape(7, 1, -1)
+    assert (out[3:].double() - alone).abs().max().item() < 1e-5
