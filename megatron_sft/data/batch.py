@@ -4,8 +4,9 @@ One pack of `seq_length` tokens holds whole samples back to back, each padded to
 2*CP under context parallelism, then padding to the end (its own segment). Per position i inside a
 sample: labels[i] = tokens[i+1], loss_mask[i] = 1 if token i+1 is supervised; the last position of a
 sample (and all padding) predicts nothing, so no loss crosses a sample boundary. Position ids restart
-at 0 in every segment; the attention mask is block-diagonal causal (True = masked, Megatron's local
-spec convention) and cu_seqlens carries the same segmentation for THD attention.
+at 0 in every segment; cu_seqlens carries the segmentation that THD attention reads (`join_rows`
+makes one THD stream of a micro-batch). The explicit block-diagonal causal mask (True = masked,
+Megatron's local spec convention) is built only for `--attention-backend local` and tests.
 
 A micro-batch (`collate`) holds:
   tokens, labels [B, S] int64; loss_mask [B, S] float32 (aligned with labels); position_ids [B, S] int64;
@@ -89,8 +90,8 @@ def join_rows(batch: dict) -> dict:
     """A micro-batch of B rows as one token stream [1, B*S] (THD: Megatron drops the batch dimension).
 
     Row r's segments keep their order, offset by the rows before it (r*S in cu_seqlens_padded; the
-    real lengths in cu_seqlens are cumulated the same way); every row's
-    trailing padding stays a segment of its own, so no sample ever meets another.
+    real lengths in cu_seqlens are cumulated the same way). Every row's trailing padding stays a
+    segment of its own, so no sample ever meets another.
     """
     b, s = batch["tokens"].shape
     if b == 1:

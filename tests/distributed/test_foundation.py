@@ -114,7 +114,7 @@ def test_packed_samples_see_only_themselves(runs, dtype, tol):
     assert without_mask > tol, "without the mask the check would not fail"
 
 
-PACKED_LAYOUTS = ["tp1", "tp1_mb4", "tp2", "tp2_sp", "pp2_vp2", "ep2"]
+PACKED_LAYOUTS = ["tp1", "tp1_mb4", "tp2", "tp2_sp", "pp2_vp2", "ep2"] + [f"tp1_{f}" for f in FAMILIES if f != "qwen3"]
 
 
 @pytest.mark.parametrize("layout", PACKED_LAYOUTS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_sft.data.batch import build_pack, collate
+from megatron_sft.data.batch import build_pack, collate, join_rows
 from megatron_sft.data.packing import fill, greedy_concat_bins, pack, padded_sizes
 
 
@@ -69,6 +69,20 @@ def reference_pack(samples, seq_length, pad, m):
     return tokens, labels, loss, pos, mask
 
 
+def test_join_rows_makes_one_thd_stream_with_offset_boundaries():
+    """A micro-batch of 2 rows -> one [1, 2S] stream; boundaries of row 2 shifted past row 1."""
+    first = build_pack([(np.array([10, 11, 12, 13, 14]), np.ones(5)), (np.array([20, 21, 22]), np.ones(3))],
+                       12, pad_id=0, cp_multiple=4)  # real 5 + 3, padded 8 + 4: no trailing padding
+    second = build_pack([(np.array([30, 31]), np.ones(2))], 12, pad_id=0, cp_multiple=4)  # 2 (4), then 8 padding
+    stream = join_rows(collate([first, second], with_attention_mask=True))
+    assert "attention_mask" not in stream
+    assert stream["tokens"].tolist() == [[10, 11, 12, 13, 14, 0, 0, 0, 20, 21, 22, 0, 30, 31] + [0] * 10]
+    assert stream["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 0, 1, 2, 3] + list(range(8))]
+    assert stream["cu_seqlens_padded"].tolist() == [0, 8, 12, 16, 24]
+    assert stream["cu_seqlens"].tolist() == [0, 5, 8, 10, 18]  # real lengths 5, 3, 2 and the padding (8)
+    assert stream["labels"].shape == stream["loss_mask"].shape == (1, 24)
+
+
 @pytest.mark.parametrize("m", [1, 4])
 def test_build_pack_matches_position_by_position_reference(m):
     samples = [
@@ -82,7 +96,7 @@ def test_build_pack_matches_position_by_position_reference(m):
     assert row["labels"].tolist() == labels
     assert row["loss_mask"].tolist() == loss
     assert row["position_ids"].tolist() == pos
-    batch = collate([row])
+    batch = collate([row], with_attention_mask=True)
     assert batch["attention_mask"].shape == (1, 1, 24, 24) and batch["attention_mask"].dtype == torch.bool
     assert batch["attention_mask"][0, 0].tolist() == mask
     assert batch["num_supervised"].item() == 5
@@ -92,6 +106,6 @@ def test_build_pack_matches_position_by_position_reference(m):
     else:  # real lengths 5, 3, 2 and the trailing padding (8), against their padded extents
         assert row["cu_seqlens"].tolist() == [0, 5, 8, 10, 18]
         assert row["cu_seqlens_padded"].tolist() == [0, 8, 12, 16, 24]
-    two = collate([row, row], with_attention_mask=False)
+    two = collate([row, row])  # the default: no S x S mask
     assert two["tokens"].shape == (2, 24) and isinstance(two["cu_seqlens"], list)
     assert "attention_mask" not in two and two["num_supervised"].item() == 10

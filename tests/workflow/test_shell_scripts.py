@@ -146,7 +146,7 @@ def test_fresh_run_at_tp2(demo, work):
     assert iterations == 3 and first > 3.0  # from the untrained model: about ln(vocabulary)
     assert tracker(save) == "3"
     it = save / "iter_0000003"
-    assert read_json(it / "train_state.json")["layout"] == {"tp": 2, "pp": 1, "dp": 1, "ep": 1}
+    assert read_json(it / "train_state.json")["layout"] == {"tp": 2, "pp": 1, "dp": 1, "ep": 1, "cp": 1}
     assert read_json(it / "run_args.json")["args"]["tensor_model_parallel_size"] == 2
     assert len(list(it.glob("*.distcp"))) >= 2, "sharded weights from both ranks"
 

@@ -107,7 +107,8 @@ def run_packing(models: Path, out: Path, data: Path) -> None:
 
 # Packed (THD) attention: name -> (family, extra flags, packs per micro-batch), per world size.
 PACKED_LAYOUTS = {
-    1: {"tp1": ("qwen3", [], 1), "tp1_mb4": ("qwen3", [], 4)},
+    1: {"tp1": ("qwen3", [], 1), "tp1_mb4": ("qwen3", [], 4),
+        **{f"tp1_{family}": (family, [], 1) for family in FAMILIES if family != "qwen3"}},
     2: {"tp2": ("qwen3", ["--tensor-model-parallel-size", "2"], 1),
         "tp2_sp": ("qwen3", ["--tensor-model-parallel-size", "2", "--sequence-parallel"], 1),
         "pp2_vp2": ("qwen3", ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"], 1),
