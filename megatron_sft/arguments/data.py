@@ -4,20 +4,38 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 
+from megatron_sft.data.formats import DATA_FORMATS  # no heavy imports: parsing stays cheap
+
 
 def add_data_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--finetune-hf-dataset", default=None, help="a Hugging Face dataset name with chat data")
+    g.add_argument(
+        "--finetune-hf-dataset", default=None, help="a Hugging Face dataset name with chat data; NAME:N for N records"
+    )
     g.add_argument(
         "--data-path",
         nargs="+",
         default=None,
-        help="JSONL files or directories, optionally weighted: [W1] PATH1 [W2] PATH2 ...",
+        help="JSONL files or directories, optionally weighted: [W1] PATH1 [W2] PATH2 ...; "
+        "PATH:N takes N records drawn with --seed",
     )
-    g.add_argument("--split", default="969,30,1", help="train,valid,test weights")
+    g.add_argument(
+        "--data-format",
+        choices=DATA_FORMATS,
+        default="auto",
+        help="record format: detected per record (auto), or this one for every record",
+    )
+    for split in ("train", "valid", "test"):
+        g.add_argument(f"--{split}-data-path", nargs="+", default=None,
+                       help=f"the {split} split's own files (Megatron-LM's per-split form, instead of --data-path "
+                       "and --split)")
+    g.add_argument("--split", default=None, help="train,valid,test weights of --data-path (default 969,30,1)")
     g.add_argument("--data-cache-dir", default=None)
     g.add_argument("--num-workers", type=int, default=1)
     g.add_argument("--seq-length", type=int, default=None)
+    g.add_argument("--max-sample-length", type=int, default=None,
+                   help="longest conversation, in tokens (default --seq-length); longer ones are truncated, or "
+                   "dropped with --drop-long-samples")
     g.add_argument(
         "--chat-template",
         default=None,
@@ -26,8 +44,8 @@ def add_data_args(parser: ArgumentParser) -> None:
     g.add_argument("--skip-invalid", action="store_true", help="skip malformed samples (counted) instead of failing")
     g.add_argument("--unmask-user", action="store_true", help="train on user turns too (default: assistant only)")
     long = g.add_mutually_exclusive_group()
-    long.add_argument("--truncate-long-samples", action="store_true", help="cut samples over --seq-length (default)")
-    long.add_argument("--drop-long-samples", action="store_true", help="drop samples over --seq-length (counted)")
+    long.add_argument("--truncate-long-samples", action="store_true", help="cut samples over --max-sample-length (default)")
+    long.add_argument("--drop-long-samples", action="store_true", help="drop samples over --max-sample-length (counted)")
     g.add_argument("--packing-algorithm", choices=["best_fit", "first_fit_decreasing"], default="best_fit")
     g.add_argument("--reset-position-ids", action="store_true", help="accepted; packing always resets positions")
     g.add_argument("--reset-attention-mask", action="store_true", help="accepted; packing always isolates samples")

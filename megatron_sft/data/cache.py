@@ -1,10 +1,11 @@
 """The prepared-data cache: its key, the build lock, and memory-mapped read access.
 
 The key hashes everything that changes the result, so a cache is reused exactly when it is the same
-data: the data files (paths, sizes, modification times), the tokenizer and chat template, seq-length,
-context parallelism, the masking / truncation / invalid-record policies, split, seed, and the packer
-version. Under torchrun the local rank 0 of each node builds (under a file lock, so two nodes sharing
-a file system build once); the other ranks wait for it to appear.
+data: the data files (paths, sizes, modification times) and their `PATH:N` subsets, the record format,
+the tokenizer and chat template, seq-length, context parallelism, the masking / truncation /
+invalid-record policies, split, seed, and the packer version. Under torchrun the local rank 0 of each
+node builds (under a file lock, so two nodes sharing a file system build once); the other ranks wait
+for it to appear.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ def cache_key(cfg: DataConfig, tokenizer) -> tuple[str, dict]:
     inputs = {
         "format": CACHE_FORMAT,
         "packer_version": PACKER_VERSION,
-        "sources": [{**fingerprint(s), "weight": s.weight} for s in sources],
+        "sources": [{**fingerprint(s), "weight": s.weight, "subset": s.subset} for s in sources],
+        "data_format": cfg.data_format,
         "tokenizer": _tokenizer_digest(tokenizer),
         "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
         "chat_template": _sha(json.dumps(template, sort_keys=True)),
         "seq_length": cfg.seq_length,
+        "max_sample_length": cfg.max_sample_length,
         "context_parallel_size": cfg.context_parallel_size,
         "unmask_user": cfg.unmask_user,
         "eod_mask_loss": cfg.eod_mask_loss,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from megatron_sft.data.formats import DATA_FORMATS
 from megatron_sft.errors import UserError
 
 PACKING_ALGORITHMS = ("best_fit", "first_fit_decreasing")
@@ -14,13 +15,19 @@ PACKING_ALGORITHMS = ("best_fit", "first_fit_decreasing")
 class DataConfig:
     """Data settings under Megatron-LM's flag dest names (`--seq-length` -> `seq_length`, ...)."""
 
-    data_path: list[str] = field(default_factory=list)
+    data_path: list[str] = field(default_factory=list)  # PATH, or PATH:N for a seeded subset of N records
+    # Megatron-LM's per-split form, instead of data_path + split: each split's own sources.
+    train_data_path: list[str] = field(default_factory=list)
+    valid_data_path: list[str] = field(default_factory=list)
+    test_data_path: list[str] = field(default_factory=list)
     finetune_hf_dataset: str | None = None
     finetune_hf_dataset_split: str = "train"
     seq_length: int = 4096
+    max_sample_length: int | None = None  # longest conversation kept whole (default: seq_length)
     split: str = "98,2,0"
     seed: int = 1234
     chat_template: str | None = None
+    data_format: str = "auto"  # detect per record, or one of DATA_FORMATS for every record
     skip_invalid: bool = False
     drop_long_samples: bool = False
     unmask_user: bool = False
@@ -53,6 +60,19 @@ class DataConfig:
         return parse_split(self.split)
 
     @property
+    def per_split(self) -> bool:
+        return bool(self.train_data_path or self.valid_data_path or self.test_data_path)
+
+    @property
+    def split_paths(self) -> dict[str, list[str]]:
+        return {"train": self.train_data_path, "valid": self.valid_data_path, "test": self.test_data_path}
+
+    @property
+    def sample_cap(self) -> int:
+        """Conversations longer than this are truncated to it (or dropped with --drop-long-samples)."""
+        return self.max_sample_length or self.seq_length
+
+    @property
     def cp_multiple(self) -> int:
         """Each sample is padded to this many tokens: THD context parallelism cuts it into 2*CP chunks."""
         return 2 * self.context_parallel_size if self.context_parallel_size > 1 else 1
@@ -63,8 +83,18 @@ class DataConfig:
 
     def validate(self) -> None:
         problems = []
-        if not self.data_path and not self.finetune_hf_dataset:
-            problems.append("no data: give --data-path FILE [FILE ...] or --finetune-hf-dataset NAME")
+        if self.per_split and (self.data_path or self.finetune_hf_dataset):
+            problems.append("give the data either as --data-path/--finetune-hf-dataset (cut by --split) or as "
+                            "--train-data-path/--valid-data-path/--test-data-path, not both")
+        elif self.per_split and not self.train_data_path:
+            problems.append("--valid-data-path/--test-data-path need --train-data-path too")
+        elif not self.per_split and not self.data_path and not self.finetune_hf_dataset:
+            problems.append("no data: give --data-path FILE [FILE ...] or --finetune-hf-dataset NAME (or "
+                            "--train-data-path with --valid-data-path)")
+        cap = self.max_sample_length
+        if cap is not None and not 2 <= cap <= self.seq_length:
+            problems.append(f"--max-sample-length ({cap}) must be between 2 and --seq-length ({self.seq_length}): "
+                            "a pack holds whole samples; raise --seq-length or lower --max-sample-length")
         if self.seq_length < 2:
             problems.append(f"--seq-length ({self.seq_length}) must be at least 2")
         if self.context_parallel_size < 1:
@@ -75,6 +105,8 @@ class DataConfig:
                 f"--seq-length ({self.seq_length}) must be a multiple of 2 x --context-parallel-size ({m}); "
                 f"use {self.seq_length // m * m or m}"
             )
+        if self.data_format not in DATA_FORMATS:
+            problems.append(f"--data-format {self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
         if self.packing_algorithm not in PACKING_ALGORITHMS:
             problems.append(f"packing algorithm {self.packing_algorithm!r} is not one of {PACKING_ALGORITHMS}")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -22,9 +23,11 @@ class SFTDataset(torch.utils.data.Dataset):
     """Chat SFT data, tokenized with the model's chat template, masked and packed.
 
     Reads JSONL (or JSON, Parquet, save_to_disk folders) with `messages` (multi-turn, system / user /
-    assistant / tool), ShareGPT `conversations` or Alpaca `instruction`/`output`; trains on assistant
-    turns only (plus user turns with `unmask_user`); packs whole samples into `seq_length` tokens with
-    samples isolated from each other; pads each sample to 2*CP tokens for context parallelism.
+    assistant / tool), ShareGPT `conversations`, or single-turn Alpaca, Dolly, OpenOrca,
+    prompt/completion or input/output records (`data_format`: detected per record by default;
+    `PATH:N` takes a seeded subset of N records); trains on assistant turns only (plus user turns
+    with `unmask_user`); packs whole samples into `seq_length` tokens with samples isolated from
+    each other; pads each sample to 2*CP tokens for context parallelism.
     Item i is one packed sequence: a dict of 1-D tensors (see megatron_sft.data.batch); batch
     items with `SFTDataset.collate`. Tokenized data is cached in `cache_dir` and reused.
 
@@ -45,6 +48,7 @@ class SFTDataset(torch.utils.data.Dataset):
         context_parallel_size: int = 1,
         unmask_user: bool = False,
         chat_template: str | None = None,
+        data_format: str = "auto",
         drop_long_samples: bool = False,
         skip_invalid: bool = False,
         seed: int = 1234,
@@ -59,6 +63,7 @@ class SFTDataset(torch.utils.data.Dataset):
             context_parallel_size=context_parallel_size,
             unmask_user=unmask_user,
             chat_template=chat_template,
+            data_format=data_format,
             drop_long_samples=drop_long_samples,
             skip_invalid=skip_invalid,
             seed=seed,
@@ -131,18 +136,25 @@ class SFTSplits:
 def build_sft_datasets(
     cfg: DataConfig, tokenizer, *, dp_rank: int, dp_size: int, consumed_samples: int = 0
 ) -> SFTSplits:
-    """Prepare (or reuse) the cache and return the train/valid/test streams of one DP rank."""
+    """Prepare (or reuse) the cache and return the train/valid/test streams of one DP rank.
+
+    Either one set of sources cut by --split, or (Megatron-LM's per-split form) one set per split from
+    --train-data-path / --valid-data-path / --test-data-path, each prepared as a whole.
+    """
     cfg.validate()
-    prepared = prepare(cfg, tokenizer, progress=dp_rank == 0)
-    _log_notices(cfg, prepared)
+    if cfg.per_split:
+        parts = {name: _prepared_split(cfg, paths, tokenizer, dp_rank) for name, paths in cfg.split_paths.items()}
+    else:
+        prepared = prepare(cfg, tokenizer, progress=dp_rank == 0)
+        _log_notices(cfg, prepared)
+        parts = {name: (SFTDataset.from_prepared(prepared, name, cfg), prepared) for name in SPLITS}
     streams = {}
-    for name in SPLITS:
-        ds = SFTDataset.from_prepared(prepared, name, cfg)
-        if len(ds) == 0:
+    for name, (ds, _) in parts.items():
+        if ds is None or len(ds) == 0:
             if name == "train":
-                raise UserError(f"the training split is empty (--split {cfg.split}); give it a positive share")
+                raise UserError(f"the training split is empty ({_split_source(cfg)}); give it data")
             if name == "valid":
-                log.info("data: the validation split is empty (--split %s): evaluation is skipped", cfg.split)
+                log.info("data: the validation split is empty (%s): evaluation is skipped", _split_source(cfg))
             streams[name] = None
             continue
         streams[name] = PackStream(
@@ -158,7 +170,23 @@ def build_sft_datasets(
             conversations_per_epoch=ds.num_conversations,
             name=name,
         )
-    return SFTSplits(streams["train"], streams["valid"], streams["test"], prepared.meta, prepared.path)
+    train = parts["train"][1]
+    return SFTSplits(streams["train"], streams["valid"], streams["test"], train.meta, train.path)
+
+
+def _prepared_split(cfg: DataConfig, paths: list[str], tokenizer, dp_rank: int):
+    """(dataset, cache) of one --<split>-data-path: its sources whole, in a cache of their own."""
+    if not paths:
+        return None, None
+    whole = dataclasses.replace(cfg, data_path=list(paths), finetune_hf_dataset=None, split="100,0,0",
+                                train_data_path=[], valid_data_path=[], test_data_path=[])
+    prepared = prepare(whole, tokenizer, progress=dp_rank == 0)
+    _log_notices(whole, prepared)
+    return SFTDataset.from_prepared(prepared, "train", whole), prepared
+
+
+def _split_source(cfg: DataConfig) -> str:
+    return "--train/valid/test-data-path" if cfg.per_split else f"--split {cfg.split}"
 
 
 def _log_notices(cfg: DataConfig, prepared: PreparedData) -> None:

@@ -1,4 +1,8 @@
-"""One record (messages / ShareGPT / Alpaca) -> a validated conversation ready for the chat template.
+"""One record -> a validated conversation ready for the chat template.
+
+Formats: `messages`, ShareGPT `conversations`, and the single-turn Alpaca, Dolly, OpenOrca,
+prompt/completion (TRL) and input/output (Megatron-Bridge) records; detected per record, or forced
+with `--data-format`.
 
 Every problem is an `InvalidRecord` whose message starts with the record's location (`file:line`).
 A conversation that would train on nothing is not an error but a `NothingToTrain` (dropped, counted).
@@ -29,6 +33,32 @@ _TEMPLATE_KEYS = ("role", "content", "reasoning_content", "tool_calls", "name", 
 _SKIP_HINT = "fix the record or pass --skip-invalid to skip and count such records"
 
 
+@dataclass(frozen=True)
+class _SingleTurn:
+    """A one-question, one-answer format: which fields make the system, user and assistant turns."""
+
+    user: tuple[str, ...]  # joined by a blank line into the user turn; only the first is required
+    assistant: str
+    system: str = "system"
+    excludes: str | None = None  # a field whose presence means another format (detection only)
+
+    @property
+    def required(self) -> tuple[str, str]:
+        return (self.user[0], self.assistant)
+
+
+_SINGLE_TURN = {
+    "alpaca": _SingleTurn(("instruction", "input"), "output"),
+    "dolly": _SingleTurn(("instruction", "context"), "response"),
+    "openorca": _SingleTurn(("question",), "response", system="system_prompt"),
+    "prompt_completion": _SingleTurn(("prompt",), "completion"),
+    # Alpaca has 'input' and 'output' too; its 'instruction' tells the two apart.
+    "input_output": _SingleTurn(("input",), "output", excludes="instruction"),
+}
+_CHAT_FIELDS = {"messages": "messages", "sharegpt": "conversations"}
+DATA_FORMATS = ("auto", *_CHAT_FIELDS, *_SINGLE_TURN)
+
+
 class InvalidRecord(UserError):
     """A record that cannot be used; `reason` is the short key it is counted under with --skip-invalid."""
 
@@ -55,23 +85,17 @@ class Conversation:
     tools: list | None = None
 
 
-def to_conversation(record, where: str, unmask_user: bool = False) -> Conversation:
-    """Detect the format of `record`, validate it and return the conversation."""
+def to_conversation(record, where: str, unmask_user: bool = False, data_format: str = "auto") -> Conversation:
+    """Detect (or take `data_format`), validate and return the conversation of `record`."""
     if not isinstance(record, dict):
         raise InvalidRecord(where, f"a record must be a JSON object, got {type(record).__name__}", "not_an_object")
-    if "messages" in record:
+    fmt = detect_format(record, where) if data_format == "auto" else _check_forced(record, where, data_format)
+    if fmt == "messages":
         messages = record["messages"]
-    elif "conversations" in record:
+    elif fmt == "sharegpt":
         messages = _from_sharegpt(record, where)
-    elif "instruction" in record and "output" in record:
-        messages = _from_alpaca(record, where)
     else:
-        keys = ", ".join(sorted(map(str, record))) or "none"
-        raise InvalidRecord(
-            where,
-            f"no 'messages' (or ShareGPT 'conversations', or Alpaca 'instruction'+'output'); keys: {keys}",
-            "missing_messages",
-        )
+        messages = _from_single_turn(record, where, _SINGLE_TURN[fmt])
     unmask = record.get("unmask", False)
     if not isinstance(unmask, bool):
         raise InvalidRecord(where, f"'unmask' must be true or false, got {unmask!r}", "bad_field")
@@ -172,14 +196,64 @@ def _from_sharegpt(record: dict, where: str) -> list:
     return messages
 
 
-def _from_alpaca(record: dict, where: str) -> list:
-    parts = {k: record.get(k) for k in ("system", "instruction", "input", "output")}
+def detect_format(record: dict, where: str) -> str:
+    """The format of one record. Chat fields win (as before); single-turn formats must match exactly one."""
+    for fmt, key in _CHAT_FIELDS.items():
+        if key in record:
+            return fmt
+    # A null field counts as absent: columnar sources (Parquet, datasets) fill missing fields with None.
+    present = {k for k, v in record.items() if v is not None}
+    found = [
+        fmt
+        for fmt, spec in _SINGLE_TURN.items()
+        if present.issuperset(spec.required) and (spec.excludes is None or spec.excludes not in present)
+    ]
+    if len(found) > 1:  # guessing would silently train on the wrong fields
+        raise InvalidRecord(
+            where, f"fields fit several formats ({', '.join(found)}); pick one with --data-format", "ambiguous_format"
+        )
+    if not found:
+        raise InvalidRecord(
+            where,
+            "no 'messages' (or ShareGPT 'conversations', Alpaca 'instruction'+'output', Dolly "
+            "'instruction'+'response', OpenOrca 'question'+'response', 'prompt'+'completion', "
+            f"'input'+'output'); {_describe_keys(record)}",
+            "missing_messages",
+        )
+    return found[0]
+
+
+def _check_forced(record: dict, where: str, fmt: str) -> str:
+    if fmt not in DATA_FORMATS:
+        raise UserError(f"--data-format {fmt!r} is not one of {', '.join(DATA_FORMATS)}")
+    needed = (_CHAT_FIELDS[fmt],) if fmt in _CHAT_FIELDS else _SINGLE_TURN[fmt].required
+    missing = [k for k in needed if record.get(k) is None]
+    if missing:
+        raise InvalidRecord(
+            where,
+            f"--data-format {fmt} needs {' and '.join(map(repr, needed))}; missing "
+            f"{', '.join(map(repr, missing))} ({_describe_keys(record)})",
+            "missing_fields",
+        )
+    return fmt
+
+
+def _describe_keys(record: dict) -> str:
+    keys = ", ".join(sorted(str(k) for k, v in record.items() if v is not None)) or "none"
+    nulls = ", ".join(sorted(str(k) for k, v in record.items() if v is None))
+    return f"keys: {keys}" + (f"; null: {nulls}" if nulls else "")
+
+
+def _from_single_turn(record: dict, where: str, spec: _SingleTurn) -> list:
+    parts = {k: record.get(k) for k in (spec.system, *spec.user, spec.assistant)}
     for key, value in parts.items():
-        if value is not None and not isinstance(value, str):
+        required = key in spec.required
+        if (value is not None or required) and not isinstance(value, str):
             raise InvalidRecord(where, f"'{key}' must be a string, got {type(value).__name__}", "non_string_content")
-    prompt = parts["instruction"] + (f"\n\n{parts['input']}" if parts["input"] else "")
-    messages = [{"role": "system", "content": parts["system"]}] if parts["system"] else []
-    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": parts["output"]}]
+    # Optional parts (Alpaca's input, Dolly's context) follow the first after a blank line when non-empty.
+    prompt = "\n\n".join(parts[k] for k in spec.user if parts[k] or k == spec.user[0])
+    messages = [{"role": "system", "content": parts[spec.system]}] if parts[spec.system] else []
+    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": parts[spec.assistant]}]
 
 
 def _parse_json(text: str, where: str, what: str):

@@ -1,11 +1,24 @@
-"""Train/valid/test split per source and the weighted blend of the training split, both fixed by the seed."""
+"""Subsets of sources, the train/valid/test split per source and the weighted blend of the training split,
+all fixed by the seed."""
 
 from __future__ import annotations
 
 import numpy as np
 
-# Distinct random streams for the split, the blend and the epoch order, all derived from --seed.
-SPLIT_STREAM, BLEND_STREAM, EPOCH_STREAM = 1, 2, 3
+# Distinct random streams for the split, the blend, the epoch order and subsets, all derived from --seed.
+SPLIT_STREAM, BLEND_STREAM, EPOCH_STREAM, SUBSET_STREAM = 1, 2, 3, 4
+
+
+def subset_indices(n: int, size: int, seed: int, source: int) -> np.ndarray:
+    """`size` of the n records of one source (`PATH:N`), all of them when size >= n.
+
+    A seeded random choice rather than the first `size`, since files are often sorted by topic or
+    length; sorted, so reading follows the file order.
+    """
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng([seed, SUBSET_STREAM, source])
+    return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
 
 
 def split_indices(n: int, fractions: tuple[float, float, float], seed: int, source: int) -> list[np.ndarray]:

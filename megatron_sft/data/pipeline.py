@@ -37,17 +37,19 @@ class ChunkProcessor:
         self,
         tokenizer,
         chat_template: str | None,
-        seq_length: int,
+        max_length: int,
         *,
         unmask_user: bool = False,
         skip_invalid: bool = False,
         drop_long_samples: bool = False,
         eod_mask_loss: bool = False,
+        data_format: str = "auto",
     ):
         self.renderer = ChatRenderer(tokenizer, chat_template)
         self.encoder = SampleEncoder(tokenizer)
-        self.seq_length = seq_length
+        self.max_length = max_length  # --max-sample-length, by default --seq-length
         self.unmask_user, self.skip_invalid, self.drop_long = unmask_user, skip_invalid, drop_long_samples
+        self.data_format = data_format
         self.masked_id = _eod_id_to_mask(tokenizer, self.renderer.end_of_turn) if eod_mask_loss else None
 
     def __call__(self, chunk: RawChunk) -> ChunkResult:
@@ -62,7 +64,7 @@ class ChunkProcessor:
             stats.records_read += 1
             try:
                 record = decode_line(chunk, n, item) if chunk.is_lines else item
-                conv = to_conversation(record, where, self.unmask_user)
+                conv = to_conversation(record, where, self.unmask_user, self.data_format)
                 rendered.append(self.renderer.render(conv, where))
                 wheres.append(where)
             except InvalidRecord as e:
@@ -77,11 +79,11 @@ class ChunkProcessor:
         """Stage 2 (mostly Rust, which releases the GIL): tokenize, mask, truncate or drop."""
         kept_tokens, kept_sup = [], []
         for (ids, sup), r, where in zip(self.encoder.encode(rendered), rendered, wheres):
-            if len(ids) > self.seq_length:
+            if len(ids) > self.max_length:
                 if self.drop_long:
                     stats.count("dropped", "too_long", where)
                     continue
-                ids, sup = ids[: self.seq_length], sup[: self.seq_length]
+                ids, sup = ids[: self.max_length], sup[: self.max_length]
                 stats.truncated += 1
                 stats.examples.setdefault("truncated", where)
             if self.masked_id is not None:

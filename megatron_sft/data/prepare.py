@@ -48,15 +48,17 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
     processor = ChunkProcessor(
         tokenizer,
         read_chat_template(cfg.chat_template),
-        cfg.seq_length,
+        cfg.sample_cap,
         unmask_user=cfg.unmask_user,
         skip_invalid=cfg.skip_invalid,
         drop_long_samples=cfg.drop_long_samples,
         eod_mask_loss=cfg.eod_mask_loss,
+        data_format=cfg.data_format,
     )
     os.makedirs(out_dir)
     stats = DataStats()
-    lengths, source_of = _tokenize_all(cfg, sources, processor, stats, out_dir, progress)
+    counts: list[dict] = []  # per source: records read, records selected (a PATH:N subset)
+    lengths, source_of = _tokenize_all(cfg, sources, processor, stats, out_dir, progress, counts)
     if len(lengths) == 0:
         raise UserError(
             f"no usable sample in {[s.spec for s in sources]}: {stats.to_dict()['dropped']} dropped, "
@@ -70,6 +72,7 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
     meta = {
         "config": {
             "seq_length": cfg.seq_length,
+            "max_sample_length": cfg.sample_cap,
             "split": cfg.split,
             "seed": cfg.seed,
             "context_parallel_size": cfg.context_parallel_size,
@@ -77,11 +80,15 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
             "skip_invalid": cfg.skip_invalid,
             "drop_long_samples": cfg.drop_long_samples,
             "eod_mask_loss": cfg.eod_mask_loss,
+            "data_format": cfg.data_format,
             "packing_algorithm": cfg.packing_algorithm,
             "sample_limit": cfg.sample_limit,
             "packer_version": PACKER_VERSION,
         },
-        "sources": [{"spec": s.spec, "kind": s.kind, "weight": s.weight} for s in sources],
+        "sources": [
+            {"spec": s.spec, "kind": s.kind, "weight": s.weight, "subset": s.subset, **c}
+            for s, c in zip(sources, counts)
+        ],
         "template": {
             "end_of_turn": processor.renderer.end_of_turn,
             "generation_header": processor.renderer.generation_header,
@@ -106,7 +113,7 @@ def pad_token_id(tokenizer) -> int:
     return int(pad)
 
 
-def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progress: bool):
+def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progress: bool, counts: list):
     def on_empty(source: Source):
         if not cfg.skip_invalid:
             raise UserError(f"{source.spec}: empty data file (no records); remove it or pass --skip-invalid")
@@ -120,7 +127,8 @@ def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progr
         open(os.path.join(out_dir, "supervised.bin"), "wb") as fs,
         chunk_mapper(processor, cfg.num_workers) as mapper,
     ):
-        for res in mapper(iter_chunks(sources, CHUNK_RECORDS, cfg.sample_limit, on_empty)):
+        chunks = iter_chunks(sources, CHUNK_RECORDS, cfg.sample_limit, on_empty, seed=cfg.seed, counts=counts)
+        for res in mapper(chunks):
             ft.write(res.tokens.tobytes())
             fs.write(res.supervised.tobytes())
             lengths.append(res.lengths)

@@ -12,9 +12,10 @@ log = logging.getLogger(__name__)
 EXPLAIN = {
     "no_assistant_turn": "conversations without an assistant turn (nothing to train on)",
     "no_supervised_turn": "conversations whose turns are all marked train=false",
-    "truncated": "samples longer than --seq-length, cut to it (--drop-long-samples drops them instead)",
-    "too_long": "samples longer than --seq-length, dropped (--drop-long-samples)",
-    "no_supervised_tokens": "samples left with no supervised token after truncation to --seq-length",
+    "truncated": "samples longer than --max-sample-length (default --seq-length), cut to it (--drop-long-samples "
+    "drops them instead)",
+    "too_long": "samples longer than --max-sample-length (default --seq-length), dropped (--drop-long-samples)",
+    "no_supervised_tokens": "samples left with no supervised token after truncation to --max-sample-length",
     "empty_file": "empty data files (--skip-invalid)",
     "reasoning": "conversations where the chat template left out reasoning (e.g. Qwen3 drops the reasoning "
     "of assistant turns before the last user query)",
@@ -93,6 +94,12 @@ def summary_lines(meta: dict) -> list[str]:
             f"({s['supervised_tokens'] / max(1, s['tokens']):.1%})"
         ),
     ]
+    for source in meta["sources"]:
+        if source.get("subset"):  # PATH:N
+            lines.append(
+                f"{source['spec']}: {source['records_selected']} of its {source['records_read']} records "
+                f"(subset :{source['subset']}, seed {meta['config']['seed']})"
+            )
     for name, split in meta["splits"].items():
         lines.append(
             f"{name}: {split['conversations']} conversations -> {split['packs']} packed sequences of "

@@ -56,6 +56,7 @@ def test_reuse_and_what_changes_the_key(data, monkeypatch, tmp_path):
         {"eod_mask_loss": True},
         {"packing_algorithm": "first_fit_decreasing"},
         {"sample_limit": 5},
+        {"data_format": "messages"},
         {"chat_template": str(template)},
     ):
         assert cache.cache_key(dataclasses.replace(data, **change), tok)[0] != key, change
