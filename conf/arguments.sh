@@ -105,6 +105,21 @@ msf_has_flag() {
     return 1
 }
 
+# msf_drop_run_length "FLAGS": FLAGS without the run-length flags and their values (EPOCHS replaces them).
+msf_drop_run_length() {
+    local words=() kept=() skip=0 word
+    read -r -a words <<< "$1" || true
+    for word in ${words[@]+"${words[@]}"}; do
+        if ((skip)); then skip=0; continue; fi
+        case "$word" in
+            --train-iters | --train-samples | --lr-decay-iters | --lr-decay-samples | --lr-warmup-samples) skip=1 ;;
+            --train-iters=* | --train-samples=* | --lr-decay-iters=* | --lr-decay-samples=* | --lr-warmup-samples=*) ;;
+            *) kept+=("$word") ;;
+        esac
+    done
+    printf '%s' "${kept[*]-}"
+}
+
 # msf_abspath PATH: absolute and symlink-free when it exists, unchanged otherwise.
 msf_abspath() {
     if [[ -d "$1" ]]; then

@@ -4,27 +4,13 @@
         --tensor-model-parallel-size 2 --seq-length 4096 --global-batch-size 64 --lr 1e-5 \
         --train-samples 10000 --save ckpt/
 
-Everything happens in megatron_sft.training; this file only parses flags and hands over.
+Everything happens in megatron_sft.training; this file only hands over (megatron_sft.run_finetune).
 """
 
 from __future__ import annotations
 
-
-def main() -> None:
-    # Heavy imports stay inside main(): dist_checkpointing's saver process re-imports this file.
-    from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.log import setup_logging
-
-    setup_logging()
-    args = parse_args()  # all flag errors reported together, before any heavy work
-    from megatron_sft.runtime.distributed import shutdown
-    from megatron_sft.training.loop import finetune
-
-    finetune(args)
-    shutdown()
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file: work only here
     from megatron_sft.cli import run_main
+    from megatron_sft.run_finetune import main
 
     run_main(main)

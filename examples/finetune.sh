@@ -8,6 +8,8 @@
 #                   MLM_RESUME=0 starts over instead.
 #   DATASET         a JSONL file or directory of chat records (--data-path), or a Hugging Face dataset name
 #                   (--finetune-hf-dataset); default: the tutorial's Magpie dataset
+#   EPOCHS          train for this many passes over the training data (--train-epochs); it replaces the run
+#                   length (--train-iters/--train-samples and their schedule lengths) of the default or the conf
 #   MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (defaults below)
 #   TP PP CP EP ETP DP, NNODES ..., LAUNCH_SCRIPT, MLM_WORK_DIR: see conf/arguments.sh
 set -euo pipefail
@@ -18,6 +20,12 @@ msf_launcher
 
 DEFAULT_DATASET="Magpie-Align/Magpie-Llama-3.1-Pro-MT-300K-Filtered"
 msf_setting MLM_DATA_ARGS "--train-samples 128000 --lr-decay-samples 128000 --lr-warmup-samples 0 --split 100,0,0"
+if [[ -n "${EPOCHS:-}" ]]; then
+    msf_positive_int EPOCHS
+    [[ "$MSF_ORIGIN" == env ]] || MLM_DATA_ARGS="$(msf_drop_run_length "$MLM_DATA_ARGS")"
+    MLM_DATA_ARGS+=" --train-epochs $EPOCHS"
+    msf_note EPOCHS "$EPOCHS" "env: MLM_DATA_ARGS becomes '$MLM_DATA_ARGS'"
+fi
 msf_setting MLM_OPTIM_ARGS "--lr 5.0e-5 --min-lr 1.0e-7 --lr-decay-style cosine --clip-grad 1.0 --weight-decay 0.0 \
 --adam-beta1 0.9 --adam-beta2 0.95 --use-distributed-optimizer"
 msf_setting MLM_TRAIN_ARGS "--micro-batch-size 1"
@@ -54,10 +62,11 @@ if [[ "$MLM_RESUME" == 1 ]] && msf_training_checkpoint "$MLM_MODEL_SAVE"; then
     SAVED="$(tr -d ' \n' < "$STATE" | grep -o '"layout":{[^}]*}' || true)"
     if [[ -n "$SAVED" ]]; then
         saved_size() { grep -o "\"$1\":[0-9]*" <<< "$SAVED" | cut -d: -f2; }
-        SAVED_LAYOUT="TP=$(saved_size tp) PP=$(saved_size pp) EP=$(saved_size ep)"
-        if [[ "$SAVED_LAYOUT" != "TP=$TP PP=$PP EP=$EP" ]]; then
-            msf_die "MLM_MODEL_SAVE=$MLM_MODEL_SAVE was saved at $SAVED_LAYOUT, not TP=$TP PP=$PP EP=$EP; resume at" \
-                "the saved TP, PP and EP (DP may change), or set MLM_RESUME=0 to start over"
+        SAVED_CP="$(saved_size cp)"
+        SAVED_LAYOUT="TP=$(saved_size tp) PP=$(saved_size pp) EP=$(saved_size ep) CP=${SAVED_CP:-1}"
+        if [[ "$SAVED_LAYOUT" != "TP=$TP PP=$PP EP=$EP CP=$CP" ]]; then
+            msf_die "MLM_MODEL_SAVE=$MLM_MODEL_SAVE was saved at $SAVED_LAYOUT, not TP=$TP PP=$PP EP=$EP CP=$CP;" \
+                "resume at the saved TP, PP, EP and CP (DP may change), or set MLM_RESUME=0 to start over"
         fi
     fi
     LOAD_ARGS=(--load "$MLM_MODEL_SAVE")

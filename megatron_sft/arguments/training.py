@@ -11,6 +11,13 @@ def add_training_args(parser: ArgumentParser) -> None:
     g.add_argument("--global-batch-size", type=int, default=None, help="default micro-batch size x data-parallel size")
     g.add_argument("--train-iters", type=int, default=None)
     g.add_argument("--train-samples", type=int, default=None)
+    g.add_argument(
+        "--train-epochs",
+        type=int,
+        default=None,
+        help="passes over the training split (instead of --train-iters/--train-samples); iterations and the LR "
+        "schedule are sized from the prepared data",
+    )
     g.add_argument("--exit-interval", type=int, default=None)
     g.add_argument("--exit-duration-in-mins", type=int, default=None)
     g.add_argument("--seed", type=int, default=1234)

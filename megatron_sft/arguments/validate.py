@@ -35,6 +35,7 @@ def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
     _check_schedule(args, problems)
     _check_precision_and_misc(args, problems)
     _check_attention(args, problems)
+    _check_data(args, problems)
     _collect_notices(args)
     return problems
 
@@ -178,8 +179,19 @@ def _check_batch(args: Namespace, problems: list[str]) -> None:
 
 def _check_schedule(args: Namespace, problems: list[str]) -> None:
     """Run length and LR schedule count either iterations or samples, like Megatron-LM."""
-    if args.train_iters is not None and args.train_samples is not None:
-        problems.append("give --train-iters or --train-samples, not both")
+    given = [f for f, v in (("--train-iters", args.train_iters), ("--train-samples", args.train_samples),
+                            ("--train-epochs", args.train_epochs)) if v is not None]
+    if len(given) > 1:
+        problems.append(f"give --train-iters or --train-samples or --train-epochs, not {' and '.join(given)}")
+    if args.train_epochs is not None and args.train_epochs < 1:
+        problems.append(f"--train-epochs {args.train_epochs} must be at least 1")
+    if args.train_epochs is not None:  # sized in iterations once the data is prepared
+        for flag, value in (("--lr-decay-samples", args.lr_decay_samples),
+                            ("--lr-wsd-decay-samples", args.lr_wsd_decay_samples),
+                            ("--lr-warmup-samples", args.lr_warmup_samples or None)):
+            if value is not None:
+                problems.append(f"{flag} counts samples; with --train-epochs use {flag.replace('samples', 'iters')} "
+                                "or --lr-warmup-fraction")
     by_samples = {
         "--lr-decay-samples": args.lr_decay_samples,
         "--lr-wsd-decay-samples": args.lr_wsd_decay_samples,
@@ -207,7 +219,7 @@ def _check_schedule(args: Namespace, problems: list[str]) -> None:
     _check_warmup_shorter_than_decay(args, problems)
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None and args.lr_wsd_decay_samples is None:
         problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters (or --lr-wsd-decay-samples)")
-    training = args.train_iters is not None or args.train_samples is not None
+    training = args.train_iters is not None or args.train_samples is not None or args.train_epochs is not None
     if training and args.lr is None:
         problems.append("--lr is required for training (e.g. --lr 1e-5)")
     if training and args.seq_length is None:
@@ -241,6 +253,23 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
     seq, positions = args.seq_length, args.max_position_embeddings
     if args.position_embedding_type == "learned_absolute" and seq and positions and seq > positions:
         problems.append(f"--seq-length {seq} is longer than --max-position-embeddings {positions}")
+
+
+def _check_data(args: Namespace, problems: list[str]) -> None:
+    """Megatron-LM's two ways to name data do not mix: --data-path + --split, or one path per split."""
+    per_split = [f"--{s}-data-path" for s in ("train", "valid", "test") if getattr(args, f"{s}_data_path")]
+    if per_split and (args.data_path or args.finetune_hf_dataset or args.split is not None):
+        mixed = [f for f, v in (("--data-path", args.data_path), ("--finetune-hf-dataset", args.finetune_hf_dataset),
+                                ("--split", args.split)) if v]
+        problems.append(f"{' and '.join(per_split)} name each split's files: drop {' and '.join(mixed)} (or use "
+                        "--data-path with --split instead)")
+    if per_split and not args.train_data_path:
+        problems.append(f"{' and '.join(per_split)} without --train-data-path: give the training files too")
+    if args.split is None and not per_split:
+        args.split = "969,30,1"  # Megatron-LM's default
+    cap = args.max_sample_length
+    if cap is not None and args.seq_length and not 2 <= cap <= args.seq_length:
+        problems.append(f"--max-sample-length {cap} must be between 2 and --seq-length {args.seq_length}")
 
 
 def _check_attention(args: Namespace, problems: list[str]) -> None:

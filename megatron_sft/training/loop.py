@@ -14,6 +14,7 @@ from megatron_sft.checkpointing.loading import args_record, hf_assets_source
 from megatron_sft.errors import UserError
 from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, save_loss_curve, training_flops
 from megatron_sft.training.progress import Progress
+from megatron_sft.training.runlog import RunFiles
 from megatron_sft.training.signals import ExitController
 from megatron_sft.training.state import TrainState, load_training_checkpoint, resume_point, save_training_checkpoint
 from megatron_sft.training.step import evaluate, train_step
@@ -23,6 +24,30 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(UserError):
     """NaN/Inf loss or gradient norm: the run stops, the last good checkpoint stays the latest."""
+
+
+def resolve_epochs(args, packs_per_epoch: int) -> None:
+    """--train-epochs N: N passes over the training split, in iterations (the last one may reach a little
+    past the N-th pass); the LR schedule decays over them unless --lr-decay-iters says otherwise."""
+    epochs = getattr(args, "train_epochs", None)
+    if epochs is None:
+        return
+    args.train_iters = math.ceil(epochs * packs_per_epoch / args.global_batch_size)
+    args.lr_decay_iters = args.lr_decay_iters or args.train_iters
+    warmup = args.lr_warmup_iters
+    if args.lr_warmup_fraction is None and warmup and warmup >= args.lr_decay_iters:
+        raise UserError(f"--lr-warmup-iters {warmup} must be shorter than the decay: --train-epochs {epochs} is "
+                        f"{args.train_iters} iterations here ({packs_per_epoch} packed sequences per epoch, global "
+                        f"batch {args.global_batch_size}); use e.g. --lr-warmup-iters {args.train_iters // 10}")
+    log.info("--train-epochs %s: %d packed sequences per epoch, global batch %d -> %d iterations", epochs,
+             packs_per_epoch, args.global_batch_size, args.train_iters)
+
+
+def _log_batch(args, train) -> None:
+    per_pack = (train.conversations_per_epoch or 0) / train.packs_per_epoch
+    log.info("batch: %d packed sequences per step x %.2f conversations per pack = ~%.1f conversations per step "
+             "(%d micro-batches of %d per data-parallel rank)", args.global_batch_size, per_pack,
+             args.global_batch_size * per_pack, args.num_microbatches, args.micro_batch_size)
 
 
 def total_iterations(args) -> int:
@@ -75,18 +100,21 @@ def _build_data(args, tokenizer, consumed_samples: int):
 class Trainer:
     """Holds what one run needs; each phase of a step is a named method."""
 
-    def __init__(self, args):
+    def __init__(self, args, files: RunFiles | None = None):
         from megatron_sft.training.setup import build_training_model
 
         self.args = args
+        self.files = files if files is not None else RunFiles(args.save)
         self.tokenizer = _load_tokenizer(args)
         resume = resume_point(args)
-        self.model = build_training_model(args, len(self.tokenizer), resume is not None)
-        self.state = TrainState()
-        if resume is not None:
-            ckpt_dir, self.state = resume
-            load_training_checkpoint(ckpt_dir, self.model, self.state)
+        self.state = resume[1] if resume is not None else TrainState()
+        # Data first: --train-epochs sizes the run (and the LR schedule) from the training split.
         self.data = _build_data(args, self.tokenizer, self.state.consumed_samples)
+        resolve_epochs(args, self.data.train.packs_per_epoch)
+        _log_batch(args, self.data.train)
+        self.model = build_training_model(args, len(self.tokenizer), resume is not None)
+        if resume is not None:
+            load_training_checkpoint(resume[0], self.model, self.state)
         self.train_batches = iter(self.data.train)
         self.history: list[tuple[int, float]] = []
         self.records: list[dict] = []  # every step's figures, for tests and tools
@@ -123,7 +151,7 @@ class Trainer:
         mfu = counts[2].item() / seconds / (self.peak_flops * world) if self.peak_flops else None
         return {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm, "seconds": seconds,
                 "tokens_per_s": counts[0].item() / seconds, "supervised_per_s": counts[1].item() / seconds,
-                "mfu": mfu}
+                "mfu": mfu, "epoch": self.state.consumed_samples / self.data.train.packs_per_epoch}
 
     def maybe_evaluate(self, force: bool = False) -> None:
         args = self.args
@@ -131,11 +159,16 @@ class Trainer:
             return
         if not force and (not args.eval_interval or self.state.iteration % args.eval_interval):
             return
-        loss = evaluate(self.model, iter(self.data.valid), args.eval_iters, args.num_microbatches,
+        if self.eval_history and self.eval_history[-1][0] == self.state.iteration:
+            return  # already validated at this iteration
+        # At most one pass over the validation split: more would count the same packs twice.
+        one_pass = math.ceil(self.data.valid.packs_per_epoch / args.global_batch_size)
+        loss = evaluate(self.model, iter(self.data.valid), min(args.eval_iters, one_pass), args.num_microbatches,
                         args.seq_length, args.micro_batch_size)
         self.eval_history.append((self.state.iteration, loss))
-        log.info("validation at iteration %d | loss %.5f | perplexity %.3f", self.state.iteration, loss,
-                 math.exp(min(loss, 50.0)))
+        ppl = math.exp(min(loss, 50.0))
+        log.info("validation at iteration %d | loss %.5f | perplexity %.3f", self.state.iteration, loss, ppl)
+        self.files.write("validation", self.state.iteration, {"loss": loss, "perplexity": ppl})
         self.reporters.scalars({"validation/loss": loss, "validation/ppl": math.exp(min(loss, 50.0))},
                                self.state.iteration)
 
@@ -154,6 +187,8 @@ class Trainer:
             figures = self.step()
             self.records.append(figures)
             progress.update(self.state.iteration, figures)
+            if self.state.iteration % max(1, args.log_interval) == 0 or self.state.iteration == total:
+                self.files.write("train", self.state.iteration, figures)
             self.reporters.scalars({f"train/{k}": v for k, v in figures.items()}, self.state.iteration)
             self.maybe_evaluate()
             if args.save_interval and self.state.iteration % args.save_interval == 0:
@@ -165,43 +200,54 @@ class Trainer:
     def finish(self, reason: str | None) -> None:
         if reason:
             log.info("stopping early: %s", reason)
+        else:
+            self.maybe_evaluate(force=True)  # as Megatron-LM, validate once more at the end of training
         if self.args.save and self.saved_iteration != self.state.iteration:
             self.save()
         if self.last_save and torch.distributed.get_rank() == 0:
             save_loss_curve(self.history, self.eval_history, Path(self.last_save) / "loss_curve.png")
         self.reporters.close()
         self.summary()
+        self.files.close()
 
     def summary(self) -> None:
         tokens, supervised, flops = self.totals.tolist()
         secs = max(self.train_seconds, 1e-9)
         first = self.history[0][1] if self.history else math.nan
         last = self.history[-1][1] if self.history else math.nan
-        log.info("done: %d iterations, %d samples consumed | loss %.4f -> %.4f | %.0f tokens (%.0f supervised) "
-                 "in %.1f s: %.1f tokens/s, %.1f supervised tokens/s | checkpoint: %s",
-                 self.state.iteration, self.state.consumed_samples, first, last, tokens, supervised, secs,
+        epochs = self.state.consumed_samples / self.data.train.packs_per_epoch
+        log.info("done: %d iterations, %d samples consumed (%.2f epochs) | loss %.4f -> %.4f | %.0f tokens (%.0f "
+                 "supervised) in %.1f s: %.1f tokens/s, %.1f supervised tokens/s | checkpoint: %s",
+                 self.state.iteration, self.state.consumed_samples, epochs, first, last, tokens, supervised, secs,
                  tokens / secs, supervised / secs, self.last_save or "not saved (no --save)")
 
 
 def choose_transformer_impl(args) -> None:
-    """Packed batches isolate samples with an explicit block-diagonal mask, which the local spec
-    honours. Transformer Engine needs THD attention (cu_seqlens) for that, not built yet."""
+    """Training runs on the local spec, whose attention keeps packed samples apart (the packed THD
+    attention by default, or Megatron's own with an explicit mask). Transformer Engine would need its
+    THD path verified on a GPU first."""
     if args.transformer_impl == "transformer_engine":
-        raise UserError("--transformer-impl transformer_engine: packed SFT training needs THD attention to keep "
-                        "samples apart, which is not implemented yet; use --transformer-impl local")
+        raise UserError("--transformer-impl transformer_engine: packed SFT training on Transformer Engine is not "
+                        "available yet; use --transformer-impl local (packed attention, --attention-backend auto)")
     if args.transformer_impl is None:
         args.transformer_impl = "local"
-        args.notices.append("training uses the local layer spec: it honours the packing mask exactly")
+        how = "packed per-sample attention" if args.attention_backend == "auto" else "an explicit block mask"
+        args.notices.append(f"training uses the local layer spec with --attention-backend "
+                            f"{args.attention_backend} ({how})")
 
 
 def finetune(args) -> Trainer:
     """Train as `args` say; returns the Trainer (its history is what tests and tools read)."""
     from megatron_sft.runtime.distributed import init_from_args
 
-    choose_transformer_impl(args)
-    init_from_args(args)
-    for notice in getattr(args, "notices", []):
-        log.info("note: %s", notice)
-    trainer = Trainer(args)
-    trainer.run()
+    files = RunFiles(args.save)  # training.log gets the start-up lines too
+    try:
+        choose_transformer_impl(args)
+        init_from_args(args)
+        for notice in getattr(args, "notices", []):
+            log.info("note: %s", notice)
+        trainer = Trainer(args, files)
+        trainer.run()
+    finally:
+        files.close()
     return trainer

@@ -115,6 +115,29 @@ def test_first_step_loss_equals_transformers_masked_loss(results, tiny_models):
     assert rel(results["tp1pp1dp1_mb4"][0]["loss"], total / count) <= 1e-5
 
 
+def test_validation_loss_from_valid_data_path_equals_transformers(results, tiny_models):
+    """--valid-data-path: the logged validation loss vs transformers on the same packed records and masks."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32).eval()
+    batches = torch.load(results["out"] / "validation_batches.pt")
+    packs = sum(b["tokens"].shape[0] for b in batches)
+    assert packs >= results["validation"]["packs"], "one whole pass over the validation file"
+    total, count = 0.0, 0.0
+    for batch in batches:
+        cu = batch["cu_seqlens"]
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            mask = batch["loss_mask"][0, a:b]
+            if mask.sum() == 0:
+                continue
+            with torch.no_grad():
+                logits = model(batch["tokens"][0, a:b][None]).logits[0]
+            ce = torch.nn.functional.cross_entropy(logits, batch["labels"][0, a:b], reduction="none")
+            total += (ce * mask).sum().item()
+            count += mask.sum().item()
+    assert count > 0 and rel(results["validation"]["loss"], total / count) <= 1e-4
+
+
 def test_loss_falls_by_half(results):
     losses = [r["loss"] for r in results["learn"]]
     assert all(math.isfinite(x) for x in losses)

@@ -97,6 +97,29 @@ def watch_attention_queries() -> list:
     return seen
 
 
+def validation_run(cli, results: dict) -> None:
+    """--train-data-path + --valid-data-path, weights unchanged (lr 0): the logged validation loss and the
+    validation micro-batches it came from, for the test to recompute with transformers."""
+    import torch
+
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.runtime.distributed import init_from_args
+    from megatron_sft.training.loop import Trainer
+
+    flags = (f"--load {cli.models / 'qwen3'} --train-data-path {cli.data} --valid-data-path {cli.long_data} "
+             f"--data-cache-dir {cli.out / 'cache'} --device cpu --seq-length 64 --global-batch-size 4 --lr 0 "
+             "--train-iters 1 --eval-iters 1000 --log-interval 1000 --seed 7")
+    args = parse_args(shlex.split(flags))
+    init_from_args(args)
+    trainer = Trainer(args)
+    seen = []
+    collate = trainer.data.valid.collate
+    trainer.data.valid.collate = lambda rows: seen.append(collate(rows)) or seen[-1]
+    trainer.run()
+    torch.save(seen, cli.out / "validation_batches.pt")
+    results["validation"] = {"loss": trainer.eval_history[-1][1], "packs": trainer.data.valid.packs_per_epoch}
+
+
 def cp_runs(ws: int, cli, results: dict) -> None:
     """Each CP layout for 3 steps, with what every rank's attention saw; at CP=2 an exact resume."""
     import torch
@@ -184,6 +207,7 @@ def main() -> None:
         tutorial = TUTORIAL.format(model=cli.models / "qwen3", data=cli.data, save=cli.out / "tutorial_ckpt")
         os.environ["HOME"] = str(cli.out / "home")  # the default data cache lands here, not in the real home
         results["tutorial"] = train(tutorial)  # nothing added: device and cache dir are the defaults
+        validation_run(cli, results)
     cp_runs(ws, cli, results)  # last: it changes how samples are padded
     if int(os.environ["RANK"]) == 0:
         (cli.out / f"results_ws{ws}.json").write_text(json.dumps(results, indent=1))

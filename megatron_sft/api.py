@@ -1,0 +1,175 @@
+"""`sft(...)`: fine-tune from Python, with the keyword names Training Hub users know.
+
+The call builds the Megatron-LM flags `examples/finetune.py` takes and trains in a child process
+(`python` for one process, `torchrun` for more), so the caller's interpreter is never modified (the
+CPU mode patches torch.cuda process-wide). The child's output is streamed as it comes; the result
+names the checkpoint and the final figures; a bad input raises `SFTError` with the one-line message
+the command line would print.
+
+Batch rules:
+* `max_seq_len` caps each conversation (`--max-sample-length`; longer ones are truncated, or dropped
+  with `drop_long_samples=True`).
+* `max_tokens_per_gpu` is the packed sequence length (`--seq-length`, at least `max_seq_len`) at
+  micro-batch 1: the tokens one GPU holds per micro-batch. Default: `max_seq_len`.
+* `effective_batch_size` counts conversations per optimizer step. The global batch in packed
+  sequences is round(effective_batch_size / mean conversations per pack of the prepared training
+  split), at least the data-parallel size and a multiple of it; the data is prepared here first
+  (the training run reuses that cache) and the resulting conversations per step are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_sft.errors import UserError
+
+
+class SFTError(UserError):
+    """The run refused its input (the message is the command line's `error:` lines) or failed."""
+
+
+@dataclass
+class SFTResult:
+    checkpoint: str  # the run's save folder (Megatron layout; latest_checkpointed_iteration.txt names the last)
+    iterations: int
+    final_loss: float | None
+    metrics: dict = field(default_factory=dict)  # the last training record of metrics.jsonl
+    validation: dict | None = None  # the last validation record, if any
+    log_file: str = ""
+
+
+def sft(
+    model_path: str,
+    data_path: str | list[str],
+    ckpt_output_dir: str,
+    *,
+    num_epochs: int = 1,
+    effective_batch_size: int | None = None,
+    learning_rate: float = 2e-5,
+    max_seq_len: int = 2048,
+    max_tokens_per_gpu: int | None = None,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    seed: int = 42,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+    context_parallel_size: int = 1,
+    expert_parallel_size: int = 1,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    valid_data_path: str | list[str] | None = None,
+    drop_long_samples: bool = False,
+    data_cache_dir: str | None = None,
+    extra_args: list[str] | None = None,
+    quiet: bool = False,
+) -> SFTResult:
+    """Fine-tune `model_path` (a Hugging Face directory or a Megatron checkpoint) on `data_path`.
+
+    Returns where the checkpoint is and the last logged figures; raises SFTError with the one-line
+    message for bad input. `extra_args` are more Megatron-LM flags, appended last (e.g.
+    ["--bf16", "--save-interval", "500"]).
+    """
+    seq_length = max_tokens_per_gpu or max_seq_len
+    if seq_length < max_seq_len:
+        raise SFTError(f"max_tokens_per_gpu {max_tokens_per_gpu} is below max_seq_len {max_seq_len}: a pack must "
+                       f"hold the longest conversation; use max_tokens_per_gpu >= {max_seq_len}")
+    layout = tensor_parallel_size * pipeline_parallel_size * context_parallel_size
+    world = nproc_per_node * nnodes
+    if world % layout:
+        raise SFTError(f"nproc_per_node x nnodes = {world} processes do not split into tensor x pipeline x context "
+                       f"parallel = {layout}; use a multiple of {layout}")
+    flags = _flags(locals(), seq_length)
+    if effective_batch_size is not None:
+        flags += ["--global-batch-size", str(_global_batch(flags, effective_batch_size, world // layout, world))]
+    command = _launcher(nproc_per_node, nnodes, node_rank, master_addr, master_port) + flags
+    _run(command, quiet)
+    return _result(Path(ckpt_output_dir))
+
+
+def _paths(value) -> list[str]:
+    return [str(value)] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value]
+
+
+def _flags(o: dict, seq_length: int) -> list[str]:
+    """The Megatron-LM flags of one call (see the module docstring for the batch rules)."""
+    data = (["--train-data-path", *_paths(o["data_path"]), "--valid-data-path", *_paths(o["valid_data_path"])]
+            if o["valid_data_path"] else ["--data-path", *_paths(o["data_path"]), "--split", "100,0,0"])
+    flags = [
+        "--load", str(o["model_path"]), "--save", str(o["ckpt_output_dir"]), *data,
+        "--train-epochs", str(o["num_epochs"]), "--lr", str(o["learning_rate"]), "--min-lr", "0",
+        "--lr-decay-style", "cosine", "--lr-warmup-iters", str(o["warmup_steps"]),
+        "--weight-decay", str(o["weight_decay"]), "--seed", str(o["seed"]),
+        "--seq-length", str(seq_length), "--max-sample-length", str(o["max_seq_len"]), "--micro-batch-size", "1",
+        "--tensor-model-parallel-size", str(o["tensor_parallel_size"]),
+        "--pipeline-model-parallel-size", str(o["pipeline_parallel_size"]),
+        "--context-parallel-size", str(o["context_parallel_size"]),
+        "--expert-model-parallel-size", str(o["expert_parallel_size"]),
+    ]
+    if o["drop_long_samples"]:
+        flags.append("--drop-long-samples")
+    if o["data_cache_dir"]:
+        flags += ["--data-cache-dir", str(o["data_cache_dir"])]
+    if o["valid_data_path"]:
+        flags += ["--eval-iters", "1000000000"]  # each validation reads the whole split once
+    return flags + list(o["extra_args"] or [])
+
+
+def _global_batch(flags: list[str], conversations: int, dp: int, world: int) -> int:
+    """Packs per step for `conversations` per step, from the prepared training split (built here)."""
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.data import DataConfig
+    from megatron_sft.data.cache import prepare
+    from megatron_sft.training.loop import _load_tokenizer
+
+    args = parse_args(flags, world_size=world)
+    split = prepare(DataConfig.from_args(args), _load_tokenizer(args), is_builder=True).meta["splits"]["train"]
+    per_pack = split["conversations"] / max(1, split["packs"])
+    packs = max(dp, round(conversations / per_pack / dp) * dp)
+    print(f"sft: effective_batch_size {conversations} conversations, {per_pack:.2f} conversations per packed "
+          f"sequence -> global batch {packs} packed sequences (~{packs * per_pack:.1f} conversations per step)",
+          flush=True)
+    return packs
+
+
+def _launcher(nproc: int, nnodes: int, node_rank: int, addr: str, port: int | None) -> list[str]:
+    if nproc * nnodes == 1:
+        return [sys.executable, "-m", "megatron_sft.run_finetune"]
+    rendezvous = ["--standalone"] if nnodes == 1 and port is None else [
+        f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={addr}", f"--master_port={port or 29500}"]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rendezvous,
+            "-m", "megatron_sft.run_finetune"]
+
+
+def _run(command: list[str], quiet: bool) -> None:
+    """Stream the child's output; its `error:` lines become an SFTError, any other failure its tail."""
+    errors, tail = [], []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            if not quiet:
+                print(line, end="", flush=True)
+            if line.startswith("error: "):
+                errors.append(line[len("error: "):].rstrip())
+            tail = (tail + [line])[-40:]
+    if errors:
+        raise SFTError("\n".join(errors))
+    if proc.returncode != 0:
+        raise SFTError(f"training exited with code {proc.returncode}; its last lines:\n{''.join(tail)}")
+
+
+def _result(save: Path) -> SFTResult:
+    records = []
+    if (save / "metrics.jsonl").is_file():
+        records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if r["kind"] == "train"]
+    valid = [r for r in records if r["kind"] == "validation"]
+    last = train[-1] if train else {}
+    return SFTResult(checkpoint=str(save), iterations=int(last.get("iteration", 0)), final_loss=last.get("loss"),
+                     metrics=last, validation=valid[-1] if valid else None, log_file=str(save / "training.log"))

@@ -1,0 +1,55 @@
+"""`from megatron_sft import sft`: the Python entry point, as Training Hub users call it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.distributed.test_training import write_reversal_data
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sft_trains_two_epochs(tiny_models, tmp_path, capsys, nproc):
+    from megatron_sft import sft
+
+    data = write_reversal_data(tmp_path / "data.jsonl", 48, seed=3)
+    save = tmp_path / "ckpt"
+    result = sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(save),
+                 num_epochs=2, effective_batch_size=8, learning_rate=3e-3, max_seq_len=64, max_tokens_per_gpu=128,
+                 nproc_per_node=nproc, data_cache_dir=str(tmp_path / "cache"), extra_args=["--log-interval", "1"])
+    out = capsys.readouterr().out
+
+    # the checkpoint: the last iteration is the one the tracker names
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == str(result.iterations)
+    assert (save / f"iter_{result.iterations:07d}" / "run_args.json").is_file()
+    # two passes over the training split, as the run itself counted them in training.log
+    log = (save / "training.log").read_text()
+    epochs = float(re.search(r"samples consumed \(([\d.]+) epochs\)", log).group(1))
+    packs = int(re.search(r"--train-epochs 2: (\d+) packed sequences per epoch, global batch (\d+)", log).group(1))
+    gbs = int(re.search(r"global batch (\d+) ->", log).group(1))
+    assert 2.0 <= epochs < 2.0 + gbs / packs, (epochs, packs, gbs)
+    assert "train epoch 1 starts" in log
+    # conversations per step: effective_batch_size 8, rounded to whole packs (a multiple of DP)
+    per_step = float(re.search(r"~([\d.]+) conversations per step", out).group(1))
+    per_pack = float(re.search(r"([\d.]+) conversations per packed sequence", out).group(1))
+    assert gbs % nproc == 0 and abs(per_step - 8) <= per_pack * nproc / 2 + 1e-6, (per_step, per_pack, gbs)
+    # the loss fell
+    train = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in train if r["kind"] == "train"]
+    assert len(losses) == result.iterations and losses[-1] < losses[0], losses
+    assert result.final_loss == losses[-1]
+
+
+def test_sft_raises_the_one_line_error(tiny_models, tmp_path):
+    from megatron_sft import SFTError, sft
+
+    with pytest.raises(SFTError, match="no-such.jsonl"):
+        sft(model_path=str(tiny_models["qwen3"]), data_path=str(tmp_path / "no-such.jsonl"),
+            ckpt_output_dir=str(tmp_path / "ckpt"), max_seq_len=64, quiet=True)
+    with pytest.raises(SFTError, match="max_tokens_per_gpu 32 is below max_seq_len 64"):
+        sft(model_path=str(tiny_models["qwen3"]), data_path="x.jsonl", ckpt_output_dir=str(tmp_path / "c"),
+            max_seq_len=64, max_tokens_per_gpu=32)
