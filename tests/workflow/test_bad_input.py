@@ -149,6 +149,17 @@ def test_settings_block_and_launch_line(sandbox):
     assert args[-2:] == ["--seed", "7"], "MLM_EXTRA_ARGS come last, so they win"
 
 
+def test_epochs_replace_the_run_length_of_the_conf(sandbox):
+    proc = run("finetune.sh", "tiny", sandbox, EPOCHS="2")
+    assert proc.returncode == 0, proc.stderr
+    assert "EPOCHS          2  (env: MLM_DATA_ARGS becomes '--split 98,2,0 --train-epochs 2')" in proc.stdout
+    [call] = launched(sandbox)
+    args = call.split()
+    assert args[args.index("--train-epochs") + 1] == "2" and "--train-iters" not in args
+    sandbox["log"].unlink()
+    assert_one_line_error(run("finetune.sh", "tiny", sandbox, EPOCHS="two"), sandbox, "EPOCHS=two")
+
+
 def test_multi_node_rendezvous_line(sandbox):
     proc = run(
         "finetune.sh",
