@@ -44,8 +44,10 @@ def add_data_args(parser: ArgumentParser) -> None:
     g.add_argument("--skip-invalid", action="store_true", help="skip malformed samples (counted) instead of failing")
     g.add_argument("--unmask-user", action="store_true", help="train on user turns too (default: assistant only)")
     long = g.add_mutually_exclusive_group()
-    long.add_argument("--truncate-long-samples", action="store_true", help="cut samples over --max-sample-length (default)")
-    long.add_argument("--drop-long-samples", action="store_true", help="drop samples over --max-sample-length (counted)")
+    long.add_argument("--truncate-long-samples", action="store_true",
+                      help="cut samples over --max-sample-length (default)")
+    long.add_argument("--drop-long-samples", action="store_true",
+                      help="drop samples over --max-sample-length (counted)")
     g.add_argument("--packing-algorithm", choices=["best_fit", "first_fit_decreasing"], default="best_fit")
     g.add_argument("--reset-position-ids", action="store_true", help="accepted; packing always resets positions")
     g.add_argument("--reset-attention-mask", action="store_true", help="accepted; packing always isolates samples")

@@ -276,8 +276,9 @@ def _check_attention(args: Namespace, problems: list[str]) -> None:
     """--attention-backend, --cp-comm-type and the token counts that THD, CP and SP must split."""
     backend, cp, tp = args.attention_backend, args.context_parallel_size, args.tensor_model_parallel_size
     if backend in ("flash", "fused", "unfused"):
-        problems.append(f"--attention-backend {backend} names a Transformer Engine kernel, and training on Transformer "
-                        "Engine is not available yet; use --attention-backend auto (packed SDPA, the default)")
+        problems.append(f"--attention-backend {backend} names a Transformer Engine kernel, and training on "
+                        "Transformer Engine is not available yet; use --attention-backend auto (packed SDPA, the "
+                        "default)")
     if backend == "local" and cp > 1:
         problems.append(f"--attention-backend local (Megatron's DotProductAttention) has no context parallelism; "
                         f"use --attention-backend auto with --context-parallel-size {cp}")

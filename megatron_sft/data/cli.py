@@ -41,7 +41,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--chat-template", default=None, help="a Jinja file replacing the tokenizer's chat template")
     g.add_argument("--skip-invalid", action="store_true", help="skip and count invalid records instead of failing")
-    g.add_argument("--drop-long-samples", action="store_true", help="drop samples over --max-sample-length (default: cut)")
+    g.add_argument("--drop-long-samples", action="store_true",
+                   help="drop samples over --max-sample-length (default: cut)")
     g.add_argument("--unmask-user", action="store_true", help="train on user turns too")
     g.add_argument("--eod-mask-loss", action="store_true")
     g.add_argument("--context-parallel-size", type=int, default=1)

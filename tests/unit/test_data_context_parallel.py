@@ -81,7 +81,8 @@ def test_unpacked_batch_is_chunked_like_megatron(monkeypatch):
 
 def test_pad_for_context_parallel_then_split():
     samples = [(np.array([1, 2, 3, 4, 5]), np.array([0, 1, 1, 1, 1])), (np.array([6, 7, 8]), np.array([0, 0, 1]))]
-    plain = collate([build_pack(samples, 10, pad_id=0)], with_attention_mask=True)  # segments 5, 3, 2: not multiples of 4
+    # segments 5, 3, 2: not multiples of 4
+    plain = collate([build_pack(samples, 10, pad_id=0)], with_attention_mask=True)
     with pytest.raises(ValueError, match="pad_for_context_parallel"):
         split_for_context_parallel(plain, 2, 0)
     padded = pad_for_context_parallel(plain, 2, pad_token_id=0)

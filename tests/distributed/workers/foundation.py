@@ -111,7 +111,8 @@ PACKED_LAYOUTS = {
         **{f"tp1_{family}": (family, [], 1) for family in FAMILIES if family != "qwen3"}},
     2: {"tp2": ("qwen3", ["--tensor-model-parallel-size", "2"], 1),
         "tp2_sp": ("qwen3", ["--tensor-model-parallel-size", "2", "--sequence-parallel"], 1),
-        "pp2_vp2": ("qwen3", ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"], 1),
+        "pp2_vp2": ("qwen3", ["--pipeline-model-parallel-size", "2",
+                              "--num-layers-per-virtual-pipeline-stage", "1"], 1),
         "ep2": ("qwen3_moe", ["--expert-model-parallel-size", "2"], 1)},
 }
 
