@@ -387,3 +387,42 @@ def test_run_main_lets_bugs_through():
 def test_warmup_must_be_shorter_than_decay():
     with pytest.raises(ConfigErrors, match="--lr-warmup-iters 10 must be shorter"):
         parse_args(["--train-iters", "10", "--lr-warmup-iters", "10", "--lr", "1e-3", "--seq-length", "32"])
+
+
+ARCH = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "64", "--lr", "1e-4"]
+
+
+def test_per_split_data_paths_do_not_mix_with_data_path_and_split():
+    found = problems(ARCH + ["--train-iters", "2", "--data-path", "a.jsonl", "--split", "90,10,0",
+                             "--train-data-path", "t.jsonl", "--valid-data-path", "v.jsonl"])
+    assert found == ["--train-data-path and --valid-data-path name each split's files: drop --data-path and --split "
+                     "(or use --data-path with --split instead)"]
+    assert problems(ARCH + ["--train-iters", "2", "--valid-data-path", "v.jsonl"]) == [
+        "--valid-data-path without --train-data-path: give the training files too"]
+    args = parse_args(ARCH + ["--train-iters", "2", "--train-data-path", "t.jsonl", "--valid-data-path", "v.jsonl"])
+    assert args.split is None and args.train_data_path == ["t.jsonl"]
+    assert parse_args(ARCH + ["--train-iters", "2", "--data-path", "a.jsonl"]).split == "969,30,1"
+
+
+def test_train_epochs_replace_iterations_or_samples():
+    found = problems(ARCH + ["--train-epochs", "2", "--train-iters", "5", "--lr-warmup-samples", "3"])
+    assert "give --train-iters or --train-samples or --train-epochs, not --train-iters and --train-epochs" in found
+    assert any(p.startswith("--lr-warmup-samples counts samples; with --train-epochs use") for p in found)
+    assert problems(ARCH + ["--train-epochs", "0"]) == ["--train-epochs 0 must be at least 1"]
+    assert problems(ARCH + ["--train-epochs", "1", "--max-sample-length", "128"]) == [
+        "--max-sample-length 128 must be between 2 and --seq-length 64"]
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--attention-backend", "flash"], "--attention-backend flash names a Transformer Engine kernel"),
+    (["--attention-backend", "local", "--context-parallel-size", "2"], "has no context parallelism"),
+    (["--context-parallel-size", "2", "--cp-comm-type", "p2p"], "--cp-comm-type p2p: the packed attention all-gathers"),
+])
+def test_attention_backend_and_cp_comm_type_are_checked(flags, needle):
+    found = problems(ARCH + ["--train-iters", "2"] + flags, world_size=2)
+    assert len(found) == 1 and needle in found[0], found
+
+
+def test_cp_comm_type_without_context_parallelism_is_a_notice():
+    args = parse_args(ARCH + ["--train-iters", "2", "--cp-comm-type", "allgather"])
+    assert "--cp-comm-type allgather has no effect with --context-parallel-size 1" in args.notices

@@ -57,6 +57,7 @@ def test_reuse_and_what_changes_the_key(data, monkeypatch, tmp_path):
         {"packing_algorithm": "first_fit_decreasing"},
         {"sample_limit": 5},
         {"data_format": "messages"},
+        {"max_sample_length": 64},
         {"chat_template": str(template)},
     ):
         assert cache.cache_key(dataclasses.replace(data, **change), tok)[0] != key, change
@@ -131,3 +132,23 @@ def test_waiters_see_a_failed_build(tmp_path):
     os.utime(os.path.join(cfg.data_cache_dir, key + ".failed"))
     with pytest.raises(UserError, match="build on local rank 0 failed.*bad.jsonl:1"):
         cache.prepare(cfg, make_tiny_tokenizer("qwen3"), is_builder=False, poll_s=0.01)
+
+
+def test_max_sample_length_caps_conversations_below_the_pack_length(data):
+    """Packs stay 128 tokens; conversations over 40 tokens are cut to 40 (or dropped with --drop-long-samples)."""
+    import numpy as np
+
+    tok = make_tiny_tokenizer("qwen3")
+    whole = cache.prepare(data, tok, progress=False)  # capped at --seq-length only
+    lengths = np.diff(whole.offsets)
+    over = int((lengths > 40).sum())
+    assert 0 < over < len(lengths)
+    cut = cache.prepare(dataclasses.replace(data, max_sample_length=40), tok, progress=False)
+    assert cut.meta["stats"]["truncated"] == over  # the one already cut at 128 included
+    assert np.array_equal(np.diff(cut.offsets), np.minimum(lengths, 40))
+    assert cut.meta["config"]["seq_length"] == 128 and cut.meta["config"]["max_sample_length"] == 40
+    dropped = cache.prepare(dataclasses.replace(data, max_sample_length=40, drop_long_samples=True), tok,
+                            progress=False)
+    assert dropped.meta["stats"]["samples_kept"] == len(lengths) - over
+    with pytest.raises(UserError, match="--max-sample-length"):
+        dataclasses.replace(data, max_sample_length=256).validate()
