@@ -33,8 +33,6 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="HF tokenizer folder or name; 'tiny:<family>' for the built-in test tokenizers",
     )
-    for split in ("train", "valid", "test"):
-        g.add_argument(f"--{split}-data-path", nargs="*", default=[], help=f"the {split} split's own files")
     g.add_argument("--seq-length", type=int, default=4096)
     g.add_argument("--max-sample-length", type=int, default=None, help="longest sample (default --seq-length)")
     g.add_argument("--split", default="98,2,0")
