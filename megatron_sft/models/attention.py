@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 
 _dropout_notice_given = False
+SHORT = 256  # samples up to this many tokens are attended to in one batched call per micro-batch
 
 
 class PackedSDPAttention(MegatronModule):
@@ -80,12 +81,37 @@ class PackedSDPAttention(MegatronModule):
         cp = self.cp_group.size() if self.cp_group is not None else 1
         q_t, k_t, v_t = (x.transpose(0, 1) for x in (query, key, value))  # [heads or groups, T, d]
         if cp == 1:
-            outs = [self._sdpa(q_t[:, a:b], k_t[:, a:b], v_t[:, a:b], is_causal=True)
-                    for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            outs = self._per_sample(q_t, k_t, v_t, [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
         else:
             outs = self._context_parallel(q_t, key, value, bounds, cp)
         out = torch.cat(outs, dim=0) if outs else query.new_zeros(0, self.num_heads, query.shape[-1])
         return out.reshape(out.shape[0], -1)
+
+    def _per_sample(self, q_t, k_t, v_t, segments: list[tuple[int, int]]) -> list:
+        """Causal attention inside each segment, outputs in stream order. Segments of up to SHORT tokens
+        share one batched call (padded to the longest of them), which saves a kernel launch per sample
+        when packs hold many short conversations; longer ones get a call each."""
+        short = [(a, b) for a, b in segments if b - a <= SHORT]
+        out = {} if len(short) < 2 else dict(zip(short, self._batched(q_t, k_t, v_t, short)))
+        return [out[(a, b)] if (a, b) in out else self._sdpa(q_t[:, a:b], k_t[:, a:b], v_t[:, a:b], is_causal=True)
+                for a, b in segments]
+
+    def _batched(self, q_t, k_t, v_t, segments: list[tuple[int, int]]) -> list:
+        """One SDPA call over several segments, each padded at its end by repeating its last token: the
+        padding comes after every real key, so causal masking hides it, and its outputs are dropped."""
+        device = q_t.device
+        starts = torch.tensor([a for a, _ in segments], device=device)
+        lengths = torch.tensor([b - a for a, b in segments], device=device)
+        width = int(lengths.max())
+        offsets = torch.arange(width, device=device)
+        index = starts[:, None] + torch.minimum(offsets[None, :], lengths[:, None] - 1)  # [n, width]
+        q, k, v = (x[:, index].transpose(0, 1) for x in (q_t, k_t, v_t))  # [n, heads or groups, width, d]
+        dropout = self.dropout_p if self.training else 0.0
+        with _rng_fork(dropout > 0 and not self.config.sequence_parallel):
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale,
+                                               enable_gqa=self.num_heads != self.num_groups)
+        real = offsets[None, :] < lengths[:, None]  # [n, width]
+        return list(o.transpose(1, 2)[real].split([b - a for a, b in segments]))  # each [length, heads, d]
 
     def _context_parallel(self, q_t, key, value, bounds: list[int], cp: int) -> list:
         """Local queries (chunks r and 2CP-1-r of every sample) against the whole sample's K/V."""

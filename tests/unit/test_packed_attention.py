@@ -67,7 +67,11 @@ def thd(bounds):
     return thd_params(b, b, int((b[1:] - b[:-1]).max()))
 
 
-def test_thd_attention_stays_inside_each_sample():
+@pytest.mark.parametrize("short", [0, 6, 256])  # every sample alone; some batched; all batched
+def test_thd_attention_stays_inside_each_sample(short, monkeypatch):
+    from megatron_sft.models import attention
+
+    monkeypatch.setattr(attention, "SHORT", short)
     bounds = [0, 5, 12, 13, 24]  # a one-token sample included
     q, k, v = qkv(24)
     out = make_attention()(q, k, v, None, packed_seq_params=thd(bounds))
