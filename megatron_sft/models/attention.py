@@ -98,20 +98,22 @@ class PackedSDPAttention(MegatronModule):
 
     def _batched(self, q_t, k_t, v_t, segments: list[tuple[int, int]]) -> list:
         """One SDPA call over several segments, each padded at its end by repeating its last token: the
-        padding comes after every real key, so causal masking hides it, and its outputs are dropped."""
-        device = q_t.device
-        starts = torch.tensor([a for a, _ in segments], device=device)
-        lengths = torch.tensor([b - a for a, b in segments], device=device)
-        width = int(lengths.max())
-        offsets = torch.arange(width, device=device)
-        index = starts[:, None] + torch.minimum(offsets[None, :], lengths[:, None] - 1)  # [n, width]
+        padding comes after every real key, so causal masking hides it, and its outputs are dropped.
+        Indices are built on the CPU from Python ints: no device sync."""
+        lengths = [b - a for a, b in segments]
+        width = max(lengths)
+        starts, sizes = torch.tensor([a for a, _ in segments]), torch.tensor(lengths)
+        offsets = torch.arange(width)
+        index = starts[:, None] + torch.minimum(offsets[None, :], sizes[:, None] - 1)  # [n, width]
+        real = (offsets[None, :] < sizes[:, None]).reshape(-1).nonzero().squeeze(1)  # rows of the output to keep
+        index, real = index.to(q_t.device, non_blocking=True), real.to(q_t.device, non_blocking=True)
         q, k, v = (x[:, index].transpose(0, 1) for x in (q_t, k_t, v_t))  # [n, heads or groups, width, d]
         dropout = self.dropout_p if self.training else 0.0
         with _rng_fork(dropout > 0 and not self.config.sequence_parallel):
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale,
                                                enable_gqa=self.num_heads != self.num_groups)
-        real = offsets[None, :] < lengths[:, None]  # [n, width]
-        return list(o.transpose(1, 2)[real].split([b - a for a, b in segments]))  # each [length, heads, d]
+        flat = o.transpose(1, 2).reshape(len(segments) * width, self.num_heads, -1)
+        return list(flat.index_select(0, real).split(lengths))  # each [length, heads, d]
 
     def _context_parallel(self, q_t, key, value, bounds: list[int], cp: int) -> list:
         """Local queries (chunks r and 2CP-1-r of every sample) against the whole sample's K/V."""
