@@ -65,14 +65,18 @@ class PackedSDPAttention(MegatronModule):
         return self._forward_sbhd(query, key, value, attention_mask)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _sdpa(self, q, k, v, *, is_causal: bool = False, mask=None):
-        """q [heads, sq, d], k/v [groups, sk, d] -> [sq, heads, d]. GQA without copying K/V."""
+    def _attend(self, q, k, v, *, is_causal: bool = False, mask=None):
+        """The one SDPA call: q [..., heads, sq, d], k/v [..., groups, sk, d]; Megatron's scale, GQA without
+        copying K/V, attention dropout (training only) from Megatron's tensor-parallel RNG stream."""
         dropout = self.dropout_p if self.training else 0.0
         with _rng_fork(dropout > 0 and not self.config.sequence_parallel):
-            o = F.scaled_dot_product_attention(
-                q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask, dropout_p=dropout,
-                is_causal=is_causal, scale=self.softmax_scale, enable_gqa=self.num_heads != self.num_groups,
-            )
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                                  scale=self.softmax_scale,
+                                                  enable_gqa=self.num_heads != self.num_groups)
+
+    def _sdpa(self, q, k, v, *, is_causal: bool = False, mask=None):
+        """One sample: q [heads, sq, d], k/v [groups, sk, d] -> [sq, heads, d]."""
+        o = self._attend(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), is_causal=is_causal, mask=mask)
         return o.squeeze(0).transpose(0, 1)
 
     def _forward_thd(self, query, key, value, params):
@@ -108,10 +112,7 @@ class PackedSDPAttention(MegatronModule):
         real = (offsets[None, :] < sizes[:, None]).reshape(-1).nonzero().squeeze(1)  # rows of the output to keep
         index, real = index.to(q_t.device, non_blocking=True), real.to(q_t.device, non_blocking=True)
         q, k, v = (x[:, index].transpose(0, 1) for x in (q_t, k_t, v_t))  # [n, heads or groups, width, d]
-        dropout = self.dropout_p if self.training else 0.0
-        with _rng_fork(dropout > 0 and not self.config.sequence_parallel):
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.softmax_scale,
-                                               enable_gqa=self.num_heads != self.num_groups)
+        o = self._attend(q, k, v, is_causal=True)
         flat = o.transpose(1, 2).reshape(len(segments) * width, self.num_heads, -1)
         return list(flat.index_select(0, real).split(lengths))  # each [length, heads, d]
 
@@ -147,17 +148,14 @@ class PackedSDPAttention(MegatronModule):
         """q [sq, b, heads, d], k/v [sk, b, groups, d], mask [b or 1, 1, sq, sk] True = masked (or None)."""
         sq, sk = query.shape[0], key.shape[0]
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, d]
-        dropout = self.dropout_p if self.training else 0.0
-        kwargs = dict(dropout_p=dropout, scale=self.softmax_scale, enable_gqa=self.num_heads != self.num_groups)
-        with _rng_fork(dropout > 0 and not self.config.sequence_parallel):
-            if attention_mask is not None:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=_allowed(attention_mask, sq, sk), **kwargs)
-            elif sq == sk:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
-            else:  # KV-cache decode: the new queries are the last sq positions
-                from torch.nn.attention.bias import causal_lower_right
+        if attention_mask is not None:
+            out = self._attend(q, k, v, mask=_allowed(attention_mask, sq, sk))
+        elif sq == sk:
+            out = self._attend(q, k, v, is_causal=True)
+        else:  # KV-cache decode: the new queries are the last sq positions
+            from torch.nn.attention.bias import causal_lower_right
 
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(sq, sk), **kwargs)
+            out = self._attend(q, k, v, mask=causal_lower_right(sq, sk))
         return out.permute(2, 0, 1, 3).reshape(sq, q.shape[0], -1)
 
 
