@@ -106,15 +106,22 @@ def run_packing(models: Path, out: Path, data: Path) -> None:
 
 
 # Packed (THD) attention: name -> (family, extra flags, packs per micro-batch), per world size.
-PACKED_LAYOUTS = {
-    1: {"tp1": ("qwen3", [], 1), "tp1_mb4": ("qwen3", [], 4),
-        **{f"tp1_{family}": (family, [], 1) for family in FAMILIES if family != "qwen3"}},
-    2: {"tp2": ("qwen3", ["--tensor-model-parallel-size", "2"], 1),
-        "tp2_sp": ("qwen3", ["--tensor-model-parallel-size", "2", "--sequence-parallel"], 1),
-        "pp2_vp2": ("qwen3", ["--pipeline-model-parallel-size", "2",
-                              "--num-layers-per-virtual-pipeline-stage", "1"], 1),
-        "ep2": ("qwen3_moe", ["--expert-model-parallel-size", "2"], 1)},
+PACKED_FLAGS = {  # layout -> (extra flags, packs per micro-batch), per world size
+    1: {"tp1": ([], 1), "tp1_mb4": ([], 4)},
+    2: {"tp2": (["--tensor-model-parallel-size", "2"], 1),
+        "tp2_sp": (["--tensor-model-parallel-size", "2", "--sequence-parallel"], 1),
+        "pp2_vp2": (["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"], 1)},
 }
+
+
+def packed_name(layout: str, family: str) -> str:
+    return layout if family == "qwen3" else f"{layout}_{family}"
+
+
+# Packed (THD) attention: name -> (family, extra flags, packs per micro-batch), per world size.
+PACKED_LAYOUTS = {ws: {packed_name(layout, family): (family, flags, n) for layout, (flags, n) in layouts.items()
+                       for family in FAMILIES} for ws, layouts in PACKED_FLAGS.items()}
+PACKED_LAYOUTS[2]["ep2"] = ("qwen3_moe", ["--expert-model-parallel-size", "2"], 1)
 
 
 def fullest_packs(models: Path, out: Path, data: Path, n: int) -> list[dict]:
@@ -166,7 +173,7 @@ def run_packed_attention(models: Path, out: Path, data: Path) -> None:
                   "alone": [alone_logits(chunks, stream["tokens"][:, a:b]) for a, b in zip(cu[:-1], cu[1:])]}
         if name == "tp1":  # the check can fail: the same stream without its boundaries
             result["one_segment"] = thd_logits(chunks, stream, torch.tensor([0, cu[-1]], dtype=torch.int32))
-        if name == "tp1_mb4":  # Megatron's DotProductAttention with the explicit mask, row by row
+        if name.startswith("tp1_mb4"):  # Megatron's DotProductAttention with the explicit mask, row by row
             local = build_and_load(setup(flags(models / family, 1, 1, 1) + ["--attention-backend", "local"]))
             from megatron_sft.inference.logits import forward_logits
 
