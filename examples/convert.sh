@@ -7,7 +7,8 @@
 # Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at any layout, e.g. by
 #   finetune.sh) to EXPORT_DIR (default $MLM_WORK_DIR/<MODEL>_export): weights, config, tokenizer and chat
 #   template, loadable by transformers. Runs at TP=1 (PP allowed); EXPORT_DTYPE: fp32, bf16 or fp16
-#   (default: the model's training dtype).
+#   (default: the model's training dtype). A LoRA checkpoint (finetune.sh with PEFT=lora) exports as a PEFT
+#   adapter folder for its base model, or with MERGE_LORA=1 as a full model with the adapters merged in.
 #   TP PP EP ETP, LAUNCH_SCRIPT, MLM_WORK_DIR, MLM_EXTRA_ARGS: see conf/arguments.sh
 set -euo pipefail
 # shellcheck source=../conf/arguments.sh
@@ -37,6 +38,12 @@ if [[ -n "${MLM_MODEL_CKPT:-}" ]]; then
         DIRECTION_ARGS=(--export-dtype "$EXPORT_DTYPE")
     fi
     msf_note EXPORT_DTYPE "${EXPORT_DTYPE:-(as trained: --bf16/--fp16 flags, else fp32)}"
+    msf_setting MERGE_LORA 0
+    case "$MERGE_LORA" in
+        0) ;;
+        1) DIRECTION_ARGS+=(--merge-lora) ;;
+        *) msf_die "MERGE_LORA=$MERGE_LORA: use 1 (a LoRA checkpoint exported merged) or 0 (as a PEFT adapter)" ;;
+    esac
 else
     msf_note direction "Hugging Face -> Megatron"
     msf_layout

@@ -8,6 +8,9 @@
 #                   MLM_RESUME=0 starts over instead.
 #   DATASET         a JSONL file or directory of chat records (--data-path), or a Hugging Face dataset name
 #                   (--finetune-hf-dataset); default: the tutorial's Magpie dataset
+#   PEFT            lora: train LoRA adapters on the frozen model (default none: full fine-tuning); checkpoints
+#                   hold the adapters only; LORA_RANK (16) and LORA_ALPHA (32) size them. A conf may give LoRA its
+#                   own CONF_LORA_MLM_OPTIM_ARGS / CONF_LORA_MLM_DATA_ARGS (e.g. a higher learning rate)
 #   EPOCHS          train for this many passes over the training data (--train-epochs); it replaces the run
 #                   length (--train-iters/--train-samples and their schedule lengths) of the default or the conf
 #   MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (defaults below)
@@ -19,6 +22,24 @@ msf_layout
 msf_launcher
 
 DEFAULT_DATASET="Magpie-Align/Magpie-Llama-3.1-Pro-MT-300K-Filtered"
+DEFAULT_LR="--lr 5.0e-5"
+PEFT_ARGS=()
+msf_setting PEFT none
+case "$PEFT" in
+    none) ;;
+    lora)
+        DEFAULT_LR="--lr 1.0e-4"  # the LoRA recipes' learning rate
+        for name in MLM_DATA_ARGS MLM_OPTIM_ARGS; do  # the conf's LoRA values replace its full fine-tuning ones
+            lora_conf="CONF_LORA_$name"
+            [[ -z "${!lora_conf:-}" ]] || printf -v "CONF_$name" '%s' "${!lora_conf}"
+        done
+        msf_setting LORA_RANK 16
+        msf_setting LORA_ALPHA 32
+        msf_positive_int LORA_RANK
+        PEFT_ARGS=(--peft lora --lora-rank "$LORA_RANK" --lora-alpha "$LORA_ALPHA")
+        ;;
+    *) msf_die "PEFT=$PEFT: use lora (LoRA adapters) or none (full fine-tuning)" ;;
+esac
 msf_setting MLM_DATA_ARGS "--train-samples 128000 --lr-decay-samples 128000 --lr-warmup-samples 0 --split 100,0,0"
 if [[ -n "${EPOCHS:-}" ]]; then
     msf_positive_int EPOCHS
@@ -26,7 +47,7 @@ if [[ -n "${EPOCHS:-}" ]]; then
     MLM_DATA_ARGS+=" --train-epochs $EPOCHS"
     msf_note EPOCHS "$EPOCHS" "env: MLM_DATA_ARGS becomes '$MLM_DATA_ARGS'"
 fi
-msf_setting MLM_OPTIM_ARGS "--lr 5.0e-5 --min-lr 1.0e-7 --lr-decay-style cosine --clip-grad 1.0 --weight-decay 0.0 \
+msf_setting MLM_OPTIM_ARGS "$DEFAULT_LR --min-lr 1.0e-7 --lr-decay-style cosine --clip-grad 1.0 --weight-decay 0.0 \
 --adam-beta1 0.9 --adam-beta2 0.95 --use-distributed-optimizer"
 msf_setting MLM_TRAIN_ARGS "--micro-batch-size 1"
 msf_setting MLM_EVAL_ARGS "--eval-iters 1 --eval-interval 1000 --save-interval 1000 --log-interval 100"
@@ -96,7 +117,8 @@ fi
 CMD=("${LAUNCH[@]}" "$MSF_REPO_DIR/examples/finetune.py" ${MODEL_ARGS[@]+"${MODEL_ARGS[@]}"}
     ${MODEL_TRAIN_ARGS[@]+"${MODEL_TRAIN_ARGS[@]}"})
 msf_layout_args
-CMD+=("${LOAD_ARGS[@]}" --save "$MLM_MODEL_SAVE" --distributed-timeout-minutes 30 "${DATA_ARGS[@]}")
+CMD+=("${LOAD_ARGS[@]}" --save "$MLM_MODEL_SAVE" --distributed-timeout-minutes 30 "${DATA_ARGS[@]}"
+    ${PEFT_ARGS[@]+"${PEFT_ARGS[@]}"})
 msf_words "$MLM_DATA_ARGS"
 msf_words "$MLM_OPTIM_ARGS"
 msf_words "$MLM_TRAIN_ARGS"

@@ -20,6 +20,7 @@ from megatron_sft.arguments.data import add_data_args
 from megatron_sft.arguments.inference import add_inference_args
 from megatron_sft.arguments.model import add_model_args
 from megatron_sft.arguments.parallel import add_parallel_args
+from megatron_sft.arguments.peft import add_peft_args
 from megatron_sft.arguments.resolve import resolve_architecture
 from megatron_sft.arguments.runtime import add_runtime_args
 from megatron_sft.arguments.training import add_training_args
@@ -33,6 +34,7 @@ DEFAULT_GROUPS: tuple[ArgsAdder, ...] = (
     add_model_args,
     add_parallel_args,
     add_training_args,
+    add_peft_args,
     add_data_args,
     add_checkpoint_args,
     add_runtime_args,

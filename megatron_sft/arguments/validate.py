@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from argparse import Namespace
 
+from megatron_sft.arguments.peft import check_peft_args
+
 _REQUIRED_ARCH = ("num_layers", "hidden_size", "num_attention_heads")
 _POSITIVE = (
     "tensor_model_parallel_size",
@@ -36,6 +38,7 @@ def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
     _check_precision_and_misc(args, problems)
     _check_attention(args, problems)
     _check_data(args, problems)
+    check_peft_args(args, problems)
     _collect_notices(args)
     return problems
 

@@ -52,7 +52,23 @@ def megatron_to_hf(args) -> Path:
     chunks = build_and_load(args)
     name = getattr(args, "export_dtype", None)
     dtype = dtype_from_name(name) if name else params_dtype(args)
+    if args.peft == "lora":
+        from megatron_sft.peft.lora import unload_lora
+
+        if not args.merge_lora:
+            return _export_adapter(args, chunks, dtype)
+        unload_lora(chunks)  # W + alpha/r * B A in every targeted layer; then a plain model to export
     return export_hf_weights(chunks, source, args.save, dtype)
+
+
+def _export_adapter(args, chunks: list, dtype) -> Path:
+    from megatron_sft.peft.hf_adapter import save_peft_adapter
+    from megatron_sft.peft.lora import LoraSpec
+    from megatron_sft.peft.model import lora_base
+
+    base = lora_base(args)  # named in adapter_config.json when PEFT can load it (a Hugging Face directory)
+    return save_peft_adapter(chunks, LoraSpec.from_args(args), args.save, base.path if base.format == "hf" else None,
+                             dtype)
 
 
 def convert(args) -> Path:

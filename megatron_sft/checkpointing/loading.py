@@ -44,6 +44,10 @@ def import_dtype(args):
 def load_weights(args, chunks: list) -> int | None:
     """Load per args.load_format; returns the checkpoint's iteration (None for HF / release)."""
     fmt = getattr(args, "load_format", None)
+    if getattr(args, "peft", None) == "lora":  # base weights, then the adapters of the LoRA checkpoint
+        from megatron_sft.peft.model import build_lora_model
+
+        return build_lora_model(args, chunks, import_dtype(args)).iteration
     if fmt == "hf":
         import_hf_weights(chunks, args.hf_model_path or args.load, import_dtype(args))
         return None

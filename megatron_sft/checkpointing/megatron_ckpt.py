@@ -25,14 +25,22 @@ def _chunk_key(i: int, n_chunks: int) -> str:
     return "model" if n_chunks == 1 else f"model{i}"
 
 
-def model_sharded_state_dict(chunks: list) -> dict:
-    return {_chunk_key(i, len(chunks)): c.sharded_state_dict() for i, c in enumerate(chunks)}
+def model_sharded_state_dict(chunks: list, keep=None) -> dict:
+    """Every chunk's sharded state; with `keep` (a predicate on keys), only those entries (LoRA: adapters)."""
+    states = {_chunk_key(i, len(chunks)): c.sharded_state_dict() for i, c in enumerate(chunks)}
+    if keep is None:
+        return states
+    return {name: {k: v for k, v in state.items() if keep(k)} for name, state in states.items()}
 
 
-def load_chunk_states(chunks: list, loaded: dict) -> None:
-    """Put a loaded (model part of a) state dict into the chunks; every weight must be there."""
+def load_chunk_states(chunks: list, loaded: dict, keep=None) -> None:
+    """Put a loaded (model part of a) state dict into the chunks. Every weight must be there, or with
+    `keep`, every weight it selects (the others, e.g. a LoRA run's frozen base, are loaded already)."""
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded[_chunk_key(i, len(chunks))], strict=True)
+        result = chunk.load_state_dict(loaded[_chunk_key(i, len(chunks))], strict=keep is None)
+        missing = [k for k in getattr(result, "missing_keys", []) if keep(k)] if keep is not None else []
+        if missing or getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"checkpoint load: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
 def _is_rank0() -> bool:
@@ -93,11 +101,11 @@ def save_checkpoint(
 
 
 @torch.no_grad()
-def load_model_weights(ckpt_dir: str | Path, chunks: list) -> None:
+def load_model_weights(ckpt_dir: str | Path, chunks: list, keep=None) -> None:
     """Load the model part of a checkpoint into `chunks`, resharding to this rank's layout."""
     from megatron.core import dist_checkpointing
 
-    sharded = model_sharded_state_dict(chunks)
+    sharded = model_sharded_state_dict(chunks, keep)
     loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
-    load_chunk_states(chunks, loaded)
+    load_chunk_states(chunks, loaded, keep)
     log.info("loaded model weights from %s", ckpt_dir)

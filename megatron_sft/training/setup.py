@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from megatron_sft.checkpointing.loading import load_weights
+from megatron_sft.checkpointing.loading import import_dtype, load_weights
 from megatron_sft.config import ddp_config, optimizer_config, transformer_config
 from megatron_sft.models.builder import build_model_chunks, padded_vocab_size
 from megatron_sft.training.inputs import PackedLayout
@@ -21,6 +21,7 @@ class TrainingModel:
     config: object  # the TransformerConfig shared by all chunks
     loaded_iteration: int | None  # iteration of the Megatron checkpoint the weights came from
     layout: PackedLayout  # THD stream or explicit mask, and this rank's context-parallel share
+    lora: object | None = None  # peft.model.LoraModel of a LoRA run: checkpoints hold its adapters only
 
 
 def unwrap(chunk):
@@ -96,11 +97,19 @@ def build_training_model(args, tokenizer_vocab: int, resume: bool) -> TrainingMo
     # Recorded in run_args.json, so a model trained from scratch reloads with the same vocabulary.
     args.padded_vocab_size = padded_vocab_size(args, tokenizer_vocab)
     chunks = build_model_chunks(args, config, args.padded_vocab_size)
-    loaded_iteration = None if resume else load_weights(args, chunks)
+    lora = None
+    if args.peft == "lora":  # the frozen base is loaded now even on a resume: checkpoints do not hold it
+        from megatron_sft.peft.model import build_lora_model
+
+        lora = build_lora_model(args, chunks, import_dtype(args), load_adapters=not resume)
+        loaded_iteration = lora.iteration
+    else:
+        loaded_iteration = None if resume else load_weights(args, chunks)
     ddp_chunks = _wrap_ddp(args, config, chunks)
     optimizer = get_megatron_optimizer(optimizer_config(args), ddp_chunks)
     _hook_schedules(config, ddp_chunks, optimizer)
     scheduler = build_scheduler(args, optimizer)
     n_params = sum(p.numel() for c in chunks for p in c.parameters())
     log.info("model built: %.2fM parameters on this rank", n_params / 1e6)
-    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded_iteration, PackedLayout.from_args(args))
+    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded_iteration, PackedLayout.from_args(args),
+                         lora)

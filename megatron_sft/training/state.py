@@ -57,11 +57,20 @@ def _rng_sharded_object():
     return ShardedObject("rng_state", state, shape, (pp, tp), replica_id=replica)
 
 
+def _adapters_only(model):
+    """A LoRA run saves and restores its adapters only (the base is frozen and named in lora.json)."""
+    if model.lora is None:
+        return None
+    from megatron_sft.peft.lora import is_lora_key
+
+    return is_lora_key
+
+
 def _training_sharded_state(model, is_loading: bool, with_rng: bool) -> dict:
     """Model, optimizer (and RNG) sharded state; the optimizer's keys refer to the model's."""
     from megatron_sft.training.setup import unwrap
 
-    state = model_sharded_state_dict([unwrap(c) for c in model.chunks])
+    state = model_sharded_state_dict([unwrap(c) for c in model.chunks], _adapters_only(model))
     flat_model = {k: v for chunk_state in state.values() for k, v in chunk_state.items()}
     state["optimizer"] = model.optimizer.sharded_state_dict(flat_model, is_loading=is_loading, metadata=OPTIM_METADATA)
     if with_rng:
@@ -72,9 +81,13 @@ def _training_sharded_state(model, is_loading: bool, with_rng: bool) -> dict:
 def save_training_checkpoint(root, model, train_state: TrainState, args_record: dict, hf_assets_src) -> Path:
     train_state.scheduler = model.scheduler.state_dict()
     train_state.layout = _layout()
+    extra = {TRAIN_STATE: json.dumps(asdict(train_state), indent=1)}
+    if model.lora is not None:
+        from megatron_sft.peft.record import RECORD
+
+        extra[RECORD] = model.lora.record_text
     return save_checkpoint(root, train_state.iteration, _training_sharded_state(model, False, True), args_record,
-                           hf_assets_src=hf_assets_src,
-                           extra_files={TRAIN_STATE: json.dumps(asdict(train_state), indent=1)})
+                           hf_assets_src=hf_assets_src, extra_files=extra)
 
 
 def read_train_state(ckpt_dir: Path) -> TrainState | None:
@@ -137,7 +150,7 @@ def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
     sharded = _training_sharded_state(model, is_loading=True, with_rng=saved.get("dp") == now["dp"])
     loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
     chunks = [unwrap(c) for c in model.chunks]
-    load_chunk_states(chunks, loaded)
+    load_chunk_states(chunks, loaded, _adapters_only(model))
     model.optimizer.load_state_dict(loaded["optimizer"])
     _restore_adam_step(model.optimizer, state.optimizer_steps)
     model.scheduler.load_state_dict(state.scheduler)

@@ -1,0 +1,110 @@
+"""LoRA flags: which layers get adapters, their rank and scale, and an adapter to start from."""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+def add_peft_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("parameter-efficient fine-tuning (LoRA)")
+    g.add_argument("--peft", choices=["none", "lora"], default=None,
+                   help="lora: freeze the model and train low-rank adapters (default none; a LoRA checkpoint "
+                        "given to --load turns it on)")
+    g.add_argument("--lora-rank", type=int, default=None, help="adapter rank r (default 16)")
+    g.add_argument("--lora-alpha", type=float, default=None,
+                   help="scale alpha; the update is alpha/r * B A (default 32)")
+    g.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapter's input (default 0.0)")
+    g.add_argument("--lora-target-modules", nargs="+", choices=LORA_TARGETS, default=None,
+                   help="Megatron layer names to adapt (default all four; on MoE models linear_fc1/linear_fc2 "
+                        "are the experts')")
+    g.add_argument("--lora-load", default=None,
+                   help="a Hugging Face PEFT adapter folder (adapter_config.json + adapter_model.safetensors) "
+                        "to start from")
+    g.add_argument("--merge-lora", action="store_true",
+                   help="tools/convert.py on a LoRA checkpoint: write a full Hugging Face model with the adapters "
+                        "merged (default: a PEFT adapter folder)")
+
+
+_DEFAULTS = {"lora_rank": 16, "lora_alpha": 32.0, "lora_dropout": 0.0, "lora_target_modules": list(LORA_TARGETS)}
+_RECORDED = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_target_modules": "targets"}
+
+
+def check_peft_args(args, problems: list[str]) -> None:
+    """--peft and the LoRA flags: flag > the LoRA checkpoint in --load (lora.json) > default."""
+    from megatron_sft.peft.record import read_record
+
+    record = read_record(args.load_iteration_dir) if args.load_format == "megatron" else None
+    if record is None and args.lora_load:
+        record = _adapter_record(args.lora_load, problems)
+    if record is not None:
+        if args.peft == "none":
+            problems.append(f"--load {args.load} is a LoRA checkpoint (adapters only): drop --peft none, or export it "
+                            "merged (tools/convert.py --merge-lora) and load that for full fine-tuning")
+        args.peft = "lora"
+        record["where"] = f"the LoRA checkpoint {args.load}"
+    args.peft = None if args.peft in (None, "none") else args.peft
+    for dest, default in _DEFAULTS.items():
+        recorded = record.get(_RECORDED[dest]) if record else None
+        given = getattr(args, dest)
+        if record and given is not None and given != recorded and not (dest == "lora_target_modules"
+                                                                         and set(given) == set(recorded)):
+            problems.append(f"--{dest.replace('_', '-')} {given}: {record['where']} has {recorded}; drop the flag")
+        setattr(args, dest, given if given is not None else recorded if recorded is not None else default)
+    if args.peft is None:
+        used = [f"--{d.replace('_', '-')}" for d in ("lora_load",) if getattr(args, d)]
+        if used:
+            problems.append(f"{used[0]} needs --peft lora")
+        return
+    _check_lora_values(args, problems)
+
+
+def _check_lora_values(args, problems: list[str]) -> None:
+    from pathlib import Path
+
+    if args.lora_rank < 1:
+        problems.append(f"--lora-rank {args.lora_rank} must be at least 1")
+    if not 0.0 <= args.lora_dropout < 1.0:
+        problems.append(f"--lora-dropout {args.lora_dropout} must be in [0, 1)")
+    if args.load is None:
+        problems.append("--peft lora trains adapters on a model: give it with --load (a Hugging Face directory or a "
+                        "Megatron checkpoint)")
+    experts = getattr(args, "num_experts", None) and {"linear_fc1", "linear_fc2"} & set(args.lora_target_modules)
+    if experts and args.lora_dropout:
+        problems.append(f"--lora-dropout {args.lora_dropout} with MoE experts targeted: PEFT's adapters on fused "
+                        "experts (target_parameters) allow no dropout; use --lora-dropout 0")
+    if args.lora_load and not (Path(args.lora_load) / "adapter_config.json").is_file():
+        problems.append(f"--lora-load {args.lora_load}: no adapter_config.json there; give a PEFT adapter folder")
+    if getattr(args, "transformer_impl", None) == "transformer_engine":
+        problems.append("--peft lora runs on the local layer spec; drop --transformer-impl transformer_engine")
+
+
+_HF_TO_MEGATRON = {"q_proj": "linear_qkv", "k_proj": "linear_qkv", "v_proj": "linear_qkv", "o_proj": "linear_proj",
+                   "gate_proj": "linear_fc1", "up_proj": "linear_fc1", "down_proj": "linear_fc2",
+                   "gate_up_proj": "linear_fc1"}
+
+
+def _adapter_record(folder: str, problems: list[str]) -> dict | None:
+    """--lora-load's adapter_config.json in lora.json's terms: its rank, alpha and targets become the defaults."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "adapter_config.json"
+    if not path.is_file():
+        return None  # reported by _check_lora_values
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        problems.append(f"{path}: not valid JSON ({err})")
+        return None
+    parameters = [p.rsplit(".", 1)[-1] for p in config.get("target_parameters") or []]
+    names = list(config.get("target_modules") or []) + parameters
+    unknown = sorted(n for n in names if n not in _HF_TO_MEGATRON)
+    if unknown or config.get("peft_type") != "LORA":
+        problems.append(f"{path}: a LoRA adapter on {', '.join(_HF_TO_MEGATRON)} is needed, found "
+                        f"{config.get('peft_type')} on {', '.join(unknown or names)}")
+        return None
+    targets = sorted({_HF_TO_MEGATRON[n] for n in names}, key=LORA_TARGETS.index)
+    return {"rank": config.get("r"), "alpha": float(config.get("lora_alpha")),
+            "dropout": config.get("lora_dropout", 0.0), "targets": targets, "where": f"--lora-load {folder}"}

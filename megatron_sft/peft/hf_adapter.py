@@ -1,0 +1,173 @@
+"""LoRA adapters as Hugging Face PEFT adapter folders (adapter_config.json + adapter_model.safetensors).
+
+Megatron fuses what Hugging Face keeps apart, so one Megatron adapter maps to several PEFT ones:
+
+    linear_qkv  -> q_proj, k_proj, v_proj   B's rows de-interleaved per query group, as the weight's are;
+                                            the shared A copied to each
+    linear_fc1  -> gate_proj, up_proj       B's rows [gate; up]; A copied
+    linear_proj -> o_proj, linear_fc2 -> down_proj
+    experts' linear_fc1 / linear_fc2 -> mlp.experts.gate_up_proj / down_proj, through PEFT's
+        target_parameters: A [E*r, in] (expert-major rows), B [out, r*E] (expert-minor columns)
+
+Runs on one process (TP=PP=EP=1): the checkpoint is resharded on load, whatever layout saved it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from megatron_sft.errors import UserError
+from megatron_sft.peft.lora import LoraSpec, lora_modules
+
+log = logging.getLogger(__name__)
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_PREFIX = "base_model.model.model.layers"
+_DENSE = {"linear_qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "linear_proj": ("self_attn", ("o_proj",)),
+          "linear_fc1": ("mlp", ("gate_proj", "up_proj")), "linear_fc2": ("mlp", ("down_proj",))}
+_EXPERT_PARAM = {"linear_fc1": "gate_up_proj", "linear_fc2": "down_proj"}
+_NAME = re.compile(r"decoder\.layers\.(\d+)\.(?:.*\.local_experts\.(\d+)\.)?.*?(linear_\w+)$")
+
+
+def _require_one_process() -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size() * \
+            ps.get_expert_model_parallel_world_size() != 1:
+        raise UserError("PEFT adapters are exported and loaded with the whole model on one process; run with "
+                        "TP=PP=EP=1 (the checkpoint is resharded on load)")
+
+
+def _split_qkv(b: torch.Tensor, config) -> list[torch.Tensor]:
+    """linear_qkv rows are [q heads of group 0, k0, v0, q heads of group 1, ...]; PEFT wants q, k, v."""
+    groups, d = config.num_query_groups, config.kv_channels
+    per_group = config.num_attention_heads // groups
+    rows = b.reshape(groups, (per_group + 2) * d, -1)
+    q, k, v = rows.split([per_group * d, d, d], dim=1)
+    return [t.reshape(-1, b.shape[-1]) for t in (q, k, v)]
+
+
+def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config) -> torch.Tensor:
+    groups, r = config.num_query_groups, q.shape[-1]
+    return torch.cat([q.reshape(groups, -1, r), k.reshape(groups, -1, r), v.reshape(groups, -1, r)], dim=1) \
+        .reshape(-1, r)
+
+
+def _factors(chunks: list):
+    """(layer, expert or None, Megatron layer name, module) of every adapter."""
+    for name, module in lora_modules(chunks):
+        match = _NAME.search(name)
+        if match is None or ".shared_experts." in name:
+            raise UserError(f"{name}: no Hugging Face PEFT name is known for this adapter")
+        layer, expert, kind = match.groups()
+        yield int(layer), None if expert is None else int(expert), kind, module
+
+
+def _expert_key(layer: int, param: str, targeted: list[str]) -> str:
+    """PEFT nests one wrapper per targeted parameter of mlp.experts, the first listed innermost."""
+    depth = len(targeted) - 1 - targeted.index(param)
+    return f"{_PREFIX}.{layer}.mlp.experts.{'base_layer.' * depth}"
+
+
+def peft_state(chunks: list, config) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """PEFT tensors (fp32, contiguous, no shared storage), target_modules and target_parameters."""
+    tensors, modules, experts = {}, set(), defaultdict(dict)
+    for layer, expert, kind, m in _factors(chunks):
+        a, b = m.lora_A.detach().float(), m.lora_B.detach().float()
+        if expert is not None:
+            experts[(layer, _EXPERT_PARAM[kind])][expert] = (a, b)
+            continue
+        owner, names = _DENSE[kind]
+        parts = _split_qkv(b, config) if kind == "linear_qkv" else b.chunk(len(names)) if len(names) > 1 else [b]
+        for hf, part in zip(names, parts):
+            key = f"{_PREFIX}.{layer}.{owner}.{hf}"
+            tensors[f"{key}.lora_A.weight"] = a.clone()
+            tensors[f"{key}.lora_B.weight"] = part.contiguous().clone()
+            modules.add(hf)
+    targeted = [p for p in _EXPERT_PARAM.values() if any(k[1] == p for k in experts)]
+    for (layer, param), by_expert in experts.items():
+        a_list, b_list = zip(*(by_expert[e] for e in sorted(by_expert)))
+        key = _expert_key(layer, param, targeted)
+        tensors[f"{key}lora_A.weight"] = torch.cat(a_list).contiguous()  # [E*r, in]
+        tensors[f"{key}lora_B.weight"] = torch.stack(b_list, dim=-1).reshape(b_list[0].shape[0], -1).contiguous()
+    return tensors, sorted(modules), [f"mlp.experts.{p}" for p in targeted]
+
+
+def adapter_config(spec: LoraSpec, modules: list[str], parameters: list[str], base: str | None) -> dict:
+    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": spec.rank,
+            "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "target_modules": modules,
+            "target_parameters": parameters or None, "bias": "none", "fan_in_fan_out": False,
+            "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+            "modules_to_save": None}
+
+
+def save_peft_adapter(chunks: list, spec: LoraSpec, out_dir: str | Path, base: str | None, dtype) -> Path:
+    from safetensors.torch import save_file
+
+    _require_one_process()
+    from megatron_sft.training.setup import unwrap
+
+    tensors, modules, parameters = peft_state(chunks, unwrap(chunks[0]).config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype) for k, v in tensors.items()}, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / CONFIG).write_text(json.dumps(adapter_config(spec, modules, parameters, base), indent=1))
+    log.info("wrote PEFT adapter %s: %d tensors, targets %s", out, len(tensors), " ".join(modules + parameters))
+    return out
+
+
+def _shared_a(tensors: dict, keys: list[str], where: Path) -> torch.Tensor:
+    """Megatron's fused layer has one A: the PEFT A's of its parts must be the same matrix."""
+    first = tensors[keys[0]]
+    for key in keys[1:]:
+        if not torch.equal(tensors[key], first):
+            raise UserError(f"{where}: {key} differs from {keys[0]}; Megatron's fused layer shares one A, so this "
+                            "adapter cannot be loaded exactly: merge it (peft's merge_and_unload) and --load that")
+    return first
+
+
+def _take(tensors: dict, key: str, used: set, where: Path) -> torch.Tensor:
+    if key not in tensors:
+        raise UserError(f"{where}: no {key}; the adapter does not cover the layers --lora-target-modules names")
+    used.add(key)
+    return tensors[key].float()
+
+
+def load_peft_adapter(chunks: list, adapter_dir: str | Path, spec: LoraSpec) -> None:
+    """Fill the attached adapters from a PEFT folder (the inverse of save_peft_adapter)."""
+    from safetensors.torch import load_file
+
+    from megatron_sft.training.setup import unwrap
+
+    where = Path(adapter_dir) / WEIGHTS
+    tensors, used = load_file(str(where)), set()
+    config = unwrap(chunks[0]).config
+    experts = defaultdict(list)
+    for layer, expert, kind, m in _factors(chunks):
+        if expert is not None:
+            experts[(layer, kind)].append((expert, m))
+            continue
+        owner, names = _DENSE[kind]
+        keys = [f"{_PREFIX}.{layer}.{owner}.{hf}" for hf in names]
+        a = _shared_a({k: _take(tensors, f"{k}.lora_A.weight", used, where) for k in keys}, keys, where)
+        parts = [_take(tensors, f"{k}.lora_B.weight", used, where) for k in keys]
+        m.set_lora(a, _join_qkv(*parts, config) if kind == "linear_qkv" else torch.cat(parts))
+    targeted = [p for k, p in _EXPERT_PARAM.items() if any(kind == k for _, kind in experts)]
+    for (layer, kind), members in experts.items():
+        key = _expert_key(layer, _EXPERT_PARAM[kind], targeted)
+        a_all, b_all = _take(tensors, f"{key}lora_A.weight", used, where), _take(tensors, f"{key}lora_B.weight",
+                                                                                  used, where)
+        n = a_all.shape[0] // spec.rank
+        b_all = b_all.reshape(b_all.shape[0], spec.rank, n)
+        for expert, m in members:
+            m.set_lora(a_all[expert * spec.rank:(expert + 1) * spec.rank], b_all[:, :, expert])
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise UserError(f"{where}: {len(unused)} tensors match no adapter of this model (e.g. {unused[0]}); "
+                        "check --lora-target-modules and the base model")
+    log.info("loaded PEFT adapter %s (%d tensors)", adapter_dir, len(used))
