@@ -36,14 +36,14 @@ def check_peft_args(args, problems: list[str]) -> None:
     from megatron_sft.peft.record import read_record
 
     record = read_record(args.load_iteration_dir) if args.load_format == "megatron" else None
-    if record is None and args.lora_load:
-        record = _adapter_record(args.lora_load, problems)
     if record is not None:
         if args.peft == "none":
             problems.append(f"--load {args.load} is a LoRA checkpoint (adapters only): drop --peft none, or export it "
                             "merged (tools/convert.py --merge-lora) and load that for full fine-tuning")
         args.peft = "lora"
         record["where"] = f"the LoRA checkpoint {args.load}"
+    elif args.lora_load:
+        record = _adapter_record(args.lora_load, problems)
     args.peft = None if args.peft in (None, "none") else args.peft
     for dest, default in _DEFAULTS.items():
         recorded = record.get(_RECORDED[dest]) if record else None

@@ -83,6 +83,6 @@ def _log_trainable(chunks: list, count: int, spec: LoraSpec) -> None:
     params = [p for c in chunks for p in c.parameters()]
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = sum(p.numel() for p in params)
-    log.info("LoRA r=%d alpha=%g on %d layers (%s): %.3fM trainable parameters of %.2fM on this rank (%.3f%%)",
+    log.info("LoRA r=%d alpha=%g on %d linear layers (%s): %.3fM trainable parameters of %.2fM on this rank (%.3f%%)",
              spec.rank, spec.alpha, count, " ".join(spec.targets), trainable / 1e6, total / 1e6,
              100.0 * trainable / max(total, 1))
