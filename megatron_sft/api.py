@@ -173,3 +173,37 @@ def _result(save: Path) -> SFTResult:
     last = train[-1] if train else {}
     return SFTResult(checkpoint=str(save), iterations=int(last.get("iteration", 0)), final_loss=last.get("loss"),
                      metrics=last, validation=valid[-1] if valid else None, log_file=str(save / "training.log"))
+
+
+def lora_sft(
+    model_path: str,
+    data_path: str | list[str],
+    ckpt_output_dir: str,
+    *,
+    lora_r: int = 16,
+    lora_alpha: float = 32.0,
+    lora_dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    learning_rate: float = 1e-4,
+    **sft_kwargs,
+) -> SFTResult:
+    """`sft(...)` training LoRA adapters on the frozen model (Training Hub's `lora_sft` keywords).
+
+    `target_modules`: Megatron names (linear_qkv, linear_proj, linear_fc1, linear_fc2) or Hugging Face ones
+    (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); default all. The checkpoint holds the
+    adapters; `tools/convert.py --load <ckpt_output_dir> --save DIR` exports them as a PEFT adapter.
+    """
+    from megatron_sft.arguments.peft import LORA_TARGETS, HF_TO_MEGATRON
+
+    targets = []
+    for name in target_modules or LORA_TARGETS:
+        megatron = name if name in LORA_TARGETS else HF_TO_MEGATRON.get(name)
+        if megatron is None:
+            raise SFTError(f"target_modules: {name!r} is not an attention or MLP projection; use any of "
+                           f"{', '.join(LORA_TARGETS)} (or their Hugging Face names)")
+        targets += [] if megatron in targets else [megatron]
+    lora = ["--peft", "lora", "--lora-rank", str(lora_r), "--lora-alpha", str(lora_alpha),
+            "--lora-dropout", str(lora_dropout), "--lora-target-modules", *targets]
+    extra = list(sft_kwargs.pop("extra_args", None) or [])
+    return sft(model_path, data_path, ckpt_output_dir, learning_rate=learning_rate, extra_args=lora + extra,
+               **sft_kwargs)

@@ -80,7 +80,7 @@ def _check_lora_values(args, problems: list[str]) -> None:
         problems.append("--peft lora runs on the local layer spec; drop --transformer-impl transformer_engine")
 
 
-_HF_TO_MEGATRON = {"q_proj": "linear_qkv", "k_proj": "linear_qkv", "v_proj": "linear_qkv", "o_proj": "linear_proj",
+HF_TO_MEGATRON = {"q_proj": "linear_qkv", "k_proj": "linear_qkv", "v_proj": "linear_qkv", "o_proj": "linear_proj",
                    "gate_proj": "linear_fc1", "up_proj": "linear_fc1", "down_proj": "linear_fc2",
                    "gate_up_proj": "linear_fc1"}
 
@@ -100,11 +100,11 @@ def _adapter_record(folder: str, problems: list[str]) -> dict | None:
         return None
     parameters = [p.rsplit(".", 1)[-1] for p in config.get("target_parameters") or []]
     names = list(config.get("target_modules") or []) + parameters
-    unknown = sorted(n for n in names if n not in _HF_TO_MEGATRON)
+    unknown = sorted(n for n in names if n not in HF_TO_MEGATRON)
     if unknown or config.get("peft_type") != "LORA":
-        problems.append(f"{path}: a LoRA adapter on {', '.join(_HF_TO_MEGATRON)} is needed, found "
+        problems.append(f"{path}: a LoRA adapter on {', '.join(HF_TO_MEGATRON)} is needed, found "
                         f"{config.get('peft_type')} on {', '.join(unknown or names)}")
         return None
-    targets = sorted({_HF_TO_MEGATRON[n] for n in names}, key=LORA_TARGETS.index)
+    targets = sorted({HF_TO_MEGATRON[n] for n in names}, key=LORA_TARGETS.index)
     return {"rank": config.get("r"), "alpha": float(config.get("lora_alpha")),
             "dropout": config.get("lora_dropout", 0.0), "targets": targets, "where": f"--lora-load {folder}"}

@@ -53,3 +53,19 @@ def test_sft_raises_the_one_line_error(tiny_models, tmp_path):
     with pytest.raises(SFTError, match="max_tokens_per_gpu 32 is below max_seq_len 64"):
         sft(model_path=str(tiny_models["qwen3"]), data_path="x.jsonl", ckpt_output_dir=str(tmp_path / "c"),
             max_seq_len=64, max_tokens_per_gpu=32)
+
+
+def test_lora_sft_trains_adapters_only(tiny_models, tmp_path):
+    from megatron_sft import SFTError, lora_sft
+
+    data = write_reversal_data(tmp_path / "data.jsonl", 32, seed=4)
+    save = tmp_path / "lora"
+    result = lora_sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(save),
+                      lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], max_seq_len=64,
+                      data_cache_dir=str(tmp_path / "cache"), quiet=True, extra_args=["--log-interval", "1"])
+    record = json.loads((save / f"iter_{result.iterations:07d}" / "lora.json").read_text())
+    assert record["rank"] == 4 and record["targets"] == ["linear_qkv", "linear_fc2"]
+    assert "trainable parameters of" in (save / "training.log").read_text()
+    with pytest.raises(SFTError, match="'lm_head' is not an attention or MLP projection"):
+        lora_sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(tmp_path / "x"),
+                 target_modules=["lm_head"])
