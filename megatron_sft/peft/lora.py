@@ -189,10 +189,10 @@ def _targets_of_layer(layer, targets: tuple[str, ...]):
             continue
         key = f"layers.{number}.{name}"
         if ".local_experts." in name:  # local expert index -> global, so the init is the same at any EP
-            head, _, tail = name.partition(".local_experts.")
+            head, _, tail = name.partition(".local_experts.")  # head: "mlp.experts"
             local, _, rest = tail.partition(".")
-            mlp = layer.get_submodule(head.rsplit(".experts", 1)[0]) if ".experts" in head else layer.mlp
-            key = f"layers.{number}.{head}.experts.{mlp.local_expert_indices[int(local)]}.{rest}"
+            moe = layer.get_submodule(head.rsplit(".", 1)[0])
+            key = f"layers.{number}.{head}.{moe.local_expert_indices[int(local)]}.{rest}"
         yield key, module, gated and leaf == "linear_fc1"
 
 

@@ -60,7 +60,7 @@ def lora_runs(tiny_models, tmp_path_factory) -> dict:
     data = write_reversal_data(out / "data.jsonl", 64, seed=0)
     adapter = random_adapter(tiny_models["qwen3"], out / "random_adapter")
     results = {"out": out, "adapter": adapter}
-    for world_size in (2, 1):  # 2 first: world size 1 reloads the TP=2 checkpoint
+    for world_size in (4, 2, 1):  # 2 before 1: world size 1 reloads the TP=2 checkpoint
         torchrun(WORKERS / "lora.py", world_size, ["--models", tiny_models["qwen3"].parent, "--data", data,
                                                    "--out", out], timeout=900)
         results.update(json.loads((out / f"lora_ws{world_size}.json").read_text()))
@@ -109,7 +109,8 @@ def test_random_adapters_equal_transformers_on_weights_merged_by_the_test(lora_r
 
 
 @pytest.mark.parametrize("layout,ref", [("tp2", "tp1"), ("tp2_sp", "tp1"), ("pp2", "tp1"), ("dp2", "tp1"),
-                                        ("recompute", "tp1"), ("moe_ep2", "moe_tp1")])
+                                        ("recompute", "tp1"), ("moe_ep2", "moe_tp1"),
+                                        ("moe_ep2_dp4", "moe_tp1")])
 def test_three_steps_match_tp1(lora_runs, layout, ref):
     got, want = lora_runs[layout], lora_runs[ref]
     assert len(got) == len(want) == 3
