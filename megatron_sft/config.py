@@ -72,7 +72,7 @@ def _fusions(args, on_cpu: bool) -> dict:
     return dict(
         masked_softmax_fusion=False,
         bias_activation_fusion=bool(getattr(args, "bias_swiglu_fusion", True)) and not on_cpu,
-        bias_dropout_fusion=not on_cpu,
+        bias_dropout_fusion=bool(getattr(args, "bias_dropout_fusion", True)) and not on_cpu,
         persist_layer_norm=not on_cpu,
         # Over gloo, batched isend/irecv corrupted activations in the interleaved pipeline schedule
         # (later micro-batches got another loss); plain isend/irecv is exact.

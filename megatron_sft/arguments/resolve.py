@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megatron_sft.arguments.inputs import check_tokenizer
 from megatron_sft.checkpointing.layout import (
     RUN_ARGS,
     TRACKER,
@@ -82,8 +83,9 @@ def resolve_architecture(args: Namespace, options: dict[str, str]) -> list[str]:
     `options` maps dest names to option strings, for messages. Raises UserError when --load or
     --pretrained-model-path cannot be read: nothing else can be checked then.
     """
-    source = find_source(args)
     problems: list[str] = []
+    check_tokenizer(args.tokenizer_model, problems)  # as given: the defaults below come from checkpoints
+    source = find_source(args)
     args.arch_sources = {}
     for key, default in MEGATRON_DEFAULTS.items():
         given = getattr(args, key)

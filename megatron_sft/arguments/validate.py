@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from argparse import Namespace
 
+from megatron_sft.arguments.inputs import check_inputs
 from megatron_sft.arguments.peft import check_peft_args
 
 _REQUIRED_ARCH = ("num_layers", "hidden_size", "num_attention_heads")
@@ -39,6 +40,7 @@ def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
     _check_attention(args, problems)
     _check_data(args, problems)
     check_peft_args(args, problems)
+    check_inputs(args, problems)
     _collect_notices(args)
     return problems
 

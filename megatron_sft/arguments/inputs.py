@@ -1,0 +1,82 @@
+"""Checks on what the flags point at, made before any model is built: the tokenizer, the output directory
+(creatable, and never the model the run starts from) and the longest sample against the model's positions
+(resolve.py checks --tokenizer-model as given, before checkpoints fill it in).
+Each problem is one line that names the flag, its value and what to do."""
+
+from __future__ import annotations
+
+import os
+import re
+from argparse import Namespace
+from pathlib import Path
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # org/name: resolved by transformers (cache or download)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_inputs(args: Namespace, problems: list[str]) -> None:
+    _check_save(args, problems)
+    _check_positions(args, problems)
+
+
+def check_tokenizer(value: str | None, problems: list[str]) -> None:
+    """--tokenizer-model as the user gave it: a local directory with tokenizer files, or a hub name."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if not path.exists():
+        if not _HUB_ID.fullmatch(value):
+            problems.append(f"--tokenizer-model {value}: no such directory; give a Hugging Face model or tokenizer "
+                            "directory, or a hub name such as Qwen/Qwen3-0.6B")
+        return
+    if not path.is_dir() or not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        problems.append(f"--tokenizer-model {value}: no tokenizer files there ({', '.join(_TOKENIZER_FILES)}); "
+                        "give the Hugging Face directory the model came from")
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_save(args: Namespace, problems: list[str]) -> None:
+    if not getattr(args, "save", None):
+        return
+    save = Path(args.save).expanduser().resolve()
+    existing = _nearest_existing(save)
+    if existing == save and not save.is_dir():
+        problems.append(f"--save {args.save} is a file; give a directory for the checkpoints")
+    elif not existing.is_dir():
+        problems.append(f"--save {args.save} cannot be created: {existing} is a file; choose another directory")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"--save {args.save} cannot be written: no write permission in {existing}; choose a "
+                        "writable directory")
+    start = _starting_model(args)
+    if start is not None and Path(start).resolve() == save:
+        problems.append(f"--save {args.save} is the model this run starts from ({start}); saving there would write "
+                        "over it: save somewhere else")
+
+
+def _starting_model(args: Namespace) -> str | None:
+    """What the run reads its weights from and must not overwrite: an HF directory, or a Megatron checkpoint
+    that is not being resumed (weights only, or --finetune). Resuming into --save is what --load X --save X
+    is for."""
+    if args.load_format == "hf":
+        return args.hf_model_path or args.load
+    if args.load_format == "megatron":
+        resumable = (Path(args.load_iteration_dir) / "train_state.json").is_file() and not args.finetune
+        return None if resumable else args.load
+    return args.pretrained_model_path
+
+
+def _check_positions(args: Namespace, problems: list[str]) -> None:
+    """Positions restart at every packed sample, so the longest sample, not the pack, must fit the model."""
+    positions, seq = args.max_position_embeddings, args.seq_length
+    longest = args.max_sample_length or seq
+    if not positions or not longest or longest <= positions or args.position_embedding_type == "learned_absolute":
+        return  # learned_absolute: validate.py checks --seq-length itself
+    flag = f"--max-sample-length {longest}" if args.max_sample_length else f"--seq-length {seq}"
+    problems.append(f"{flag} lets one sample reach {longest} tokens, past the model's --max-position-embeddings "
+                    f"{positions}; add --max-sample-length {positions} (longer samples are truncated) or use a "
+                    "model trained for longer sequences")
