@@ -41,6 +41,7 @@ def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
     _check_data(args, problems)
     check_peft_args(args, problems)
     check_inputs(args, problems)
+    _refuse_unsupported(args, problems)
     _collect_notices(args)
     return problems
 
@@ -302,7 +303,29 @@ def _check_attention(args: Namespace, problems: list[str]) -> None:
                             f"{tp * cp * (2 if cp > 1 else 1)}")
 
 
+_NO_EFFECT = {  # accepted Megatron-LM flags whose behaviour is always on here: said once, never silent
+    "auto_detect_ckpt_format": "--auto-detect-ckpt-format: the format of --load is always detected",
+    "export_te_mcore_model": "--export-te-mcore-model: dist_checkpointing checkpoints load into either layer spec",
+}
+
+
+def _refuse_unsupported(args: Namespace, problems: list[str]) -> None:
+    """Megatron-LM flags this project cannot honour: one line each, with what to do instead."""
+    if not args.load_optim:
+        problems.append("--no-load-optim: a resume always restores the optimizer and its schedule; to start a new "
+                        "run from a checkpoint's weights use --finetune")
+    if not args.load_rng:
+        problems.append("--no-load-rng: a resume always restores the RNG states (they are what makes it exact); to "
+                        "start a new run from a checkpoint's weights use --finetune")
+
+
 def _collect_notices(args: Namespace) -> None:
+    for dest, notice in _NO_EFFECT.items():
+        if getattr(args, dest):
+            args.notices.append(notice)
+    if not args.masked_softmax_fusion:
+        args.notices.append("--no-masked-softmax-fusion: masked-softmax fusion is always off (samples are kept apart "
+                            "by the packed attention or an explicit mask)")
     if args.use_mcore_models:
         args.notices.append("--use-mcore-models: Megatron-Core models are always used")
     if args.reset_position_ids or args.reset_attention_mask:

@@ -75,3 +75,14 @@ def test_finetune_py_reports_a_bad_tokenizer_in_one_line_fast(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "--tokenizer-model /nonexistent/tok" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and seconds < 3, seconds
+
+
+def test_flags_that_cannot_be_honoured_are_refused_and_no_ops_said(tmp_path):
+    hf = str(hf_dir(tmp_path))
+    for flag in ("--no-load-optim", "--no-load-rng"):
+        [problem] = problems(["--load", hf, flag])
+        assert problem.startswith(f"{flag}: a resume always restores") and "--finetune" in problem
+    args = parse_args(["--load", hf, "--auto-detect-ckpt-format", "--export-te-mcore-model",
+                       "--no-masked-softmax-fusion"])
+    said = " ".join(args.notices)
+    assert all(f in said for f in ("--auto-detect-ckpt-format", "--export-te-mcore-model", "--no-masked-softmax"))
