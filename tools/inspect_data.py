@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--color", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    tokenizer = load_tokenizer(args.tokenizer_model)
     try:
+        tokenizer = load_tokenizer(args.tokenizer_model)
         prepared = (
             PreparedData(args.cache)
             if args.cache

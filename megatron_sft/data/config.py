@@ -24,7 +24,7 @@ class DataConfig:
     finetune_hf_dataset_split: str = "train"
     seq_length: int = 4096
     max_sample_length: int | None = None  # longest conversation kept whole (default: seq_length)
-    split: str = "98,2,0"
+    split: str = "969,30,1"  # Megatron-LM's default, as training's --split
     seed: int = 1234
     chat_template: str | None = None
     data_format: str = "auto"  # detect per record, or one of DATA_FORMATS for every record
