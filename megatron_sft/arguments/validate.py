@@ -60,7 +60,7 @@ def _origin(args: Namespace, key: str) -> str:
 def _check_world(args: Namespace, problems: list[str]) -> None:
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
     world, model_parallel = args.world_size, tp * pp * cp
-    args.data_parallel_size = args.virtual_pipeline_model_parallel_size = args.expert_data_parallel_size = None
+    args.data_parallel_size = args.virtual_pipeline_model_parallel_size = None
     if args.expert_tensor_parallel_size is None:
         args.expert_tensor_parallel_size = tp  # Megatron-LM's default
     if world % model_parallel:
@@ -140,8 +140,6 @@ def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]
             f"{world} / --pipeline-model-parallel-size {pp} = {ranks}; use EP × ETP in "
             f"{divisors_text(ranks)}"
         )
-    else:
-        args.expert_data_parallel_size = ranks // (ep * etp)
 
 
 def _check_vocab(args: Namespace, options: dict[str, str], problems: list[str]) -> None:

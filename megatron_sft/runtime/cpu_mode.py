@@ -143,6 +143,3 @@ def enable() -> None:
     _CudaToCpuMode().__enter__()
     _ENABLED = True
 
-
-def is_enabled() -> bool:
-    return _ENABLED

@@ -218,7 +218,7 @@ def test_global_batch_size_default_and_divisibility():
 def test_expert_layout(tmp_path):
     moe = hf_dir(tmp_path, CONFIGS["Qwen/Qwen3-30B-A3B"], num_experts=6, num_experts_per_tok=2)
     args = parse_args(["--load", str(moe), "--expert-model-parallel-size", "2"], world_size=4)
-    assert (args.expert_tensor_parallel_size, args.expert_data_parallel_size) == (1, 2)
+    assert (args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (2, 1)  # EP x ETP divides 4
     found = problems(["--load", str(moe), "--expert-model-parallel-size", "4"], world_size=4)
     assert found == [
         f"--expert-model-parallel-size 4 must divide --num-experts 6 (from {moe.resolve()}/config.json)"
