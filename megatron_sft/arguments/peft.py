@@ -74,6 +74,12 @@ def _check_lora_values(args, problems: list[str]) -> None:
     if experts and args.lora_dropout:
         problems.append(f"--lora-dropout {args.lora_dropout} with MoE experts targeted: PEFT's adapters on fused "
                         "experts (target_parameters) allow no dropout; use --lora-dropout 0")
+    resuming_full = (args.load_format == "megatron" and not args.finetune
+                     and (Path(args.load_iteration_dir) / "train_state.json").is_file()
+                     and not (Path(args.load_iteration_dir) / "lora.json").is_file())
+    if resuming_full:
+        problems.append(f"--load {args.load} is a full fine-tuning run, which --peft lora cannot resume: add "
+                        "--finetune to train adapters on its weights (with another --save)")
     if args.lora_load and not (Path(args.lora_load) / "adapter_config.json").is_file():
         problems.append(f"--lora-load {args.lora_load}: no adapter_config.json there; give a PEFT adapter folder")
     if getattr(args, "transformer_impl", None) == "transformer_engine":

@@ -85,3 +85,11 @@ def test_dropout_on_moe_experts_is_refused(tmp_path):
     args = parse_args(["--load", str(moe), "--peft", "lora", "--lora-dropout", "0.1", "--lora-target-modules",
                        "linear_qkv", "linear_proj"])
     assert args.lora_dropout == 0.1  # no expert targeted: dropout is fine
+
+
+def test_lora_cannot_resume_a_full_fine_tuning_run(tmp_path):
+    root = megatron_dir(tmp_path, RECORD)
+    (root / "iter_0000100" / "train_state.json").write_text(json.dumps({"iteration": 100}))
+    [problem] = problems(["--load", str(root), "--peft", "lora"])
+    assert "full fine-tuning run" in problem and "--finetune" in problem
+    assert parse_args(["--load", str(root), "--peft", "lora", "--finetune"]).peft == "lora"
