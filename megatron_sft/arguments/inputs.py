@@ -58,6 +58,12 @@ def _check_save(args: Namespace, problems: list[str]) -> None:
                         "over it: save somewhere else")
 
 
+def resumes_training(args: Namespace) -> bool:
+    """--load is a training checkpoint (train_state.json) that this run continues (no --finetune)."""
+    return (args.load_format == "megatron" and not args.finetune
+            and (Path(args.load_iteration_dir) / "train_state.json").is_file())
+
+
 def _starting_model(args: Namespace) -> str | None:
     """What the run reads its weights from and must not overwrite: an HF directory, or a Megatron checkpoint
     that is not being resumed (weights only, or --finetune). Resuming into --save is what --load X --save X
@@ -65,8 +71,7 @@ def _starting_model(args: Namespace) -> str | None:
     if args.load_format == "hf":
         return args.hf_model_path or args.load
     if args.load_format == "megatron":
-        resumable = (Path(args.load_iteration_dir) / "train_state.json").is_file() and not args.finetune
-        return None if resumable else args.load
+        return None if resumes_training(args) else args.load
     return args.pretrained_model_path
 
 

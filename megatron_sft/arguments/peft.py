@@ -33,9 +33,13 @@ _RECORDED = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropou
 
 def check_peft_args(args, problems: list[str]) -> None:
     """--peft and the LoRA flags: flag > the LoRA checkpoint in --load (lora.json) > default."""
+    from megatron_sft.arguments.inputs import resumes_training
     from megatron_sft.peft.record import read_record
 
     record = read_record(args.load_iteration_dir) if args.load_format == "megatron" else None
+    if record is None and args.peft == "lora" and resumes_training(args):
+        problems.append(f"--load {args.load} is a full fine-tuning run, which --peft lora cannot resume: add "
+                        "--finetune to train adapters on its weights (with another --save)")
     if record is not None:
         if args.peft == "none":
             problems.append(f"--load {args.load} is a LoRA checkpoint (adapters only): drop --peft none, or export it "
@@ -74,12 +78,6 @@ def _check_lora_values(args, problems: list[str]) -> None:
     if experts and args.lora_dropout:
         problems.append(f"--lora-dropout {args.lora_dropout} with MoE experts targeted: PEFT's adapters on fused "
                         "experts (target_parameters) allow no dropout; use --lora-dropout 0")
-    resuming_full = (args.load_format == "megatron" and not args.finetune
-                     and (Path(args.load_iteration_dir) / "train_state.json").is_file()
-                     and not (Path(args.load_iteration_dir) / "lora.json").is_file())
-    if resuming_full:
-        problems.append(f"--load {args.load} is a full fine-tuning run, which --peft lora cannot resume: add "
-                        "--finetune to train adapters on its weights (with another --save)")
     if args.lora_load and not (Path(args.lora_load) / "adapter_config.json").is_file():
         problems.append(f"--lora-load {args.lora_load}: no adapter_config.json there; give a PEFT adapter folder")
     if getattr(args, "transformer_impl", None) == "transformer_engine":

@@ -83,7 +83,7 @@ def peft_state(chunks: list, config) -> tuple[dict[str, torch.Tensor], list[str]
             experts[(layer, _EXPERT_PARAM[kind])][expert] = (a, b)
             continue
         owner, names = _DENSE[kind]
-        parts = _split_qkv(b, config) if kind == "linear_qkv" else b.chunk(len(names)) if len(names) > 1 else [b]
+        parts = _split_qkv(b, config) if kind == "linear_qkv" else b.chunk(len(names))
         for hf, part in zip(names, parts):
             key = f"{_PREFIX}.{layer}.{owner}.{hf}"
             tensors[f"{key}.lora_A.weight"] = a.clone()
