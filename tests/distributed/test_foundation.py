@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import WORKERS, torchrun
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]  # the fixture: 3 launches
 
 FAMILIES = ("qwen3", "qwen3_untied", "llama3", "qwen2", "qwen3_moe")
 TOL = 1e-4
