@@ -1,27 +1,6 @@
-# shellcheck shell=bash disable=SC2034  # sourced by conf/arguments.sh, which reads these variables
-# tiny: the embedded default. A 2-layer Qwen3 with a character-level tokenizer that learns to reverse strings
-# of up to 6 letters in a few minutes on a CPU. Build it (model, tokenizer, data) with
-#   python tools/make_embedded_default.py build --out "$MLM_WORK_DIR/tiny"
-# or run everything at once: examples/demo.sh. Architecture as in megatron_sft/tiny/charlevel.py.
-MODEL_ARGS=(
-    --num-layers 2
-    --hidden-size 128
-    --ffn-hidden-size 256
-    --num-attention-heads 4
-    --group-query-attention
-    --num-query-groups 2
-    --kv-channels 32
-    --max-position-embeddings 256
-    --position-embedding-type rope
-    --rotary-base 10000
-    --normalization RMSNorm
-    --norm-epsilon 1e-6
-    --swiglu
-    --disable-bias-linear
-    --qk-layernorm
-    --tokenizer-type HuggingFaceTokenizer
-    --seq-length 128
-)
+# tiny: the embedded default. A 2-layer Qwen3 with a character-level tokenizer that learns to reverse strings of up
+# to 6 letters in a few minutes on a CPU (megatron_sft/tiny/charlevel.py). examples/demo.sh builds it and runs it all.
+MODEL_ARGS=(--seq-length 128)
 CONF_HF_MODEL_CKPT="$MLM_WORK_DIR/tiny/hf"
 CONF_DATASET="$MLM_WORK_DIR/tiny/train.jsonl"
 # 1000 iterations of 16 packed rows (about 2 minutes on 2 CPU cores): 100% exact held-out answers; 600 gave 96%.
@@ -31,7 +10,6 @@ CONF_MLM_OPTIM_ARGS="--lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --lr-warmup
 CONF_MLM_TRAIN_ARGS="--micro-batch-size 8 --global-batch-size 16"
 CONF_MLM_EVAL_ARGS="--eval-interval 100 --eval-iters 2 --save-interval 1000 --log-interval 50"
 # PEFT=lora: rank-32 adapters on the frozen random model need a higher learning rate and more steps.
-CONF_LORA_RANK=32
-CONF_LORA_ALPHA=64
+CONF_LORA_RANK=32 CONF_LORA_ALPHA=64
 CONF_LORA_MLM_DATA_ARGS="--train-iters 1500 --split 98,2,0"
 CONF_LORA_MLM_OPTIM_ARGS="--lr 6e-3 --min-lr 6e-4 --lr-decay-style cosine --lr-warmup-fraction 0.05 --weight-decay 0.0 --adam-beta2 0.98"

@@ -1,37 +1,5 @@
-# shellcheck shell=bash disable=SC2034  # sourced by conf/arguments.sh, which reads these variables
-# Qwen/Qwen3-14B: Qwen3, 40 layers, hidden 5120, 40 attention heads in 8 KV groups, untied embeddings.
-# Architecture flags as in its config.json (a flag that contradicts the checkpoint is an error at launch);
-# vocab_size 151936 is divisible by --make-vocab-size-divisible-by x TP for the TP values the heads allow.
-MODEL_ARGS=(
-    --num-layers 40
-    --hidden-size 5120
-    --ffn-hidden-size 17408
-    --num-attention-heads 40
-    --group-query-attention
-    --num-query-groups 8
-    --kv-channels 128
-    --max-position-embeddings 40960
-    --position-embedding-type rope
-    --rotary-base 1000000
-    --rotary-percent 1.0
-    --normalization RMSNorm
-    --norm-epsilon 1e-06
-    --swiglu
-    --disable-bias-linear
-    --qk-layernorm
-    --untie-embeddings-and-output-weights
-    --make-vocab-size-divisible-by 1187
-    --tokenizer-type HuggingFaceTokenizer
-    --seq-length 4096
-    --bf16
-)
-# finetune.sh only.
-MODEL_TRAIN_ARGS=(
-    --sequence-parallel
-    --recompute-granularity full
-    --recompute-method uniform
-    --recompute-num-layers 1
-)
-# Layout defaults for 80 GB GPUs (TP, PP, EP, ETP, CP or DP set in the environment wins):
+# Qwen/Qwen3-14B: Qwen3, 40 layers, hidden 5120, 40 attention heads in 8 KV groups, untied embeddings. Architecture: its config.json.
 # 14.8B parameters: about 266 GB of weights, gradients and optimizer state; TP=8 (one node) with full recompute.
+MODEL_ARGS=(--seq-length 4096 --bf16)
+MODEL_TRAIN_ARGS=(--sequence-parallel --recompute-granularity full --recompute-method uniform --recompute-num-layers 1)  # finetune.sh only
 CONF_TP=8

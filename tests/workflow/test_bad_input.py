@@ -1,7 +1,9 @@
-"""Bad input to the shell scripts: one clear line on stderr and a non-zero exit before any Python process.
+"""Bad input to the shell scripts: one clear line on stderr, exit 2, in under 3 seconds, before torchrun or any
+entry script starts (so before any model or torch.distributed).
 
-`python` and `torchrun` on PATH are replaced by stubs that record being called, so a test also proves
-that nothing was launched. The multi-node launch line and the Slurm example are checked the same way.
+`torchrun` and `python` on PATH are replaced by stubs that record being called; the stub python hands
+`python -m megatron_sft.launch` (the scripts' planner) to the real interpreter, so a test also proves that
+nothing was launched. The multi-node launch line and the Slurm example are checked the same way.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,19 @@ from tests.workflow.helpers import EXAMPLES, REPO
 STUB = """#!/usr/bin/env bash
 printf '%s\\n' "$(basename "$0") $*" >> "{log}"
 """
+PYTHON_STUB = """#!/usr/bin/env bash
+[[ "$1 $2" == "-m megatron_sft.launch" ]] && exec "{python}" "$@"
+printf '%s\\n' "$(basename "$0") $*" >> "{log}"
+"""
+FACTS = json.loads((REPO / "tests" / "data" / "hf_model_configs.json").read_text())
+
+
+def fake_hf_dir(root: Path, model: str) -> Path:
+    """The model's real config.json and an empty weights file: the launch reads only the config."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({k: v for k, v in FACTS[model].items() if k != "qkv_bias"}))
+    (root / "model.safetensors").write_bytes(b"")
+    return root
 
 
 @pytest.fixture()
@@ -27,13 +44,12 @@ def sandbox(tmp_path):
     bin_dir.mkdir()
     log = tmp_path / "launched.txt"
     for name in ("python", "python3", "torchrun", "srun"):
-        (bin_dir / name).write_text(STUB.format(log=log))
+        stub = PYTHON_STUB if name.startswith("python") else STUB
+        (bin_dir / name).write_text(stub.format(log=log, python=sys.executable))
         (bin_dir / name).chmod(0o755)
     (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'node-a\\nnode-b\\n'\n")
     (bin_dir / "scontrol").chmod(0o755)
-    hf = tmp_path / "work" / "tiny" / "hf"
-    hf.mkdir(parents=True)
-    (hf / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    fake_hf_dir(tmp_path / "work" / "tiny" / "hf", "Qwen/Qwen3-0.6B")
     (tmp_path / "work" / "tiny" / "train.jsonl").write_text("{}\n")
     env = {
         "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
@@ -44,7 +60,8 @@ def sandbox(tmp_path):
 
 
 def run(script: str, model: str, sandbox: dict, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    start = time.perf_counter()
+    proc = subprocess.run(
         ["bash", str(EXAMPLES / script), model],
         capture_output=True,
         text=True,
@@ -53,6 +70,8 @@ def run(script: str, model: str, sandbox: dict, **env: str) -> subprocess.Comple
         timeout=60,
         check=False,
     )
+    proc.seconds = time.perf_counter() - start
+    return proc
 
 
 def launched(sandbox: dict) -> list[str]:
@@ -60,9 +79,10 @@ def launched(sandbox: dict) -> list[str]:
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, sandbox: dict, *needles: str) -> str:
-    assert proc.returncode != 0, proc.stdout
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
+    assert proc.seconds < 3, f"the error took {proc.seconds:.1f} s"
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert launched(sandbox) == [], "a process was launched before the error"
@@ -84,7 +104,10 @@ def test_unknown_model_lists_the_configs(sandbox):
 @pytest.mark.parametrize(
     "env, needle",
     [
-        ({"TP": "2", "EP": "4"}, "EP=4 x ETP=2 = 8 must divide TP x CP x DP = 2 x 1 x 1 = 2"),
+        ({"TP": "2", "EP": "4"}, "--expert-model-parallel-size 4 needs a mixture-of-experts model"),
+        ({"PP": "3"}, "--pipeline-model-parallel-size 3 must divide --num-layers 28 (from "),
+        ({"MLM_EXTRA_ARGS": "--no-load-optim"}, "--no-load-optim: a resume always restores the optimizer"),
+        ({"MLM_EXTRA_ARGS": "--tokenizer-model /no/tok"}, "--tokenizer-model /no/tok: no such directory"),
         ({"TP": "2", "NPROC_PER_NODE": "3"}, "= 2 processes, but NNODES x NPROC_PER_NODE = 1 x 3 = 3"),
         ({"TP": "2", "PP": "2", "NNODES": "3"}, "4 processes do not split evenly over NNODES=3"),
         ({"TP": "two"}, "TP=two: must be a positive integer"),
@@ -105,8 +128,16 @@ def test_finetune_refuses_bad_settings(sandbox, env, needle):
 def test_finetune_refuses_to_save_over_its_input(sandbox):
     hf = sandbox["env"]["MLM_WORK_DIR"] + "/tiny/hf"
     assert_one_line_error(
-        run("finetune.sh", "tiny", sandbox, MLM_MODEL_SAVE=hf), sandbox, "is the checkpoint the run starts from"
+        run("finetune.sh", "tiny", sandbox, MLM_MODEL_SAVE=hf), sandbox, "is the model this run starts from"
     )
+
+
+def test_experts_that_do_not_fit_the_ranks(sandbox):
+    hf = fake_hf_dir(sandbox["root"] / "moe", "Qwen/Qwen3-30B-A3B")
+    proc = run("finetune.sh", "Qwen/Qwen3-30B-A3B", sandbox, HF_MODEL_CKPT=str(hf), DATASET=str(hf / "config.json"),
+               TP="1", PP="1", DP="2", EP="4", ETP="1")
+    assert_one_line_error(proc, sandbox, "--expert-model-parallel-size 4 × --expert-tensor-parallel-size 1 = 4 "
+                                         "must divide world size 2")
 
 
 def test_real_model_without_a_local_checkpoint_says_how_to_get_one(sandbox):
@@ -124,7 +155,8 @@ def test_real_model_without_a_local_checkpoint_says_how_to_get_one(sandbox):
         ("mmlu.sh", {"MLM_MODEL_CKPT": "/no/ckpt"}, "MLM_MODEL_CKPT=/no/ckpt: no such directory"),
         ("convert.sh", {"MLM_MODEL_CKPT": "/tmp"}, "MLM_MODEL_CKPT=/tmp: not a complete Megatron checkpoint"),
         ("convert.sh", {"HF_MODEL_CKPT": "/no/model"}, "HF_MODEL_CKPT=/no/model: no such directory"),
-        ("convert.sh", {"TP": "3", "EP": "2"}, "must divide TP x CP x DP"),
+        ("convert.sh", {"TP": "2", "EP": "2"}, "needs a mixture-of-experts model"),
+        ("generate.sh", {"MLM_EXTRA_ARGS": "--no-such-flag"}, "unrecognized arguments: --no-such-flag"),
     ],
 )
 def test_other_scripts_refuse_bad_settings(sandbox, script, env, needle):
@@ -204,7 +236,7 @@ def test_slurm_example_starts_one_torchrun_per_node(sandbox):
     )
     assert call.endswith(f"{REPO}/examples/finetune.sh Qwen/Qwen3-32B")
     # What srun would run on node 1 of 2: Qwen3-32B's conf (TP=8 PP=2) fills 2 nodes x 8 GPUs.
-    hf = Path(sandbox["env"]["MLM_WORK_DIR"]) / "tiny" / "hf"
+    hf = fake_hf_dir(sandbox["root"] / "qwen3_32b", "Qwen/Qwen3-32B")
     node = run(
         "finetune.sh",
         "Qwen/Qwen3-32B",
@@ -214,7 +246,7 @@ def test_slurm_example_starts_one_torchrun_per_node(sandbox):
         MASTER_ADDR="node-a",
         NODE_RANK="1",
         HF_MODEL_CKPT=str(hf),
-        DATASET=str(hf.parent / "train.jsonl"),
+        DATASET=str(hf / "config.json"),
     )
     assert node.returncode == 0, node.stderr
     assert launched(sandbox)[-1].startswith("torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 ")

@@ -1,9 +1,9 @@
-"""Every shipped conf/<org>/<model>.sh against the model's real config.json (tests/data/hf_model_configs.json).
+"""Every shipped conf/<org>/<model>.sh, planned by finetune.sh's launcher against the model's real config.json
+(tests/data/hf_model_configs.json): the right architecture reaches Megatron-Core's TransformerConfig, and the
+conf's default layout passes the entry script's own validation.
 
-Two independent checks: the explicit flag values equal the config fields, and the project's own argument
-resolver accepts the conf's flags and default layout against a config.json written from those fields
-(a contradicting flag, a TP that does not divide the heads or the vocabulary, an EP that does not fit:
-each would be an error).
+The confs name no architecture flag: what reaches Megatron comes from config.json alone. The expected values
+below are written from the Hugging Face field names, independently of megatron_sft.models.hf_config.
 """
 
 from __future__ import annotations
@@ -13,67 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow.helpers import FACTS, conf_models, flag_values, read_conf
+from megatron_sft.launch.conf import conf_models, read_conf
+from megatron_sft.launch.main import plan_launch
+from tests.workflow.helpers import FACTS
 
 FACT_MODELS = {k: v for k, v in json.loads(FACTS.read_text()).items() if not k.startswith("_")}
 EMBEDDED = "tiny"
+ARCHITECTURE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--num-query-groups",
+                      "--ffn-hidden-size", "--kv-channels", "--num-experts", "--make-vocab-size-divisible-by")
 
 
 def test_every_supported_model_has_a_conf_and_nothing_else_does():
     assert sorted(conf_models()) == sorted([*FACT_MODELS, EMBEDDED])
 
 
-def expected_flags(fact: dict) -> dict[str, str | bool | None]:
-    """The Megatron flags a config.json implies (None: the flag must be absent)."""
-    arch = fact["architectures"][0]
-    out: dict[str, str | bool | None] = {
-        "--num-layers": str(fact["num_hidden_layers"]),
-        "--hidden-size": str(fact["hidden_size"]),
-        "--ffn-hidden-size": str(fact["intermediate_size"]),
-        "--num-attention-heads": str(fact["num_attention_heads"]),
-        "--num-query-groups": str(fact["num_key_value_heads"]),
-        "--group-query-attention": True if fact["num_key_value_heads"] != fact["num_attention_heads"] else None,
-        "--kv-channels": str(fact["head_dim"]),
-        "--max-position-embeddings": str(fact["max_position_embeddings"]),
-        "--rotary-base": str(fact["rope_theta"]),
-        "--norm-epsilon": float(fact["rms_norm_eps"]),
-        "--normalization": "RMSNorm",
-        "--position-embedding-type": "rope",
-        "--swiglu": True,
-        "--disable-bias-linear": True,
-        "--untie-embeddings-and-output-weights": None if fact["tie_word_embeddings"] else True,
-        "--qk-layernorm": True if arch.startswith("Qwen3") else None,
-        "--add-qkv-bias": True if arch == "Qwen2ForCausalLM" else None,
-        "--use-rope-scaling": True if "rope_scaling" in fact else None,
-    }
-    if "rope_scaling" in fact:
-        out["--rope-scaling-factor"] = float(fact["rope_scaling"]["factor"])
-    if "num_experts" in fact:
-        out.update(
-            {
-                "--num-experts": str(fact["num_experts"]),
-                "--moe-ffn-hidden-size": str(fact["moe_intermediate_size"]),
-                "--moe-router-topk": str(fact["num_experts_per_tok"]),
-                "--moe-router-pre-softmax": None if fact["norm_topk_prob"] else True,
-            }
-        )
-    else:
-        out["--num-experts"] = None
-    return out
-
-
-@pytest.mark.parametrize("model", sorted(FACT_MODELS))
-def test_conf_flags_match_the_model_config(model):
-    fact, conf = FACT_MODELS[model], read_conf(model)
-    flags = flag_values(conf["model_args"])
-    for flag, want in expected_flags(fact).items():
-        have = flags.get(flag)
-        if isinstance(want, float):
-            assert have is not None and float(have) == want, f"{model}: {flag} {have}, config.json says {want}"
-        else:
-            assert have == want, f"{model}: {flag} is {have!r}, config.json implies {want!r}"
-    seq = int(flags["--seq-length"])
-    assert seq <= fact["max_position_embeddings"]
+@pytest.mark.parametrize("model", sorted([*FACT_MODELS, EMBEDDED]))
+def test_confs_leave_the_architecture_to_config_json(model):
+    conf = read_conf(model, "/w")
+    flags = [*conf.model_args, *conf.train_args]
+    assert not [f for f in flags if f in ARCHITECTURE_FLAGS], f"{model}: architecture restated in its conf"
 
 
 def _fake_hf_dir(fact: dict, root: Path) -> Path:
@@ -85,71 +43,84 @@ def _fake_hf_dir(fact: dict, root: Path) -> Path:
     return root
 
 
+def _planned_args(model: str, hf_dir: Path, tmp_path: Path):
+    """finetune.sh MODEL's command at the conf's default layout, parsed as finetune.py parses it."""
+    from megatron_sft.arguments import parse_args
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("{}\n")
+    env = {"MLM_WORK_DIR": str(tmp_path / "work"), "HF_MODEL_CKPT": str(hf_dir), "DATASET": str(data)}
+    settings, plan = plan_launch("finetune", model, env)  # raises the entry's own errors for a bad layout
+    return settings, plan, parse_args(plan.flags, world_size=plan.layout.nproc)
+
+
+def expected_config(fact: dict) -> dict:
+    """TransformerConfig fields a config.json implies."""
+    heads = fact["num_attention_heads"]
+    out = {
+        "num_layers": fact["num_hidden_layers"],
+        "hidden_size": fact["hidden_size"],
+        "num_attention_heads": heads,
+        "num_query_groups": fact["num_key_value_heads"],
+        "kv_channels": fact.get("head_dim", fact["hidden_size"] // heads),
+        "layernorm_epsilon": fact["rms_norm_eps"],
+        "normalization": "RMSNorm",
+        "gated_linear_unit": True,
+        "add_bias_linear": False,
+        "add_qkv_bias": fact["architectures"][0] == "Qwen2ForCausalLM",
+        "qk_layernorm": fact["architectures"][0].startswith("Qwen3"),
+    }
+    if "num_experts" in fact:
+        out.update(num_moe_experts=fact["num_experts"], moe_ffn_hidden_size=fact["moe_intermediate_size"],
+                   moe_router_topk=fact["num_experts_per_tok"])
+    else:
+        out.update(num_moe_experts=None, ffn_hidden_size=fact["intermediate_size"])
+    return out
+
+
 @pytest.mark.parametrize("model", sorted(FACT_MODELS))
-def test_conf_and_its_default_layout_pass_the_argument_resolver(model, tmp_path):
-    from megatron_sft.arguments import parse_args
+def test_the_right_architecture_reaches_megatron(model, tmp_path):
+    from megatron_sft.config import transformer_config
 
-    fact, conf = FACT_MODELS[model], read_conf(model)
-    d = conf["defaults"]
-    tp, pp, cp, ep = (int(d.get(f"CONF_{k}", 1)) for k in ("TP", "PP", "CP", "EP"))
-    dp, etp = int(d.get("CONF_DP", 1)), int(d.get("CONF_ETP", tp))
-    world = tp * pp * cp * dp
-    assert (tp * cp * dp) % (ep * etp) == 0, f"{model}: EP x ETP must divide TP x CP x DP"
-    hf_dir = _fake_hf_dir(fact, tmp_path / "hf")
-    argv = [
-        *conf["model_args"],
-        *conf["train_args"],
-        "--load",
-        str(hf_dir),
-        "--tensor-model-parallel-size",
-        str(tp),
-        "--pipeline-model-parallel-size",
-        str(pp),
-        "--context-parallel-size",
-        str(cp),
-        "--expert-model-parallel-size",
-        str(ep),
-        "--expert-tensor-parallel-size",
-        str(etp),
-        "--train-iters",
-        "10",
-        "--lr",
-        "1e-5",
-    ]
-    args = parse_args(argv, world_size=world)  # raises ConfigErrors listing every contradiction
-    assert args.data_parallel_size == dp
-    assert args.padded_vocab_size == fact["vocab_size"]
+    fact = FACT_MODELS[model]
+    _, plan, args = _planned_args(model, _fake_hf_dir(fact, tmp_path / "hf"), tmp_path)
+    config = transformer_config(args)
+    for field, want in expected_config(fact).items():
+        assert getattr(config, field) == want, f"{model}: TransformerConfig.{field}"
+    assert config.tensor_model_parallel_size * plan.layout.pp * plan.layout.cp * plan.layout.dp == plan.layout.nproc
+    assert args.padded_vocab_size == fact["vocab_size"], "the checkpoint's vocabulary, unpadded"
+    assert args.rotary_base == fact["rope_theta"]
+    assert args.untie_embeddings_and_output_weights == (not fact["tie_word_embeddings"])
+    assert args.max_position_embeddings == fact["max_position_embeddings"]
+    assert args.seq_length <= fact["max_position_embeddings"]
     assert not [n for n in args.notices if "overrides" in n], args.notices
-    multiple = int(flag_values(conf["model_args"])["--make-vocab-size-divisible-by"])
-    assert fact["vocab_size"] % (multiple * tp) == 0
 
 
-def test_a_contradicting_conf_flag_would_be_caught(tmp_path):
-    """The resolver check above can fail: one wrong value in a conf is an error naming config.json."""
-    from megatron_sft.arguments import parse_args
+def test_the_conf_layout_is_what_launches(tmp_path):
+    """Qwen3-30B-A3B's conf asks TP=1 PP=2 DP=8 EP=8 ETP=1: 16 processes, and the flags say so."""
+    model = "Qwen/Qwen3-30B-A3B"
+    settings, plan, args = _planned_args(model, _fake_hf_dir(FACT_MODELS[model], tmp_path / "hf"), tmp_path)
+    assert plan.layout.nproc == 16 and args.data_parallel_size == 8
+    assert (args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (8, 1)
+    assert args.moe_token_dispatcher_type == "alltoall" and args.recompute_granularity == "full"
+    assert any(line.startswith("layout") and "(TP: conf, PP: conf, DP: conf, EP: conf, ETP: conf)" in line
+               for line in settings.lines), settings.lines
+
+
+def test_a_layout_the_model_cannot_take_is_refused(tmp_path, monkeypatch):
+    """The validation above can fail: TP=3 does not divide Qwen3-0.6B's 16 heads, named with config.json."""
     from megatron_sft.errors import ConfigErrors
 
     model = "Qwen/Qwen3-0.6B"
-    args = read_conf(model)["model_args"]
-    wrong = [("40" if a == "28" else a) for a in args]  # --num-layers 40
     hf_dir = _fake_hf_dir(FACT_MODELS[model], tmp_path / "hf")
-    with pytest.raises(ConfigErrors, match="num_hidden_layers=28"):
-        parse_args([*wrong, "--load", str(hf_dir)], world_size=1)
+    env = {"MLM_WORK_DIR": str(tmp_path), "HF_MODEL_CKPT": str(hf_dir), "DATASET": str(hf_dir / "config.json"),
+           "TP": "3"}
+    with pytest.raises(ConfigErrors, match=r"--tensor-model-parallel-size 3 must divide --num-attention-heads 16 "
+                                           r"\(from .*config.json\)"):
+        plan_launch("finetune", model, env)
 
 
-def test_tiny_conf_matches_the_embedded_default_model():
-    from megatron_sft.tiny.charlevel import TINY_CHAR_CONFIG as c
-
-    flags = flag_values(read_conf(EMBEDDED, work_dir="/w")["model_args"])
-    assert flags["--num-layers"] == str(c["num_hidden_layers"])
-    assert flags["--hidden-size"] == str(c["hidden_size"])
-    assert flags["--ffn-hidden-size"] == str(c["intermediate_size"])
-    assert flags["--num-attention-heads"] == str(c["num_attention_heads"])
-    assert flags["--num-query-groups"] == str(c["num_key_value_heads"])
-    assert flags["--kv-channels"] == str(c["head_dim"])
-    assert flags["--max-position-embeddings"] == str(c["max_position_embeddings"])
-    assert flags["--rotary-base"] == str(c["rope_theta"])
-    assert ("--untie-embeddings-and-output-weights" in flags) == (not c["tie_word_embeddings"])
-    defaults = read_conf(EMBEDDED, work_dir="/w")["defaults"]
+def test_tiny_conf_points_at_the_embedded_default():
+    defaults = read_conf(EMBEDDED, work_dir="/w").defaults
     assert defaults["CONF_HF_MODEL_CKPT"] == "/w/tiny/hf"
     assert defaults["CONF_DATASET"] == "/w/tiny/train.jsonl"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-from tests.workflow.helpers import CONF, EXAMPLES, REPO, conf_models
+from megatron_sft.launch.conf import conf_models
+from tests.workflow.helpers import EXAMPLES, REPO
 
 README = (REPO / "README.md").read_text()
 
@@ -39,6 +40,7 @@ def test_every_variable_in_the_table_is_read_by_a_script():
     table = README.split("| variable | meaning (default) |", 1)[1].split("\n\n", 1)[0]
     variables = set(re.findall(r"`([A-Z][A-Z_]+)`", table))
     assert {"TP", "DP", "HF_MODEL_CKPT", "MLM_MODEL_SAVE", "MLM_RESUME", "LAUNCH_SCRIPT"} <= variables
-    sources = "\n".join(p.read_text() for p in [CONF / "arguments.sh", *EXAMPLES.glob("*.sh")])
+    launch = REPO / "megatron_sft" / "launch"  # the scripts' variables are read there
+    sources = "\n".join(p.read_text() for p in [*launch.glob("*.py"), *EXAMPLES.glob("*.sh")])
     for name in variables:
         assert re.search(rf"\b{name}\b", sources), name

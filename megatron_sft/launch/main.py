@@ -1,0 +1,79 @@
+"""Plan a script's launch, print the settings block, check the command with the entry's own parser, exec it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from megatron_sft.errors import UserError
+from megatron_sft.launch.conf import REPO_DIR, read_conf
+from megatron_sft.launch.scripts import SCRIPTS, Plan
+from megatron_sft.launch.settings import Settings
+
+COMMON_HELP = """
+Every script also reads:
+  TP PP CP EP ETP DP  tensor / pipeline / context / expert / expert-tensor / data parallel sizes (default 1, ETP: TP);
+                      processes = TP x PP x CP x DP, and EP x ETP must divide TP x CP x DP
+  NNODES NODE_RANK MASTER_ADDR MASTER_PORT   multi-node torchrun rendezvous (default: one node)
+  NPROC_PER_NODE      if set: the processes one node runs; the layout must fill NNODES x NPROC_PER_NODE exactly
+  LAUNCH_SCRIPT       replaces the launcher (default: python for one process, torchrun for more)
+  MLM_WORK_DIR        where default outputs go (default /tmp/megatron_workspace)
+Each value comes from the environment, else from the model's conf (CONF_<NAME> in conf/<MODEL>.sh), else from
+the default; the settings block printed before launch shows which.
+"""
+
+
+def _parser_groups(script: str) -> list:
+    if script not in ("generate", "mmlu"):
+        return []
+    from megatron_sft.arguments import add_inference_args
+
+    if script == "mmlu":
+        return [add_inference_args]
+    from megatron_sft.inference.flags import add_generation_extra_args
+
+    return [add_inference_args, add_generation_extra_args]
+
+
+def check_command(script: str, plan: Plan) -> None:
+    """The entry script's own parse and validation, at the launch's world size: the same checks, the same words."""
+    from megatron_sft.arguments import parse_args
+
+    args = parse_args(plan.flags, world_size=plan.layout.nproc, extra=_parser_groups(script))
+    if script == "convert":
+        from megatron_sft.arguments.inputs import check_not_converting_in_place
+
+        check_not_converting_in_place(args)
+
+
+def plan_launch(script: str, model: str, env: dict[str, str]) -> tuple[Settings, Plan]:
+    s = Settings(env, {})
+    work = s.setting("MLM_WORK_DIR", "/tmp/megatron_workspace")
+    conf = read_conf(model, work, script=f"{script}.sh")
+    s.conf = dict(conf.defaults)
+    plan = SCRIPTS[script](s, conf, work)
+    check_command(script, plan)
+    return s, plan
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in SCRIPTS:
+        sys.exit(f"usage: python -m megatron_sft.launch {{{','.join(SCRIPTS)}}} MODEL [--help]")
+    script, rest = argv[0], argv[1:]
+    if rest and rest[0] in ("-h", "--help"):
+        print(SCRIPTS[script].__doc__ + COMMON_HELP)
+        return
+    model = rest[0] if rest else ""
+    try:
+        s, plan = plan_launch(script, model, dict(os.environ))
+    except UserError as err:
+        for line in str(err).splitlines():
+            print(f"{script}.sh: error: {line}", file=sys.stderr)
+        sys.exit(2)
+    command = [*plan.launch, str(REPO_DIR / plan.entry), *plan.flags]
+    print(f"== {script}.sh {model} (conf/{model}.sh)")
+    for line in s.lines:
+        print(f"  {line}")
+    print(f"  {'command':<15} {' '.join(command)}", flush=True)
+    os.execvp(command[0], command)

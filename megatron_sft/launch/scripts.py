@@ -1,0 +1,283 @@
+"""One plan per example script: its variables -> the entry script's flags. The docstrings are the scripts' --help."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_sft.checkpointing.layout import TRAIN_STATE, latest_checkpoint_dir
+from megatron_sft.errors import UserError
+from megatron_sft.launch.conf import ModelConf
+from megatron_sft.launch.layout import Layout, launcher, read_layout
+from megatron_sft.launch.settings import LaunchError, Settings, drop_run_length, has_flag, words
+
+DEFAULT_DATASET = "Magpie-Align/Magpie-Llama-3.1-Pro-MT-300K-Filtered"
+FINETUNE_DEFAULTS = {
+    "MLM_DATA_ARGS": "--train-samples 128000 --lr-decay-samples 128000 --lr-warmup-samples 0 --split 100,0,0",
+    "MLM_OPTIM_ARGS": "--lr {lr} --min-lr 1.0e-7 --lr-decay-style cosine --clip-grad 1.0 --weight-decay 0.0 "
+                      "--adam-beta1 0.9 --adam-beta2 0.95 --use-distributed-optimizer",
+    "MLM_TRAIN_ARGS": "--micro-batch-size 1",
+    "MLM_EVAL_ARGS": "--eval-iters 1 --eval-interval 1000 --save-interval 1000 --log-interval 100",
+}
+
+
+@dataclass
+class Plan:
+    entry: str  # the Python script, relative to the repository
+    launch: list[str]  # what starts it on this node's processes
+    flags: list[str]
+    layout: Layout
+
+
+def _complete_checkpoint(path: str) -> Path | None:
+    """The iteration directory of a complete Megatron checkpoint at `path`, else None."""
+    if not (Path(path) / "latest_checkpointed_iteration.txt").is_file():
+        return None
+    try:
+        return latest_checkpoint_dir(path)[0]
+    except UserError:
+        return None
+
+
+def _check_hf_dir(name: str, path: str) -> None:
+    if not Path(path).exists():
+        raise LaunchError(f"{name}={path}: no such directory")
+    if not (Path(path) / "config.json").is_file():
+        raise LaunchError(f"{name}={path}: no config.json; not a Hugging Face model directory")
+
+
+def _check_checkpoint(name: str, path: str) -> None:
+    if not Path(path).exists():
+        raise LaunchError(f"{name}={path}: no such directory")
+    if not (Path(path) / "config.json").is_file() and _complete_checkpoint(path) is None:
+        raise LaunchError(f"{name}={path}: neither a Hugging Face model (config.json) nor a complete Megatron "
+                          "checkpoint (latest_checkpointed_iteration.txt and the directory it names)")
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
+    """Fine-tune MODEL (a config in conf/) on chat data: examples/finetune.sh Qwen/Qwen3-0.6B
+
+  HF_MODEL_CKPT   the Hugging Face model to start from (imported on the fly)
+  MLM_MODEL_CKPT  or a Megatron checkpoint to start from (its weights; a new run)
+  MLM_MODEL_SAVE  where checkpoints go (default $MLM_WORK_DIR/<MODEL>_sft). When it already holds a complete
+                  training checkpoint, the run resumes from it (optimizer, schedule, data position);
+                  MLM_RESUME=0 starts over instead.
+  DATASET         a JSONL file or directory of chat records (--data-path), or a Hugging Face dataset name
+                  (--finetune-hf-dataset); default: the tutorial's Magpie dataset
+  PEFT            lora: LoRA adapters on the frozen model (default none: full fine-tuning); LORA_RANK (16) and
+                  LORA_ALPHA (32) size them; a conf may give LoRA its own CONF_LORA_MLM_OPTIM_ARGS /
+                  CONF_LORA_MLM_DATA_ARGS
+  EPOCHS          this many passes over the training data (--train-epochs); replaces the run length of the
+                  default or the conf
+  MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (MLM_EXTRA_ARGS last: it wins)
+"""
+    layout = read_layout(s)
+    launch = launcher(s, layout)
+    lr, peft_flags = _peft(s)
+    data = s.setting("MLM_DATA_ARGS", FINETUNE_DEFAULTS["MLM_DATA_ARGS"])
+    epochs = s.given("EPOCHS")
+    if epochs:
+        s.positive_int("EPOCHS", epochs)
+        if s.lookup("MLM_DATA_ARGS")[1] != "env":
+            data = drop_run_length(data)
+        data = f"{data} --train-epochs {epochs}".strip()
+        s.note("EPOCHS", epochs, f"env: MLM_DATA_ARGS becomes '{data}'")
+    groups = [s.setting(name, FINETUNE_DEFAULTS[name].format(lr=lr))
+              for name in ("MLM_OPTIM_ARGS", "MLM_TRAIN_ARGS", "MLM_EVAL_ARGS")]
+    extra = s.given("MLM_EXTRA_ARGS")
+    s.note("MLM_EXTRA_ARGS", extra)
+    flags = [*conf.model_args, *conf.train_args, *layout.flags(), *_start(s, conf.name, work),
+             "--distributed-timeout-minutes", "30", *_dataset(s, data, extra, work), *peft_flags,
+             *words(data), *(w for g in groups for w in words(g)), *words(extra)]
+    return Plan("examples/finetune.py", launch, flags, layout)
+
+
+def _peft(s: Settings) -> tuple[str, list[str]]:
+    """(default learning rate, PEFT flags); under LoRA the conf's CONF_LORA_* replace its full-tuning values."""
+    peft = s.choice("PEFT", "none", {"lora": "LoRA adapters", "none": "full fine-tuning"})
+    if peft == "none":
+        return "5.0e-5", []
+    for name in ("MLM_DATA_ARGS", "MLM_OPTIM_ARGS"):
+        if s.conf.get(f"CONF_LORA_{name}"):
+            s.conf[f"CONF_{name}"] = s.conf[f"CONF_LORA_{name}"]
+    rank = s.positive_int("LORA_RANK", s.setting("LORA_RANK", "16"))
+    alpha = s.setting("LORA_ALPHA", "32")
+    return "1.0e-4", ["--peft", "lora", "--lora-rank", str(rank), "--lora-alpha", alpha]
+
+
+def _dataset(s: Settings, data: str, extra: str, work: str) -> list[str]:
+    """DATASET, unless MLM_DATA_ARGS names the data itself (the tutorial's way); the cache under MLM_WORK_DIR."""
+    flags = []
+    if has_flag("--data-path", data) or has_flag("--finetune-hf-dataset", data):
+        if s.given("DATASET"):
+            raise LaunchError(f"DATASET={s.given('DATASET')} and MLM_DATA_ARGS both name the training data; keep one")
+        s.note("DATASET", "(in MLM_DATA_ARGS)")
+    else:
+        dataset = s.setting("DATASET", DEFAULT_DATASET)
+        if _is_path(dataset):
+            if not Path(dataset).expanduser().exists():
+                raise LaunchError(f"DATASET={dataset}: no such file")
+            flags = ["--data-path", dataset]
+        else:
+            flags = ["--finetune-hf-dataset", dataset]
+    if not has_flag("--data-cache-dir", data, extra):
+        flags += ["--data-cache-dir", f"{work}/data_cache"]
+    return flags
+
+
+def _is_path(value: str) -> bool:
+    """A local path (exists, or written like one) rather than a Hugging Face hub name."""
+    return os.path.exists(value) or value.startswith(("/", ".", "~")) or value.endswith((".json", ".jsonl"))
+
+
+def _start(s: Settings, model: str, work: str) -> list[str]:
+    """Resume MLM_MODEL_SAVE when it holds a training checkpoint (unless MLM_RESUME=0), else start from a model."""
+    save = s.setting("MLM_MODEL_SAVE", f"{work}/{model}_sft")
+    resume = s.lookup("MLM_RESUME", "1")[0]
+    if resume not in ("0", "1"):
+        raise LaunchError(f"MLM_RESUME={resume}: use 1 (resume, default) or 0 (start over)")
+    last = _complete_checkpoint(save)
+    trained = last is not None and (last / TRAIN_STATE).is_file()
+    if trained and resume == "1":
+        s.note("start", f"resuming {save} from iteration {int(last.name.removeprefix('iter_'))} (MLM_RESUME=0 "
+                        "starts over)")
+        return ["--load", save, "--save", save]
+    ckpt = s.given("MLM_MODEL_CKPT")
+    if ckpt:
+        _check_checkpoint("MLM_MODEL_CKPT", ckpt)
+        start, how = ckpt, f"MLM_MODEL_CKPT={ckpt} (weights only: a new run)"
+    else:
+        start = s.setting("HF_MODEL_CKPT")
+        if not start:
+            raise LaunchError(f"set HF_MODEL_CKPT to a local Hugging Face directory of {model} (e.g. hf download "
+                              f"{model} --local-dir DIR), or MLM_MODEL_CKPT to a Megatron checkpoint")
+        _check_hf_dir("HF_MODEL_CKPT", start)
+        how = f"HF_MODEL_CKPT={start} (imported on the fly)"
+    s.note("start", how)
+    if trained:
+        s.note("note", f"MLM_RESUME=0: starting over; new checkpoints replace those in {save}")
+    return ["--load", start, "--finetune", "--save", save]
+
+
+def _inference_load(s: Settings, model: str, work: str) -> str:
+    """MLM_MODEL_CKPT, else the fine-tuned checkpoint in MLM_MODEL_SAVE when there is one, else HF_MODEL_CKPT."""
+    ckpt, save = s.given("MLM_MODEL_CKPT"), s.given("MLM_MODEL_SAVE")
+    if ckpt:
+        _check_checkpoint("MLM_MODEL_CKPT", ckpt)
+        s.note("load", ckpt, "MLM_MODEL_CKPT")
+        return ckpt
+    if _complete_checkpoint(save or f"{work}/{model}_sft") is not None:
+        s.note("load", save or f"{work}/{model}_sft", "MLM_MODEL_SAVE: the fine-tuned checkpoint")
+        return save or f"{work}/{model}_sft"
+    if save:
+        raise LaunchError(f"MLM_MODEL_SAVE={save}: no complete checkpoint there (latest_checkpointed_iteration.txt)")
+    hf = s.setting("HF_MODEL_CKPT")
+    if not hf:
+        raise LaunchError("nothing to load: set MLM_MODEL_CKPT (a Megatron checkpoint or a Hugging Face directory) "
+                          f"or HF_MODEL_CKPT, or fine-tune first (no checkpoint in {work}/{model}_sft)")
+    _check_hf_dir("HF_MODEL_CKPT", hf)
+    s.note("load", hf, "HF_MODEL_CKPT")
+    return hf
+
+
+def generate(s: Settings, conf: ModelConf, work: str) -> Plan:
+    """Generate from MODEL: examples/generate.sh Qwen/Qwen3-0.6B
+
+  MLM_MODEL_CKPT  what to load: a Megatron checkpoint or a Hugging Face directory. Default: the fine-tuned
+                  checkpoint of finetune.sh (MLM_MODEL_SAVE, default $MLM_WORK_DIR/<MODEL>_sft) when there
+                  is one, else HF_MODEL_CKPT
+  PROMPTS_PATH    prompts: JSONL with "messages" (a final assistant turn is kept as the reference answer) or
+                  one plain-text prompt per line; default: a few built-in prompts
+  OUTPUT_PATH     also write the completions there (JSONL: prompt, completion, reference, stop reason)
+  MLM_EXTRA_ARGS  e.g. "--max-new-tokens 64 --temperature 0.7 --top-p 0.9 --enable-thinking"
+"""
+    layout = read_layout(s)
+    launch = launcher(s, layout)
+    flags = ["--load", _inference_load(s, conf.name, work)]
+    prompts, output = s.given("PROMPTS_PATH"), s.given("OUTPUT_PATH")
+    if prompts:
+        if not Path(prompts).is_file():
+            raise LaunchError(f"PROMPTS_PATH={prompts}: no such file")
+        flags += ["--prompts-file", prompts]
+    s.note("PROMPTS_PATH", prompts or "(built-in prompts)")
+    if output:
+        flags += ["--output", output]
+        s.note("OUTPUT_PATH", output)
+    return Plan("examples/generate.py", launch, [*conf.model_args, *layout.flags(), *flags, *_extra(s)], layout)
+
+
+def mmlu(s: Settings, conf: ModelConf, work: str) -> Plan:
+    """MMLU accuracy of MODEL: examples/mmlu.sh Qwen/Qwen3-0.6B
+
+  MLM_MODEL_CKPT  what to load, as in generate.sh (default: the fine-tuned checkpoint, else HF_MODEL_CKPT)
+  MMLU_DATASET    a Hugging Face dataset name (default cais/mmlu) or a local directory (dev/ and test/ CSVs)
+  MLM_EXTRA_ARGS  e.g. "--few-shot 5 --fraction 0.1 --lower-bound 0.4 --results mmlu.json"
+"""
+    layout = read_layout(s)
+    launch = launcher(s, layout)
+    load = _inference_load(s, conf.name, work)
+    dataset = s.setting("MMLU_DATASET", "cais/mmlu")
+    if _is_path(dataset) and not Path(dataset).is_dir():
+        raise LaunchError(f"MMLU_DATASET={dataset}: no such directory")
+    flags = [*conf.model_args, *layout.flags(), "--load", load, "--mmlu-dataset", dataset, *_extra(s)]
+    return Plan("examples/mmlu.py", launch, flags, layout)
+
+
+def convert(s: Settings, conf: ModelConf, work: str) -> Plan:
+    """Convert MODEL's checkpoints: examples/convert.sh Qwen/Qwen3-0.6B
+
+Hugging Face -> Megatron (MLM_MODEL_CKPT unset): imports HF_MODEL_CKPT into a weights-only Megatron checkpoint
+  at the layout TP/PP/EP/ETP, saved in MLM_MODEL_SAVE (default $MLM_WORK_DIR/<MODEL>_mlm); finetune.sh can
+  start from it (MLM_MODEL_CKPT=<that directory>).
+Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at any layout) to EXPORT_DIR
+  (default $MLM_WORK_DIR/<MODEL>_export), loadable by transformers. Runs at TP=1 (PP allowed); EXPORT_DTYPE:
+  fp32, bf16 or fp16 (default: the training dtype). A LoRA checkpoint exports as a PEFT adapter folder, or
+  with MERGE_LORA=1 as a full model with the adapters merged in.
+"""
+    ckpt = s.given("MLM_MODEL_CKPT")
+    if ckpt:
+        s.note("direction", "Megatron -> Hugging Face")
+        if _complete_checkpoint(ckpt) is None:
+            raise LaunchError(f"MLM_MODEL_CKPT={ckpt}: not a complete Megatron checkpoint "
+                              "(latest_checkpointed_iteration.txt and the directory it names)")
+        ignored = [f"{n}={s.given(n)}" for n in ("TP", "CP", "EP", "ETP", "DP") if s.given(n) not in ("", "1")]
+        s.note("note", "export runs at TP=1 with one process per pipeline stage"
+                       + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
+        layout = read_layout(s, forced={n: 1 for n in ("TP", "CP", "EP", "ETP", "DP")})
+        launch = launcher(s, layout)
+        s.note("MLM_MODEL_CKPT", ckpt, "env")
+        save, guard = s.setting("EXPORT_DIR", f"{work}/{conf.name}_export"), "EXPORT_DIR"
+        flags = ["--load", ckpt, "--save", save]
+        dtype = s.given("EXPORT_DTYPE")
+        flags += ["--export-dtype", dtype] if dtype else []
+        s.note("EXPORT_DTYPE", dtype or "(as trained: --bf16/--fp16 flags, else fp32)")
+        merge = s.choice("MERGE_LORA", "0", {"1": "a LoRA checkpoint exported merged", "0": "as a PEFT adapter"})
+        flags += ["--merge-lora"] if merge == "1" else []
+    else:
+        s.note("direction", "Hugging Face -> Megatron")
+        layout = read_layout(s)
+        launch = launcher(s, layout)
+        hf = s.setting("HF_MODEL_CKPT")
+        if not hf:
+            raise LaunchError(f"set HF_MODEL_CKPT (a Hugging Face directory of {conf.name}) to import it, or "
+                              "MLM_MODEL_CKPT (a Megatron checkpoint) to export it")
+        _check_hf_dir("HF_MODEL_CKPT", hf)
+        save, guard = s.setting("MLM_MODEL_SAVE", f"{work}/{conf.name}_mlm"), "MLM_MODEL_SAVE"
+        flags = ["--load", hf, "--save", save]
+    if _same_path(save, flags[1]):
+        raise LaunchError(f"{guard}={save} is the checkpoint being converted; choose another directory")
+    return Plan("tools/convert.py", launch, [*conf.model_args, *layout.flags(), *flags, *_extra(s)], layout)
+
+
+def _extra(s: Settings) -> list[str]:
+    extra = s.given("MLM_EXTRA_ARGS")
+    s.note("MLM_EXTRA_ARGS", extra)
+    return words(extra)
+
+
+SCRIPTS = {"finetune": finetune, "generate": generate, "mmlu": mmlu, "convert": convert}
