@@ -16,10 +16,10 @@ log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def params_dtype(args) -> torch.dtype:
-    if getattr(args, "bf16", False):
+def params_dtype(cfg) -> torch.dtype:
+    if cfg.training.bf16:
         return torch.bfloat16
-    if getattr(args, "fp16", False):
+    if cfg.training.fp16:
         return torch.float16
     return torch.float32
 
@@ -45,14 +45,14 @@ def _grad_accum_fusion_available() -> bool:
 _fusion_notice_given = False
 
 
-def _kernel_fusions(args, on_cpu: bool) -> dict:
+def _kernel_fusions(cfg, on_cpu: bool) -> dict:
     """RoPE and gradient-accumulation fusion only where their kernels import: Megatron would raise
     'apply_rope_fusion is not available' (no Transformer Engine) or an Apex error otherwise."""
     global _fusion_notice_given
     wanted = {
-        "apply_rope_fusion": (bool(getattr(args, "apply_rope_fusion", True)), _fused_rope_available,
+        "apply_rope_fusion": (bool(cfg.model.apply_rope_fusion), _fused_rope_available,
                               "Transformer Engine"),
-        "gradient_accumulation_fusion": (bool(getattr(args, "gradient_accumulation_fusion", True)),
+        "gradient_accumulation_fusion": (bool(cfg.training.gradient_accumulation_fusion),
                                          _grad_accum_fusion_available, "Apex"),
     }
     fields, missing = {}, []
@@ -66,55 +66,55 @@ def _kernel_fusions(args, on_cpu: bool) -> dict:
     return fields
 
 
-def _fusions(args, on_cpu: bool) -> dict:
+def _fusions(cfg, on_cpu: bool) -> dict:
     """Fused kernels are CUDA-only. Masked-softmax fusion is always off: the local backend passes an
     explicit block-diagonal mask, and the fused causal kernel would ignore it (see DESIGN.md)."""
     return dict(
         masked_softmax_fusion=False,
-        bias_activation_fusion=bool(getattr(args, "bias_swiglu_fusion", True)) and not on_cpu,
-        bias_dropout_fusion=bool(getattr(args, "bias_dropout_fusion", True)) and not on_cpu,
+        bias_activation_fusion=bool(cfg.model.bias_swiglu_fusion) and not on_cpu,
+        bias_dropout_fusion=bool(cfg.model.bias_dropout_fusion) and not on_cpu,
         persist_layer_norm=not on_cpu,
         # Over gloo, batched isend/irecv corrupted activations in the interleaved pipeline schedule
         # (later micro-batches got another loss); plain isend/irecv is exact.
         batch_p2p_comm=not on_cpu,
-        **_kernel_fusions(args, on_cpu),
+        **_kernel_fusions(cfg, on_cpu),
     )
 
 
-def _moe_fields(args, on_cpu: bool) -> dict:
-    if not getattr(args, "num_experts", None):
+def _moe_fields(cfg, on_cpu: bool) -> dict:
+    if not cfg.model.num_experts:
         return {}
-    dispatcher = args.moe_token_dispatcher_type or "allgather"
+    dispatcher = cfg.model.moe_token_dispatcher_type or "allgather"
     if on_cpu and dispatcher != "allgather":
         # The alltoall dispatcher fails over gloo; allgather gives the same result.
         log.info("CPU mode: --moe-token-dispatcher-type %s replaced by allgather", dispatcher)
         dispatcher = "allgather"
     return dict(
-        num_moe_experts=args.num_experts,
-        moe_ffn_hidden_size=args.moe_ffn_hidden_size,
-        moe_router_topk=args.moe_router_topk,
-        moe_router_pre_softmax=bool(getattr(args, "moe_router_pre_softmax", False)),
-        moe_router_score_function=getattr(args, "moe_router_score_function", None) or "softmax",
-        moe_router_load_balancing_type=getattr(args, "moe_router_load_balancing_type", None) or "aux_loss",
-        moe_aux_loss_coeff=float(getattr(args, "moe_aux_loss_coeff", None) or 0.0),
+        num_moe_experts=cfg.model.num_experts,
+        moe_ffn_hidden_size=cfg.model.moe_ffn_hidden_size,
+        moe_router_topk=cfg.model.moe_router_topk,
+        moe_router_pre_softmax=bool(cfg.model.moe_router_pre_softmax),
+        moe_router_score_function=cfg.model.moe_router_score_function or "softmax",
+        moe_router_load_balancing_type=cfg.model.moe_router_load_balancing_type or "aux_loss",
+        moe_aux_loss_coeff=float(cfg.model.moe_aux_loss_coeff or 0.0),
         moe_token_dispatcher_type=dispatcher,
-        moe_grouped_gemm=bool(getattr(args, "moe_grouped_gemm", False)) and not on_cpu,
-        moe_router_dtype=getattr(args, "moe_router_dtype", None),
+        moe_grouped_gemm=bool(cfg.model.moe_grouped_gemm) and not on_cpu,
+        moe_router_dtype=cfg.model.moe_router_dtype,
     )
 
 
-def _recompute_fields(args) -> dict:
-    if not getattr(args, "recompute_granularity", None):
+def _recompute_fields(cfg) -> dict:
+    if not cfg.training.recompute_granularity:
         return {}
     return dict(
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=getattr(args, "recompute_method", None),
-        recompute_num_layers=getattr(args, "recompute_num_layers", None),
+        recompute_granularity=cfg.training.recompute_granularity,
+        recompute_method=cfg.training.recompute_method,
+        recompute_num_layers=cfg.training.recompute_num_layers,
     )
 
 
-def transformer_config(args, skip_init: bool = False):
-    """TransformerConfig for the resolved architecture and layout in `args`.
+def transformer_config(cfg, skip_init: bool = False):
+    """TransformerConfig for the resolved architecture and layout in `cfg`.
 
     `skip_init` leaves weights uninitialised (they are about to be loaded): minutes saved on big
     models. Only for conversion and inference: Megatron-Core marks tensor-parallel weights
@@ -122,33 +122,33 @@ def transformer_config(args, skip_init: bool = False):
     """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    on_cpu = args.device == "cpu"
-    dtype = params_dtype(args)
-    tp = args.tensor_model_parallel_size
+    on_cpu = cfg.runtime.device == "cpu"
+    dtype = params_dtype(cfg)
+    tp = cfg.parallel.tensor_model_parallel_size
     return TransformerConfig(
-        num_layers=args.num_layers,
-        hidden_size=args.hidden_size,
-        ffn_hidden_size=args.ffn_hidden_size,
-        num_attention_heads=args.num_attention_heads,
-        num_query_groups=args.num_query_groups,
-        kv_channels=args.kv_channels,
-        normalization=args.normalization,
-        layernorm_epsilon=args.norm_epsilon,
-        gated_linear_unit=bool(args.swiglu),
-        activation_func=F.silu if args.swiglu else F.gelu,
-        add_bias_linear=bool(args.add_bias_linear),
-        add_qkv_bias=bool(getattr(args, "add_qkv_bias", False)),
-        qk_layernorm=bool(getattr(args, "qk_layernorm", False)),
-        hidden_dropout=args.hidden_dropout,
-        attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std,
+        num_layers=cfg.model.num_layers,
+        hidden_size=cfg.model.hidden_size,
+        ffn_hidden_size=cfg.model.ffn_hidden_size,
+        num_attention_heads=cfg.model.num_attention_heads,
+        num_query_groups=cfg.model.num_query_groups,
+        kv_channels=cfg.model.kv_channels,
+        normalization=cfg.model.normalization,
+        layernorm_epsilon=cfg.model.norm_epsilon,
+        gated_linear_unit=bool(cfg.model.swiglu),
+        activation_func=F.silu if cfg.model.swiglu else F.gelu,
+        add_bias_linear=bool(cfg.model.add_bias_linear),
+        add_qkv_bias=bool(cfg.model.add_qkv_bias),
+        qk_layernorm=bool(cfg.model.qk_layernorm),
+        hidden_dropout=cfg.model.hidden_dropout,
+        attention_dropout=cfg.model.attention_dropout,
+        init_method_std=cfg.model.init_method_std,
         tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=getattr(args, "virtual_pipeline_model_parallel_size", None),
-        context_parallel_size=args.context_parallel_size,
-        expert_model_parallel_size=args.expert_model_parallel_size,
-        expert_tensor_parallel_size=args.expert_tensor_parallel_size or tp,
-        sequence_parallel=bool(getattr(args, "sequence_parallel", False)) and tp > 1,
+        pipeline_model_parallel_size=cfg.parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=cfg.parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=cfg.parallel.context_parallel_size,
+        expert_model_parallel_size=cfg.parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=cfg.parallel.expert_tensor_parallel_size or tp,
+        sequence_parallel=bool(cfg.parallel.sequence_parallel) and tp > 1,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -159,22 +159,22 @@ def transformer_config(args, skip_init: bool = False):
         # The loss is a sum over supervised tokens; Megatron divides the gradients by the token
         # count of the whole global batch (all micro-batches, DP and CP ranks) in finalize_model_grads.
         calculate_per_token_loss=True,
-        **_fusions(args, on_cpu),
-        **_moe_fields(args, on_cpu),
-        **_recompute_fields(args),
+        **_fusions(cfg, on_cpu),
+        **_moe_fields(cfg, on_cpu),
+        **_recompute_fields(cfg),
     )
 
 
-def ddp_config(args):
+def ddp_config(cfg):
     """Megatron DDP: grads reduced in fp32, overlap only where it helps (GPU)."""
     from megatron.core.distributed import DistributedDataParallelConfig
 
-    on_gpu = args.device == "cuda"
+    on_gpu = cfg.runtime.device == "cuda"
     return DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=bool(getattr(args, "overlap_grad_reduce", False)) and on_gpu,
-        overlap_param_gather=bool(getattr(args, "overlap_param_gather", False)) and on_gpu,
-        use_distributed_optimizer=bool(getattr(args, "use_distributed_optimizer", False)),
+        overlap_grad_reduce=bool(cfg.parallel.overlap_grad_reduce) and on_gpu,
+        overlap_param_gather=bool(cfg.parallel.overlap_param_gather) and on_gpu,
+        use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
         # The training loop checks loss and grad norm itself and names the iteration; DDP's own
         # check would raise a bare RuntimeError from inside the backward pass.
         check_for_nan_in_grad=False,
@@ -182,22 +182,22 @@ def ddp_config(args):
     )
 
 
-def optimizer_config(args):
+def optimizer_config(cfg):
     """Adam with Megatron's mixed-precision handling (fp32 main params for bf16/fp16)."""
     from megatron.core.optimizer import OptimizerConfig
 
-    dtype = params_dtype(args)
+    dtype = params_dtype(cfg)
     return OptimizerConfig(
         optimizer="adam",
-        lr=args.lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad,
+        lr=cfg.training.lr,
+        min_lr=cfg.training.min_lr,
+        weight_decay=cfg.training.weight_decay,
+        adam_beta1=cfg.training.adam_beta1,
+        adam_beta2=cfg.training.adam_beta2,
+        adam_eps=cfg.training.adam_eps,
+        clip_grad=cfg.training.clip_grad,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         params_dtype=dtype,
-        use_distributed_optimizer=bool(getattr(args, "use_distributed_optimizer", False)),
+        use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
     )

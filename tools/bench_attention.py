@@ -53,7 +53,7 @@ def child(seq_length: int, backend: str, iters: int, work: Path) -> dict:
         f"--split 100,0,0 --data-cache-dir {work / 'cache'} --hidden-dropout 0 --attention-dropout 0 "
         f"--attention-backend {backend}"))
     choose_transformer_impl(args)
-    init_from_args(args)
+    args = init_from_args(args)
     trainer = Trainer(args)
     g = torch.Generator().manual_seed(0)
     n = seq_length // SAMPLES_PER_PACK

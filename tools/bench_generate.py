@@ -51,7 +51,7 @@ def build_model(seq_length: int, device: str) -> list:
     from megatron_sft.runtime.distributed import init_from_args
 
     args = parse_args(megatron_flags(QWEN3_0_6B, seq_length) + ["--device", device], world_size=1)
-    init_from_args(args)
+    args = init_from_args(args)
     config = transformer_config(args)
     config.perform_initialization = False  # filled below, much faster than Megatron's init pass
     chunks = build_model_chunks(args, config, QWEN3_0_6B["vocab_size"])

@@ -73,7 +73,7 @@ def build_trainer(cli, work: Path):
         f"--attention-dropout 0 --attention-backend {cli.backend} --use-distributed-optimizer"))
     args.padded_vocab_size = VOCAB[cli.shape]  # the real model's embedding and output layer
     choose_transformer_impl(args)
-    init_from_args(args)
+    args = init_from_args(args)
     return Trainer(args)
 
 
@@ -101,7 +101,7 @@ def main() -> None:
                                          for i in range(cli.micro_batches)]
     for _ in range(2):
         trainer.step()
-    cuda = torch.cuda.is_available() and trainer.args.device == "cuda"
+    cuda = torch.cuda.is_available() and trainer.cfg.device == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

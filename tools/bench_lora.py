@@ -61,13 +61,10 @@ def optimizer_bytes(optimizer) -> int:
 
 def run(flags: str, save: Path) -> dict:
     from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.distributed import init_from_args
-    from megatron_sft.training.loop import Trainer, choose_transformer_impl
+    from megatron_sft.training.loop import start_training
 
     args = parse_args(shlex.split(f"{flags} --save {save}"))
-    choose_transformer_impl(args)
-    init_from_args(args)
-    trainer = Trainer(args)
+    trainer = start_training(args)
     trainer.run()
     params = [p for c in trainer.model.chunks for p in c.parameters()]
     return {"trainable": sum(p.numel() for p in params if p.requires_grad),

@@ -57,9 +57,8 @@ def main() -> None:
     cli = parser.parse_args()
 
     from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.distributed import init_from_args
     from megatron_sft.tiny import make_tiny_model
-    from megatron_sft.training.loop import Trainer, choose_transformer_impl
+    from megatron_sft.training.loop import start_training
     from megatron_sft.training.progress import Progress
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -73,9 +72,7 @@ def main() -> None:
         f"--seq-length {cli.seq_length} --max-position-embeddings {cli.seq_length} --micro-batch-size 1 "
         f"--global-batch-size 2 --lr 1e-4 --train-iters 1000000 --log-interval 1000000 --split 100,0,0 "
         f"--data-cache-dir {work / 'cache'} --hidden-dropout 0 --attention-dropout 0"))
-    choose_transformer_impl(args)
-    init_from_args(args)
-    trainer = Trainer(args)
+    trainer = start_training(args)
     batches = trainer.next_global_batch()
     trainer.next_global_batch = lambda: batches  # same batches for both loops
     progress = Progress(0, 10**6, args.log_interval)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 def main() -> None:
     from megatron_sft.arguments import parse_args
+    from megatron_sft.arguments.inputs import check_not_converting_in_place
     from megatron_sft.runtime.log import setup_logging
 
     setup_logging()
     args = parse_args()  # validation first: user errors surface before the heavy imports
+    check_not_converting_in_place(args)
     from megatron_sft.checkpointing.convert import convert
     from megatron_sft.runtime.distributed import init_from_args, shutdown
-    init_from_args(args)
+    args = init_from_args(args)
     out = convert(args)
     print(f"wrote {out}")
     shutdown()

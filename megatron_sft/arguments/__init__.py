@@ -1,7 +1,7 @@
 """Command-line arguments with Megatron-LM's flag names, dest names and meanings.
 
     from megatron_sft.arguments import build_parser, parse_args
-    args = parse_args()            # parse, resolve the architecture, derive, validate
+    cfg = parse_args()             # RunConfig: parse, resolve the architecture, derive, validate, freeze
 
 Parsing is cheap on purpose (no torch, megatron, modelopt or transformers import): every rank runs
 it first, and a bad command line should fail in a fraction of a second with every problem listed.
@@ -22,12 +22,13 @@ from megatron_sft.arguments.model import add_model_args
 from megatron_sft.arguments.parallel import add_parallel_args
 from megatron_sft.arguments.peft import add_peft_args
 from megatron_sft.arguments.resolve import resolve_architecture
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.arguments.runtime import add_runtime_args
 from megatron_sft.arguments.training import add_training_args
 from megatron_sft.arguments.validate import validate_args
 from megatron_sft.errors import ConfigErrors, UserError
 
-__all__ = ["build_parser", "parse_args", "add_inference_args", "option_names"]
+__all__ = ["build_parser", "parse_args", "add_inference_args", "option_names", "RunConfig"]
 
 ArgsAdder = Callable[[argparse.ArgumentParser], None]
 DEFAULT_GROUPS: tuple[ArgsAdder, ...] = (
@@ -69,8 +70,8 @@ def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def parse_args(
     argv: list[str] | None = None, *, world_size: int | None = None, extra: Iterable[ArgsAdder] = ()
-) -> argparse.Namespace:
-    """Parse, resolve the architecture (flag > checkpoint > Megatron default), derive and validate.
+) -> RunConfig:
+    """Parse, resolve the architecture (flag > checkpoint > Megatron default), derive, validate, freeze.
 
     Raises ConfigErrors listing every problem. `world_size` defaults to $WORLD_SIZE (else 1).
     """
@@ -88,4 +89,4 @@ def parse_args(
     problems += validate_args(args, options)
     if problems:
         raise ConfigErrors(problems)
-    return args
+    return RunConfig.from_namespace(args)

@@ -10,6 +10,9 @@ import re
 from argparse import Namespace
 from pathlib import Path
 
+from megatron_sft.checkpointing.layout import TRAIN_STATE, resume_layout_problem, saved_layout
+from megatron_sft.errors import UserError
+
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # org/name: resolved by transformers (cache or download)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -17,6 +20,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 def check_inputs(args: Namespace, problems: list[str]) -> None:
     _check_save(args, problems)
     _check_positions(args, problems)
+    _check_resume_layout(args, problems)
 
 
 def check_tokenizer(value: str | None, problems: list[str]) -> None:
@@ -61,7 +65,7 @@ def _check_save(args: Namespace, problems: list[str]) -> None:
 def resumes_training(args: Namespace) -> bool:
     """--load is a training checkpoint (train_state.json) that this run continues (no --finetune)."""
     return (args.load_format == "megatron" and not args.finetune
-            and (Path(args.load_iteration_dir) / "train_state.json").is_file())
+            and (Path(args.load_iteration_dir) / TRAIN_STATE).is_file())
 
 
 def _starting_model(args: Namespace) -> str | None:
@@ -85,3 +89,24 @@ def _check_positions(args: Namespace, problems: list[str]) -> None:
     problems.append(f"{flag} lets one sample reach {longest} tokens, past the model's --max-position-embeddings "
                     f"{positions}; add --max-sample-length {positions} (longer samples are truncated) or use a "
                     "model trained for longer sequences")
+
+
+def is_training(args: Namespace) -> bool:
+    """The command trains (a run length is given); generation, MMLU and conversion load any layout."""
+    return args.train_iters is not None or args.train_samples is not None or args.train_epochs is not None
+
+
+def _check_resume_layout(args: Namespace, problems: list[str]) -> None:
+    if not is_training(args) or not resumes_training(args):
+        return
+    now = {"tp": args.tensor_model_parallel_size, "pp": args.pipeline_model_parallel_size,
+           "ep": args.expert_model_parallel_size, "cp": args.context_parallel_size}
+    problem = resume_layout_problem(args.load, saved_layout(args.load_iteration_dir), now)
+    if problem:
+        problems.append(problem)
+
+
+def check_not_converting_in_place(args: Namespace) -> None:
+    """A conversion writes a new checkpoint: never into the one it reads (any format, any kind)."""
+    if args.save and args.load and Path(args.save).expanduser().resolve() == Path(args.load).expanduser().resolve():
+        raise UserError(f"--save {args.save} is --load, the checkpoint being converted; choose another directory")

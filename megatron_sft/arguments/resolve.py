@@ -106,7 +106,6 @@ def resolve_architecture(args: Namespace, options: dict[str, str]) -> list[str]:
         args.hf_architecture = source.values.get("hf_architecture")
         args.checkpoint_vocab_size = source.values.get("vocab_size")
         args.checkpoint_vocab_file = str(source.file)
-    derive_architecture(args, options)
     return problems
 
 
@@ -247,3 +246,16 @@ def _contradiction(key: str, given: Any, recorded: Any, source: Source, options:
 
 def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def describe_sources(args: Namespace) -> list[str]:
+    """The architecture in force, grouped by where each value came from (flag, checkpoint file, default): the
+    Python entry points' counterpart of the scripts' settings block."""
+    groups: dict[str, list[str]] = {}
+    for key, source in args.arch_sources.items():
+        value = getattr(args, key)
+        if value is not None and value is not False:
+            groups.setdefault(source, []).append(f"{key}={_show(value)}")
+    order = sorted(groups, key=lambda s: (s != "flag", s == "default", s))
+    return [f"architecture ({'flags' if s == 'flag' else 'Megatron defaults' if s == 'default' else s}): "
+            + " ".join(groups[s]) for s in order]

@@ -1,12 +1,14 @@
-"""Derived values and every check on the resolved flags. Problems are collected, never raised one by
-one, so a user fixes a command line in one go; each names the flags, their values and a value that works.
+"""Every check on the resolved flags, in one pass. Problems are collected, never raised one by one, so a user
+fixes a command line in one go; each names the flags, their values and a value that works. The values the
+checks read are derived first, in derive.py; nothing here sets a value.
 """
 
 from __future__ import annotations
 
 from argparse import Namespace
 
-from megatron_sft.arguments.inputs import check_inputs
+from megatron_sft.arguments.derive import derive_values
+from megatron_sft.arguments.inputs import check_inputs, is_training
 from megatron_sft.arguments.peft import check_peft_args
 
 _REQUIRED_ARCH = ("num_layers", "hidden_size", "num_attention_heads")
@@ -20,12 +22,13 @@ _POSITIVE = (
 
 
 def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
-    """Derive layout, batch and dtype values in place; return every problem found."""
+    """Derive the values that follow from the flags (derive.py), then return every problem found."""
     problems = [
         f"{options[key]} {getattr(args, key)} must be at least 1" for key in _POSITIVE if getattr(args, key) < 1
     ]
     if problems:  # every size below is divided by these
         return problems
+    derive_values(args, options)
     missing = [key for key in _REQUIRED_ARCH if getattr(args, key) is None]
     for key in missing:
         problems.append(f"{options[key]} is required: no --load / --pretrained-model-path gives the architecture")
@@ -60,20 +63,12 @@ def _origin(args: Namespace, key: str) -> str:
 def _check_world(args: Namespace, problems: list[str]) -> None:
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
     world, model_parallel = args.world_size, tp * pp * cp
-    args.data_parallel_size = args.virtual_pipeline_model_parallel_size = None
-    if args.expert_tensor_parallel_size is None:
-        args.expert_tensor_parallel_size = tp  # Megatron-LM's default
-    if world % model_parallel:
+    if args.data_parallel_size is None:
         problems.append(
             f"world size {world} is not divisible by tensor-model-parallel-size ({tp}) × pipeline-model-parallel-size "
             f"({pp}) × context-parallel-size ({cp}) = {model_parallel}; launch {model_parallel}, "
             f"{2 * model_parallel}, {3 * model_parallel}... processes"
         )
-    else:
-        args.data_parallel_size = world // model_parallel
-    if args.sequence_parallel and tp == 1:
-        args.sequence_parallel = False  # as Megatron-LM does; said once instead of silently
-        args.notices.append("--sequence-parallel has no effect with --tensor-model-parallel-size 1; turned off")
 
 
 def _check_model_split(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
@@ -109,8 +104,6 @@ def _check_model_split(args: Namespace, options: dict[str, str], problems: list[
                 f"--num-layers {layers} is not divisible by {pp_flag} {pp} × "
                 f"--num-layers-per-virtual-pipeline-stage {per_stage} = {pp * per_stage}"
             )
-        else:
-            args.virtual_pipeline_model_parallel_size = layers // (pp * per_stage)
 
 
 def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
@@ -145,7 +138,6 @@ def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]
 def _check_vocab(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
     """A checkpoint's vocab_size is the padded vocabulary; padding only ever applies to fresh models."""
     vocab, tp = args.checkpoint_vocab_size, args.tensor_model_parallel_size
-    args.padded_vocab_size = vocab  # None: the model code pads the tokenizer's vocabulary
     if not vocab:
         return
     multiple, where = args.make_vocab_size_divisible_by, args.checkpoint_vocab_file
@@ -165,20 +157,15 @@ def _check_vocab(args: Namespace, options: dict[str, str], problems: list[str]) 
 
 def _check_batch(args: Namespace, problems: list[str]) -> None:
     mbs, dp, gbs = args.micro_batch_size, args.data_parallel_size, args.global_batch_size
-    args.num_microbatches = None
     if dp is None:  # world size already reported
         return
     unit = mbs * dp
-    if gbs is None:
-        gbs = args.global_batch_size = unit
-    if gbs < 1 or gbs % unit:
+    if args.num_microbatches is None:
         below = max(unit, gbs // unit * unit)
         problems.append(
             f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} × data-parallel "
             f"size {dp} = {unit}; use {below} or {below + unit}"
         )
-        return
-    args.num_microbatches = gbs // unit
 
 
 def _check_schedule(args: Namespace, problems: list[str]) -> None:
@@ -210,20 +197,18 @@ def _check_schedule(args: Namespace, problems: list[str]) -> None:
         for flag, value in by_samples.items():
             if value is not None:
                 problems.append(f"{flag} counts samples; with --train-iters use {flag.replace('samples', 'iters')}")
-        args.lr_decay_iters = args.lr_decay_iters or args.train_iters
     if args.train_samples is not None:
         for flag, value in by_iters.items():
             if value is not None:
                 problems.append(
                     f"{flag} counts iterations; with --train-samples use {flag.replace('iters', 'samples')}"
                 )
-        args.lr_decay_samples = args.lr_decay_samples or args.train_samples
     if args.lr_warmup_fraction is not None and (args.lr_warmup_iters or args.lr_warmup_samples):
         problems.append("give --lr-warmup-fraction or --lr-warmup-iters/--lr-warmup-samples, not both")
     _check_warmup_shorter_than_decay(args, problems)
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None and args.lr_wsd_decay_samples is None:
         problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters (or --lr-wsd-decay-samples)")
-    training = args.train_iters is not None or args.train_samples is not None or args.train_epochs is not None
+    training = is_training(args)
     if training and args.lr is None:
         problems.append("--lr is required for training (e.g. --lr 1e-5)")
     if training and args.seq_length is None:
@@ -244,10 +229,8 @@ def _check_warmup_shorter_than_decay(args: Namespace, problems: list[str]) -> No
 def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
     if args.fp16 and args.bf16:
         problems.append("give --fp16 or --bf16, not both")
-    args.params_dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    args.export_dtype = args.export_dtype or args.params_dtype
-    args.import_dtype = args.import_dtype or args.params_dtype
-    args.truncate_long_samples = not args.drop_long_samples
+    if args.truncate_long_samples and args.drop_long_samples:
+        problems.append("give --truncate-long-samples (the default) or --drop-long-samples, not both")
     if args.recompute_granularity == "full" and (args.recompute_method is None or args.recompute_num_layers is None):
         problems.append(
             "--recompute-granularity full needs --recompute-method (uniform or block) and --recompute-num-layers"
@@ -260,20 +243,11 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
 
 
 def _check_data(args: Namespace, problems: list[str]) -> None:
-    """Megatron-LM's two ways to name data do not mix: --data-path + --split, or one path per split."""
-    per_split = [f"--{s}-data-path" for s in ("train", "valid", "test") if getattr(args, f"{s}_data_path")]
-    if per_split and (args.data_path or args.finetune_hf_dataset or args.split is not None):
-        mixed = [f for f, v in (("--data-path", args.data_path), ("--finetune-hf-dataset", args.finetune_hf_dataset),
-                                ("--split", args.split)) if v]
-        problems.append(f"{' and '.join(per_split)} name each split's files: drop {' and '.join(mixed)} (or use "
-                        "--data-path with --split instead)")
-    if per_split and not args.train_data_path:
-        problems.append(f"{' and '.join(per_split)} without --train-data-path: give the training files too")
-    if args.split is None and not per_split:
-        args.split = "969,30,1"  # Megatron-LM's default
-    cap = args.max_sample_length
-    if cap is not None and args.seq_length and not 2 <= cap <= args.seq_length:
-        problems.append(f"--max-sample-length {cap} must be between 2 and --seq-length {args.seq_length}")
+    """The data pipeline's own checks (data/config.py, shared with the data tools), made now: the data named
+    (for a run that trains), the two ways of naming it not mixed, sample and sequence lengths, CP padding."""
+    from megatron_sft.data.config import DataConfig
+
+    problems.extend(DataConfig.from_args(args, validate=False).problems(require_data=is_training(args)))
 
 
 def _check_attention(args: Namespace, problems: list[str]) -> None:

@@ -23,6 +23,7 @@ from megatron_sft.errors import UserError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 RUN_ARGS = "run_args.json"
+TRAIN_STATE = "train_state.json"  # iteration, data position, scheduler and layout of a training checkpoint
 HF_ASSETS = "hf_assets"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 
@@ -81,6 +82,37 @@ def read_run_args(ckpt_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())["args"]
+
+
+RESUME_FIXED = ("tp", "pp", "ep", "cp")  # the data position also depends on CP (samples are padded to 2 x CP)
+
+
+def saved_layout(ckpt_dir: str | os.PathLike) -> dict | None:
+    """The parallel layout a training checkpoint was saved at (train_state.json), None without one."""
+    path = Path(ckpt_dir) / TRAIN_STATE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text()).get("layout")
+    except (ValueError, AttributeError) as err:
+        raise UserError(f"{path}: unreadable training state ({err})") from None
+    if not saved:
+        return None
+    saved = dict(saved)
+    saved.setdefault("cp", 1)  # checkpoints from before context parallelism existed
+    return saved
+
+
+def resume_layout_problem(ckpt_dir: str | os.PathLike, saved: dict, now: dict) -> str | None:
+    """Why a run at layout `now` cannot resume a checkpoint saved at `saved`: optimizer state and data
+    position reshard over DP only."""
+    if not saved or all(saved.get(k) == now[k] for k in RESUME_FIXED):
+        return None
+    was = " ".join(f"{k.upper()}={saved.get(k)}" for k in RESUME_FIXED)
+    run = " ".join(f"{k.upper()}={now[k]}" for k in RESUME_FIXED)
+    return (f"{ckpt_dir}: saved at {was}, resumed at {run}; the optimizer state and the data position carry over "
+            "only when DP changes: resume at the saved TP/PP/EP/CP, or add --finetune (finetune.sh: MLM_RESUME=0) "
+            "to start a new run from its weights")
 
 
 def hf_assets_dir(ckpt_dir: str | os.PathLike) -> Path:

@@ -7,9 +7,7 @@ and so on, because every rank states which slice of each global tensor it holds.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -52,16 +50,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _pause_for_tests(ckpt_dir: Path) -> None:
-    """Test-only hook: MEGATRON_SFT_TEST_PAUSE_SAVE=<dir name>:<seconds> (e.g. iter_0000010:60)
-    holds that save after its data is written and before the tracker names it, so a test can kill
-    the run mid-save."""
-    name, _, seconds = os.environ.get("MEGATRON_SFT_TEST_PAUSE_SAVE", "").partition(":")
-    if name == ckpt_dir.name:
-        print(f"megatron_sft: save of {name} paused (test hook)", flush=True)
-        time.sleep(float(seconds))
-
-
 def save_checkpoint(
     root: str | Path,
     iteration: int | None,
@@ -91,7 +79,6 @@ def save_checkpoint(
         layout.copy_hf_assets(hf_assets_src, ckpt_dir, chat_template)
         for name, text in (extra_files or {}).items():
             (ckpt_dir / name).write_text(text)
-    _pause_for_tests(ckpt_dir)
     _barrier()
     if _is_rank0():
         layout.write_tracker(root, iteration)

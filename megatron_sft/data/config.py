@@ -11,7 +11,7 @@ from megatron_sft.errors import UserError
 PACKING_ALGORITHMS = ("best_fit", "first_fit_decreasing")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Data settings under Megatron-LM's flag dest names (`--seq-length` -> `seq_length`, ...)."""
 
@@ -35,7 +35,7 @@ class DataConfig:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
     data_cache_dir: str | None = None
-    num_workers: int = 2
+    num_workers: int = 1  # --num-workers' default
     context_parallel_size: int = 1
     micro_batch_size: int = 1
     global_batch_size: int | None = None
@@ -43,7 +43,7 @@ class DataConfig:
     sample_limit: int | None = None  # --sample N in tools/prepare_data.py: read only the first N records
 
     @classmethod
-    def from_args(cls, args) -> DataConfig:
+    def from_args(cls, args, validate: bool = True) -> DataConfig:
         """Read the attributes of an argparse namespace that exist; the rest keep their defaults."""
         values = {}
         for f in fields(cls):
@@ -52,7 +52,8 @@ class DataConfig:
         if isinstance(values.get("data_path"), str):
             values["data_path"] = values["data_path"].split()
         cfg = cls(**values)
-        cfg.validate()
+        if validate:
+            cfg.validate()
         return cfg
 
     @property
@@ -82,19 +83,16 @@ class DataConfig:
         return self.data_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "megatron_sft", "data")
 
     def validate(self) -> None:
-        problems = []
-        if self.per_split and (self.data_path or self.finetune_hf_dataset):
-            problems.append("give the data either as --data-path/--finetune-hf-dataset (cut by --split) or as "
-                            "--train-data-path/--valid-data-path/--test-data-path, not both")
-        elif self.per_split and not self.train_data_path:
-            problems.append("--valid-data-path/--test-data-path need --train-data-path too")
-        elif not self.per_split and not self.data_path and not self.finetune_hf_dataset:
-            problems.append("no data: give --data-path FILE [FILE ...] or --finetune-hf-dataset NAME (or "
-                            "--train-data-path with --valid-data-path)")
+        problems = self.problems()
+        if problems:
+            raise UserError("; ".join(problems))
+
+    def problems(self, require_data: bool = True) -> list[str]:
+        """Every problem of these settings, each naming its flag (require_data: a run that trains needs data)."""
+        problems = self._source_problems(require_data)
         cap = self.max_sample_length
         if cap is not None and not 2 <= cap <= self.seq_length:
-            problems.append(f"--max-sample-length ({cap}) must be between 2 and --seq-length ({self.seq_length}): "
-                            "a pack holds whole samples; raise --seq-length or lower --max-sample-length")
+            problems.append(f"--max-sample-length {cap} must be between 2 and --seq-length {self.seq_length}")
         if self.seq_length < 2:
             problems.append(f"--seq-length ({self.seq_length}) must be at least 2")
         if self.context_parallel_size < 1:
@@ -113,8 +111,24 @@ class DataConfig:
             parse_split(self.split)
         except UserError as e:
             problems.append(str(e))
-        if problems:
-            raise UserError("; ".join(problems))
+        return problems
+
+    def _source_problems(self, require_data: bool) -> list[str]:
+        """Megatron-LM's two ways to name data do not mix: --data-path + --split, or one path per split."""
+        per_split = [f"--{s}-data-path" for s, paths in self.split_paths.items() if paths]
+        if per_split:
+            given = (("--data-path", self.data_path), ("--finetune-hf-dataset", self.finetune_hf_dataset),
+                     ("--split", self.split != "969,30,1" and self.split))
+            mixed = [f for f, v in given if v]
+            problems = [f"{' and '.join(per_split)} name each split's files: drop {' and '.join(mixed)} (or use "
+                        "--data-path with --split instead)"] if mixed else []
+            if not self.train_data_path:
+                problems.append(f"{' and '.join(per_split)} without --train-data-path: give the training files too")
+            return problems
+        if require_data and not self.data_path and not self.finetune_hf_dataset:
+            return ["no data: give --data-path FILE [FILE ...] or --finetune-hf-dataset NAME (or --train-data-path "
+                    "with --valid-data-path)"]
+        return []
 
 
 def parse_split(split: str) -> tuple[float, float, float]:

@@ -29,16 +29,17 @@ class Prompt:
     reference: str | None = None
 
 
-def load_prompts(args) -> list[Prompt]:
+def load_prompts(cfg) -> list[Prompt]:
     """--prompt values first, then --prompts-file; the built-in defaults when neither is given."""
-    prompts = [Prompt([{"role": "user", "content": p}], f"--prompt #{i + 1}") for i, p in enumerate(args.prompt or [])]
-    if args.prompts_file:
-        prompts += read_prompts_file(args.prompts_file)
-    if not prompts and not args.prompts_file:
+    given = cfg.inference.prompt or []
+    prompts = [Prompt([{"role": "user", "content": p}], f"--prompt #{i + 1}") for i, p in enumerate(given)]
+    if cfg.inference.prompts_file:
+        prompts += read_prompts_file(cfg.inference.prompts_file)
+    if not prompts and not cfg.inference.prompts_file:
         prompts = [Prompt([{"role": "user", "content": p}], f"default #{i + 1}")
                    for i, p in enumerate(DEFAULT_PROMPTS)]
     if not prompts:
-        raise UserError(f"--prompts-file {args.prompts_file}: no prompts in the file (only blank lines)")
+        raise UserError(f"--prompts-file {cfg.inference.prompts_file}: no prompts in the file (only blank lines)")
     return prompts
 
 

@@ -21,51 +21,54 @@ def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def prepare(args) -> None:
-    """Logging, device, process groups and parallel state for inference."""
+def prepare(cfg):
+    """Logging, device, process groups and parallel state for inference; returns the config as resolved."""
     from megatron_sft.runtime.distributed import init_from_args
     from megatron_sft.runtime.log import setup_logging
 
     setup_logging()
-    if args.context_parallel_size > 1:
-        raise UserError(f"--context-parallel-size {args.context_parallel_size}: generation and MMLU run with "
+    if cfg.parallel.context_parallel_size > 1:
+        raise UserError(f"--context-parallel-size {cfg.parallel.context_parallel_size}: generation and MMLU run with "
                         "context parallelism 1; use tensor or pipeline parallelism instead")
-    if getattr(args, "sequence_parallel", False):
+    if cfg.parallel.sequence_parallel:
         # Decoding one token cannot be split along the sequence; the weights are the same without it.
-        args.sequence_parallel = False
+        cfg = cfg.replace(sequence_parallel=False)
         log.info("--sequence-parallel has no effect in generation and is turned off")
-    if getattr(args, "inference_batch_size", 1) < 1:
-        raise UserError(f"--inference-batch-size {args.inference_batch_size}: must be >= 1")
-    init_from_args(args)
-    for notice in getattr(args, "notices", []):
-        log.info("note: %s", notice)
+    if cfg.inference.inference_batch_size < 1:
+        raise UserError(f"--inference-batch-size {cfg.inference.inference_batch_size}: must be >= 1")
+    from megatron_sft.arguments.resolve import describe_sources
+
+    cfg = init_from_args(cfg)
+    for line in [*describe_sources(cfg), *(f"note: {n}" for n in cfg.notices)]:
+        log.info("%s", line)
+    return cfg
 
 
-def generation_options(args, tokenizer):
+def generation_options(cfg, tokenizer):
     from megatron_sft.inference.generate import GenerationOptions
     from megatron_sft.inference.tokens import assets_dir, pad_token_id, real_vocab_size, stop_token_ids
 
-    directory = assets_dir(args)
+    directory = assets_dir(cfg)
     return GenerationOptions(
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=cfg.inference.max_new_tokens,
         vocab_size=real_vocab_size(tokenizer, directory),
         stop_ids=tuple(stop_token_ids(tokenizer, directory)),
         pad_id=pad_token_id(tokenizer),
-        sampling=SamplingSettings.from_args(args),
-        use_cache=not getattr(args, "no_kv_cache", False),
-        batch_size=args.inference_batch_size,
-        device="cuda" if args.device == "cuda" else "cpu",
-        masks_supported=args.transformer_impl != "transformer_engine",
+        sampling=SamplingSettings.from_args(cfg),
+        use_cache=not cfg.inference.no_kv_cache,
+        batch_size=cfg.inference.inference_batch_size,
+        device="cuda" if cfg.runtime.device == "cuda" else "cpu",
+        masks_supported=cfg.runtime.transformer_impl != "transformer_engine",
     )
 
 
-def generate_records(args, chunks: list, tokenizer, prompts: list[Prompt]) -> list[dict]:
+def generate_records(cfg, chunks: list, tokenizer, prompts: list[Prompt]) -> list[dict]:
     """Generate for every prompt; one JSON-ready record each (same on every rank)."""
     from megatron_sft.inference.generate import generate
 
-    opts = generation_options(args, tokenizer)
-    use_template = not getattr(args, "no_chat_template", False)
-    ids = [render_prompt(p, tokenizer, chat_template=use_template, enable_thinking=args.enable_thinking)
+    opts = generation_options(cfg, tokenizer)
+    use_template = not cfg.inference.no_chat_template
+    ids = [render_prompt(p, tokenizer, chat_template=use_template, enable_thinking=cfg.inference.enable_thinking)
            for p in prompts]
     for prompt, prompt_ids in zip(prompts, ids):
         if not prompt_ids:
@@ -97,70 +100,71 @@ def emit_records(records: list[dict], output: str | None) -> None:
         log.info("wrote %d completions to %s", len(records), output)
 
 
-def generate_main(args) -> None:
-    prompts = load_prompts(args)  # a bad prompts file fails before the model loads
-    SamplingSettings.from_args(args)  # bad sampling flags fail here, before the model loads
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be >= 1")
-    prepare(args)
+def generate_main(cfg) -> None:
+    prompts = load_prompts(cfg)  # a bad prompts file fails before the model loads
+    SamplingSettings.from_args(cfg)  # bad sampling flags fail here, before the model loads
+    if cfg.inference.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {cfg.inference.max_new_tokens}: must be >= 1")
+    cfg = prepare(cfg)
     from megatron_sft.checkpointing.convert import build_and_load
     from megatron_sft.inference.tokens import load_tokenizer
     from megatron_sft.runtime.distributed import shutdown
 
-    tokenizer = load_tokenizer(args)
-    records = generate_records(args, build_and_load(args), tokenizer, prompts)
-    emit_records(records, args.output)
+    tokenizer = load_tokenizer(cfg)
+    records = generate_records(cfg, build_and_load(cfg), tokenizer, prompts)
+    emit_records(records, cfg.inference.output)
     shutdown()
 
 
-def mmlu_options(args, tokenizer):
+def mmlu_options(cfg, tokenizer):
     from megatron_sft.inference.mmlu import MMLUOptions
     from megatron_sft.inference.tokens import pad_token_id
 
     return MMLUOptions(
-        few_shot=args.few_shot, fraction=args.fraction, seed=args.seed, chat_template=args.chat_template_prompts,
-        enable_thinking=args.enable_thinking, batch_size=args.inference_batch_size,
-        max_tokens=args.seq_length or args.max_position_embeddings or 4096, pad_id=pad_token_id(tokenizer),
-        device="cuda" if args.device == "cuda" else "cpu",
+        few_shot=cfg.inference.few_shot, fraction=cfg.inference.fraction, seed=cfg.training.seed,
+        chat_template=cfg.inference.chat_template_prompts,
+        enable_thinking=cfg.inference.enable_thinking, batch_size=cfg.inference.inference_batch_size,
+        max_tokens=cfg.data.seq_length or cfg.model.max_position_embeddings or 4096, pad_id=pad_token_id(tokenizer),
+        device="cuda" if cfg.runtime.device == "cuda" else "cpu",
     )
 
 
-def mmlu_report(args, chunks: list, tokenizer, data: tuple | None = None) -> dict:
+def mmlu_report(cfg, chunks: list, tokenizer, data: tuple | None = None) -> dict:
     """Evaluate on --mmlu-dataset (or on `data`, its (test, dev) questions already loaded)."""
     from megatron_sft.inference.mmlu import evaluate
 
-    opts = mmlu_options(args, tokenizer)
-    test, dev = data or load_mmlu(args.mmlu_dataset)
+    opts = mmlu_options(cfg, tokenizer)
+    test, dev = data or load_mmlu(cfg.inference.mmlu_dataset)
     report = evaluate(chunks, tokenizer, test, dev, opts)
-    report["settings"] = {"dataset": args.mmlu_dataset, "few_shot": opts.few_shot, "fraction": opts.fraction,
-                          "seed": opts.seed, "chat_template": opts.chat_template, "load": str(args.load)}
+    report["settings"] = {"dataset": cfg.inference.mmlu_dataset, "few_shot": opts.few_shot, "fraction": opts.fraction,
+                          "seed": opts.seed, "chat_template": opts.chat_template, "load": str(cfg.checkpoint.load)}
     return report
 
 
-def mmlu_main(args) -> None:
-    if not 0.0 < args.fraction <= 1.0:
-        raise UserError(f"--fraction {args.fraction}: must be in (0, 1]")
-    if args.few_shot < 0:
-        raise UserError(f"--few-shot {args.few_shot}: must be >= 0")
-    data = load_mmlu(args.mmlu_dataset)  # a missing directory or bad file fails before the model loads
-    prepare(args)
+def mmlu_main(cfg) -> None:
+    if not 0.0 < cfg.inference.fraction <= 1.0:
+        raise UserError(f"--fraction {cfg.inference.fraction}: must be in (0, 1]")
+    if cfg.inference.few_shot < 0:
+        raise UserError(f"--few-shot {cfg.inference.few_shot}: must be >= 0")
+    data = load_mmlu(cfg.inference.mmlu_dataset)  # a missing directory or bad file fails before the model loads
+    cfg = prepare(cfg)
     from megatron_sft.checkpointing.convert import build_and_load
     from megatron_sft.inference.mmlu_report import format_table
     from megatron_sft.inference.tokens import load_tokenizer
     from megatron_sft.runtime.distributed import shutdown
 
-    tokenizer = load_tokenizer(args)
-    report = mmlu_report(args, build_and_load(args), tokenizer, data)
+    tokenizer = load_tokenizer(cfg)
+    report = mmlu_report(cfg, build_and_load(cfg), tokenizer, data)
     rank0 = _is_rank0()
     if rank0:
         print(format_table(report), flush=True)
-        if args.results:
-            Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.results).write_text(json.dumps(report, indent=2) + "\n")
+        if cfg.inference.results:
+            Path(cfg.inference.results).parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.inference.results).write_text(json.dumps(report, indent=2) + "\n")
     shutdown()
     micro = report["overall"]["micro"]
-    if args.lower_bound is not None and micro < args.lower_bound:
+    if cfg.inference.lower_bound is not None and micro < cfg.inference.lower_bound:
         if rank0:
-            print(f"MMLU accuracy {micro:.4f} (micro average) is below --lower-bound {args.lower_bound}",
+            print(f"MMLU accuracy {micro:.4f} (micro average) is below --lower-bound {cfg.inference.lower_bound}",
                   file=sys.stderr, flush=True)
         sys.exit(1)

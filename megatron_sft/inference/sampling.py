@@ -31,8 +31,9 @@ class SamplingSettings:
             raise UserError(f"--top-p {self.top_p}: must be in (0, 1] (or left out)")
 
     @classmethod
-    def from_args(cls, args) -> SamplingSettings:
-        settings = cls(temperature=float(args.temperature), top_k=args.top_k, top_p=args.top_p, seed=int(args.seed))
+    def from_args(cls, cfg) -> SamplingSettings:
+        settings = cls(temperature=float(cfg.inference.temperature), top_k=cfg.inference.top_k,
+                       top_p=cfg.inference.top_p, seed=int(cfg.training.seed))
         settings.check()
         return settings
 

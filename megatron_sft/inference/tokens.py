@@ -16,21 +16,21 @@ log = logging.getLogger(__name__)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
-def assets_dir(args) -> Path:
+def assets_dir(cfg) -> Path:
     """Directory with the tokenizer (and usually config.json / generation_config.json) for --load."""
     from megatron_sft.checkpointing.loading import hf_assets_source
 
-    source = getattr(args, "tokenizer_model", None) or hf_assets_source(args)
+    source = cfg.tokenizer.tokenizer_model or hf_assets_source(cfg)
     if source is None:
-        raise UserError(f"--load {args.load}: the checkpoint has no hf_assets/ with a tokenizer; pass "
+        raise UserError(f"--load {cfg.checkpoint.load}: the checkpoint has no hf_assets/ with a tokenizer; pass "
                         "--tokenizer-model (or --pretrained-model-path) with the Hugging Face directory it came from")
     return Path(source)
 
 
-def load_tokenizer(args):
+def load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
-    path = assets_dir(args)
+    path = assets_dir(cfg)
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:

@@ -11,19 +11,19 @@ from megatron_sft.models.specs import decoder_block_spec
 log = logging.getLogger(__name__)
 
 
-def padded_vocab_size(args, tokenizer_vocab: int | None = None) -> int:
+def padded_vocab_size(cfg, tokenizer_vocab: int | None = None) -> int:
     """The checkpoint's vocab_size when weights come from HF; otherwise Megatron's rounding."""
-    if getattr(args, "padded_vocab_size", None):
-        return int(args.padded_vocab_size)
+    if cfg.model.padded_vocab_size:
+        return int(cfg.model.padded_vocab_size)
     if tokenizer_vocab is None:
         raise UserError(
             "cannot size the vocabulary: no checkpoint vocab_size and no tokenizer; pass --tokenizer-model"
         )
-    multiple = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
+    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tensor_model_parallel_size
     return int(math.ceil(tokenizer_vocab / multiple) * multiple)
 
 
-def build_gpt_model(args, config, vocab_size: int, vp_stage: int | None = None):
+def build_gpt_model(cfg, config, vocab_size: int, vp_stage: int | None = None):
     """One GPTModel chunk for this rank's pipeline stage (and virtual stage)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -33,30 +33,30 @@ def build_gpt_model(args, config, vocab_size: int, vp_stage: int | None = None):
     return GPTModel(
         config=config,
         transformer_layer_spec=decoder_block_spec(
-            config, args.transformer_impl, vp_stage, getattr(args, "attention_backend", "auto")
+            config, cfg.runtime.transformer_impl, vp_stage, cfg.runtime.attention_backend
         ),
         vocab_size=vocab_size,
-        max_sequence_length=args.max_position_embeddings,
+        max_sequence_length=cfg.model.max_position_embeddings,
         pre_process=pre,
         post_process=post,
         parallel_output=True,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        position_embedding_type=args.position_embedding_type,
-        rotary_percent=args.rotary_percent,
-        rotary_base=int(args.rotary_base),
-        rope_scaling=bool(getattr(args, "use_rope_scaling", False)),
-        rope_scaling_factor=float(getattr(args, "rope_scaling_factor", None) or 8.0),
+        share_embeddings_and_output_weights=not cfg.model.untie_embeddings_and_output_weights,
+        position_embedding_type=cfg.model.position_embedding_type,
+        rotary_percent=cfg.model.rotary_percent,
+        rotary_base=int(cfg.model.rotary_base),
+        rope_scaling=bool(cfg.model.use_rope_scaling),
+        rope_scaling_factor=float(cfg.model.rope_scaling_factor or 8.0),
         vp_stage=vp_stage,
     )
 
 
-def build_model_chunks(args, config, vocab_size: int) -> list:
+def build_model_chunks(cfg, config, vocab_size: int) -> list:
     """All model chunks of this rank: one, or one per virtual pipeline stage."""
     from megatron.core.enums import ModelType
 
-    vp = getattr(args, "virtual_pipeline_model_parallel_size", None)
+    vp = cfg.parallel.virtual_pipeline_model_parallel_size
     stages = range(vp) if vp and vp > 1 else [None]
-    chunks = [build_gpt_model(args, config, vocab_size, vp_stage=s) for s in stages]
+    chunks = [build_gpt_model(cfg, config, vocab_size, vp_stage=s) for s in stages]
     for chunk in chunks:
         chunk.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
     return chunks

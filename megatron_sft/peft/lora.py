@@ -47,9 +47,9 @@ class LoraSpec:
         return self.alpha / self.rank
 
     @classmethod
-    def from_args(cls, args) -> LoraSpec:
-        return cls(rank=args.lora_rank, alpha=float(args.lora_alpha), dropout=float(args.lora_dropout),
-                   targets=tuple(args.lora_target_modules), seed=args.seed)
+    def from_args(cls, cfg) -> LoraSpec:
+        return cls(rank=cfg.lora.lora_rank, alpha=float(cfg.lora.lora_alpha), dropout=float(cfg.lora.lora_dropout),
+                   targets=tuple(cfg.lora.lora_target_modules), seed=cfg.training.seed)
 
 
 class _LoraMixin:

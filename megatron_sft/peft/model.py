@@ -31,24 +31,25 @@ class LoraModel:
     iteration: int | None
 
 
-def _base(args) -> tuple[record.Base, Path | None, int | None]:
+def _base(cfg) -> tuple[record.Base, Path | None, int | None]:
     """(base, LoRA checkpoint dir or None, its iteration)."""
-    if args.load_format == "megatron":
-        ckpt_dir, iteration = layout.latest_checkpoint_dir(args.load)
+    if cfg.checkpoint.load_format == "megatron":
+        ckpt_dir, iteration = layout.latest_checkpoint_dir(cfg.checkpoint.load)
         saved = record.read_record(ckpt_dir)
         if saved is not None:
             return record.base_of(saved, ckpt_dir), ckpt_dir, iteration
-        return record.describe_base(args.load, "megatron"), None, None
-    if args.load_format == "hf":
-        return record.describe_base(args.hf_model_path or args.load, "hf"), None, None
+        return record.describe_base(cfg.checkpoint.load, "megatron"), None, None
+    if cfg.checkpoint.load_format == "hf":
+        return record.describe_base(cfg.checkpoint.hf_model_path or cfg.checkpoint.load, "hf"), None, None
     raise UserError("--peft lora needs a base model: --load a Hugging Face directory or a Megatron checkpoint")
 
 
-def lora_base(args) -> record.Base:
+def lora_base(cfg) -> record.Base:
     """The base of the LoRA checkpoint in --load, as its lora.json names it (not re-hashed)."""
-    saved = record.read_record(args.load_iteration_dir) if args.load_format == "megatron" else None
+    saved = record.read_record(cfg.checkpoint.load_iteration_dir) if cfg.checkpoint.load_format == "megatron" else None
     if saved is None:
-        raise UserError(f"--load {args.load}: not a LoRA checkpoint (no {record.RECORD}); no adapter to export")
+        raise UserError(f"--load {cfg.checkpoint.load}: not a LoRA checkpoint (no {record.RECORD}); no adapter to "
+                        "export")
     return record.Base(**saved["base"])
 
 
@@ -63,18 +64,18 @@ def _load_base(base: record.Base, chunks: list, dtype: torch.dtype) -> None:
     load_model_weights(ckpt_dir, chunks)
 
 
-def build_lora_model(args, chunks: list, dtype: torch.dtype, load_adapters: bool = True) -> LoraModel:
+def build_lora_model(cfg, chunks: list, dtype: torch.dtype, load_adapters: bool = True) -> LoraModel:
     """Load the base into `chunks`, freeze it, attach adapters and fill them (unless a resume will)."""
-    spec = LoraSpec.from_args(args)
-    base, ckpt_dir, iteration = _base(args)
+    spec = LoraSpec.from_args(cfg)
+    base, ckpt_dir, iteration = _base(cfg)
     _load_base(base, chunks, dtype)
     count = attach_lora(chunks, spec)
     if load_adapters and ckpt_dir is not None:
         load_model_weights(ckpt_dir, chunks, keep=is_lora_key)
-    elif args.lora_load:
+    elif cfg.lora.lora_load:
         from megatron_sft.peft.hf_adapter import load_peft_adapter
 
-        load_peft_adapter(chunks, args.lora_load, spec)
+        load_peft_adapter(chunks, cfg.lora.lora_load, spec)
     _log_trainable(chunks, count, spec)
     return LoraModel(spec, base, record.record_text(spec, base), ckpt_dir, iteration)
 

@@ -27,8 +27,16 @@ def resolve_device(requested: str) -> str:
     return "cuda"
 
 
-def resolve_transformer_impl(requested: str | None, device: str) -> str:
-    """Transformer Engine on GPU when installed; the local spec otherwise."""
+def resolve_transformer_impl(requested: str | None, device: str, training: bool = False) -> str:
+    """The one place the layer spec is chosen. Training: the local spec, whose attention keeps packed samples
+    apart (packed THD attention, or Megatron's own with an explicit mask); Transformer Engine's THD path is not
+    verified on a GPU yet. Inference: Transformer Engine on GPU when installed, the local spec otherwise."""
+    if training:
+        if requested == "transformer_engine":
+            raise UserError("--transformer-impl transformer_engine: packed SFT training on Transformer Engine is "
+                            "not available yet; use --transformer-impl local (packed attention, --attention-backend "
+                            "auto)")
+        return "local"
     if requested in (None, "auto"):
         return "transformer_engine" if device == "cuda" and transformer_engine_available() else "local"
     if requested == "transformer_engine":
@@ -42,13 +50,15 @@ def resolve_transformer_impl(requested: str | None, device: str) -> str:
     return requested
 
 
-def setup_device(args) -> None:
-    """Resolve args.device / args.transformer_impl in place and switch CPU mode on if needed."""
-    args.device = resolve_device(getattr(args, "device", "auto") or "auto")
-    args.transformer_impl = resolve_transformer_impl(getattr(args, "transformer_impl", None), args.device)
-    if args.device == "cpu":
+def setup_device(cfg, training: bool = False):
+    """The config with its device and layer spec resolved; switches CPU mode on if needed."""
+    device = resolve_device(cfg.runtime.device or "auto")
+    cfg = cfg.replace(device=device,
+                      transformer_impl=resolve_transformer_impl(cfg.runtime.transformer_impl, device, training))
+    if device == "cpu":
         cpu_mode.enable()
     else:
         import os
 
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return cfg

@@ -56,25 +56,27 @@ def init_parallel_state(
     torch.manual_seed(seed) if torch.cuda.is_available() else torch.default_generator.manual_seed(seed)
 
 
-def init_from_args(args) -> None:
-    """Device, process group and parallel state for a run described by parsed args."""
+def init_from_args(cfg, training: bool = False):
+    """Device, layer spec, process group and parallel state for a run; returns the config with the device and
+    the layer spec resolved."""
     from megatron_sft.runtime.device import setup_device
     from megatron_sft.runtime.versions import apex_available, check_versions
 
     check_versions()
-    setup_device(args)
-    log.info("device %s, transformer implementation %s, Apex %s", args.device, args.transformer_impl,
+    cfg = setup_device(cfg, training)
+    log.info("device %s, transformer implementation %s, Apex %s", cfg.runtime.device, cfg.runtime.transformer_impl,
              "found" if apex_available() else "not installed (optional)")
-    init_process_group(args.device, getattr(args, "distributed_timeout_minutes", 10.0))
+    init_process_group(cfg.runtime.device, cfg.parallel.distributed_timeout_minutes)
     init_parallel_state(
-        tp=args.tensor_model_parallel_size,
-        pp=args.pipeline_model_parallel_size,
-        cp=args.context_parallel_size,
-        ep=args.expert_model_parallel_size,
-        etp=args.expert_tensor_parallel_size,
-        vp=getattr(args, "virtual_pipeline_model_parallel_size", None),
-        seed=args.seed,
+        tp=cfg.parallel.tensor_model_parallel_size,
+        pp=cfg.parallel.pipeline_model_parallel_size,
+        cp=cfg.parallel.context_parallel_size,
+        ep=cfg.parallel.expert_model_parallel_size,
+        etp=cfg.parallel.expert_tensor_parallel_size,
+        vp=cfg.parallel.virtual_pipeline_model_parallel_size,
+        seed=cfg.training.seed,
     )
+    return cfg
 
 
 def shutdown() -> None:

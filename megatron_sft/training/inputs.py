@@ -30,10 +30,10 @@ class PackedLayout:
         return (seq_length * micro_batch_size, 1) if self.thd else (seq_length, micro_batch_size)
 
     @classmethod
-    def from_args(cls, args) -> PackedLayout:
+    def from_args(cls, cfg) -> PackedLayout:
         from megatron.core import parallel_state as ps
 
-        return cls(thd=args.attention_backend == "auto", cp_size=ps.get_context_parallel_world_size(),
+        return cls(thd=cfg.runtime.attention_backend == "auto", cp_size=ps.get_context_parallel_world_size(),
                    cp_rank=ps.get_context_parallel_rank())
 
 

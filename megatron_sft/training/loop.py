@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from megatron_sft.checkpointing.loading import args_record, hf_assets_source
+from megatron_sft.checkpointing.loading import hf_assets_source
 from megatron_sft.errors import UserError
+from megatron_sft.models.builder import padded_vocab_size
 from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, save_loss_curve, training_flops
 from megatron_sft.training.progress import Progress
 from megatron_sft.training.runlog import RunFiles
@@ -26,49 +27,50 @@ class TrainingDiverged(UserError):
     """NaN/Inf loss or gradient norm: the run stops, the last good checkpoint stays the latest."""
 
 
-def resolve_epochs(args, packs_per_epoch: int) -> None:
+def resolve_epochs(cfg, packs_per_epoch: int):
     """--train-epochs N: N passes over the training split, in iterations (the last one may reach a little
     past the N-th pass); the LR schedule decays over them unless --lr-decay-iters says otherwise."""
-    epochs = getattr(args, "train_epochs", None)
+    epochs = cfg.training.train_epochs
     if epochs is None:
-        return
-    args.train_iters = math.ceil(epochs * packs_per_epoch / args.global_batch_size)
-    args.lr_decay_iters = args.lr_decay_iters or args.train_iters
-    warmup = args.lr_warmup_iters
-    if args.lr_warmup_fraction is None and warmup and warmup >= args.lr_decay_iters:
+        return cfg
+    iters = math.ceil(epochs * packs_per_epoch / cfg.training.global_batch_size)
+    cfg = cfg.replace(train_iters=iters, lr_decay_iters=cfg.training.lr_decay_iters or iters)
+    warmup = cfg.training.lr_warmup_iters
+    if cfg.training.lr_warmup_fraction is None and warmup and warmup >= cfg.training.lr_decay_iters:
         raise UserError(f"--lr-warmup-iters {warmup} must be shorter than the decay: --train-epochs {epochs} is "
-                        f"{args.train_iters} iterations here ({packs_per_epoch} packed sequences per epoch, global "
-                        f"batch {args.global_batch_size}); use e.g. --lr-warmup-iters {args.train_iters // 10}")
+                        f"{iters} iterations here ({packs_per_epoch} packed sequences per epoch, global batch "
+                        f"{cfg.training.global_batch_size}); use e.g. --lr-warmup-iters {iters // 10}")
     log.info("--train-epochs %s: %d packed sequences per epoch, global batch %d -> %d iterations", epochs,
-             packs_per_epoch, args.global_batch_size, args.train_iters)
+             packs_per_epoch, cfg.training.global_batch_size, cfg.training.train_iters)
+    return cfg
 
 
-def _log_batch(args, train) -> None:
+def _log_batch(cfg, train) -> None:
     per_pack = (train.conversations_per_epoch or 0) / train.packs_per_epoch
     log.info("batch: %d packed sequences per step x %.2f conversations per pack = ~%.1f conversations per step "
-             "(%d micro-batches of %d per data-parallel rank)", args.global_batch_size, per_pack,
-             args.global_batch_size * per_pack, args.num_microbatches, args.micro_batch_size)
+             "(%d micro-batches of %d per data-parallel rank)", cfg.training.global_batch_size, per_pack,
+             cfg.training.global_batch_size * per_pack, cfg.training.num_microbatches, cfg.training.micro_batch_size)
 
 
-def total_iterations(args) -> int:
-    if args.train_iters is not None:
-        return args.train_iters
-    return math.ceil(args.train_samples / args.global_batch_size)
+def total_iterations(cfg) -> int:
+    if cfg.training.train_iters is not None:
+        return cfg.training.train_iters
+    return math.ceil(cfg.training.train_samples / cfg.training.global_batch_size)
 
 
-def _batch_counts(batches: list[dict], args) -> torch.Tensor:
+def _batch_counts(batches: list[dict], cfg) -> torch.Tensor:
     """[real tokens, supervised tokens, FLOPs] of this rank's micro-batches, summed over DP."""
     from megatron.core import parallel_state as ps
 
     lengths = [n for b in batches for n in sample_lengths(b)]
     counts = torch.tensor([sum(lengths), sum(float(b["num_supervised"]) for b in batches),
-                           training_flops(lengths, args)], dtype=torch.float64)
+                           training_flops(lengths, cfg)], dtype=torch.float64)
     torch.distributed.all_reduce(counts, group=ps.get_data_parallel_group())
     return counts
 
 
-def _check_finite(result, iteration: int, args, last_save: str | None) -> None:
-    if not args.check_for_nan_in_loss_and_grad:
+def _check_finite(result, iteration: int, cfg, last_save: str | None) -> None:
+    if not cfg.training.check_for_nan_in_loss_and_grad:
         return
     bad = [name for name, v in (("loss", result.loss), ("grad norm", result.grad_norm))
            if v is not None and not math.isfinite(v)]
@@ -79,40 +81,42 @@ def _check_finite(result, iteration: int, args, last_save: str | None) -> None:
         )
 
 
-def _load_tokenizer(args):
+def _load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
-    source = args.tokenizer_model or hf_assets_source(args)
+    source = cfg.tokenizer.tokenizer_model or hf_assets_source(cfg)
     if source is None:
         raise UserError("no tokenizer: pass --tokenizer-model (a Hugging Face directory or name)")
     return AutoTokenizer.from_pretrained(str(source))
 
 
-def _build_data(args, tokenizer, consumed_samples: int):
+def _build_data(cfg, tokenizer, consumed_samples: int):
     from megatron.core import parallel_state as ps
 
     from megatron_sft.data import DataConfig, build_sft_datasets
 
-    return build_sft_datasets(DataConfig.from_args(args), tokenizer, dp_rank=ps.get_data_parallel_rank(),
+    return build_sft_datasets(DataConfig.from_args(cfg), tokenizer, dp_rank=ps.get_data_parallel_rank(),
                               dp_size=ps.get_data_parallel_world_size(), consumed_samples=consumed_samples)
 
 
 class Trainer:
     """Holds what one run needs; each phase of a step is a named method."""
 
-    def __init__(self, args, files: RunFiles | None = None):
+    def __init__(self, cfg, files: RunFiles | None = None):
         from megatron_sft.training.setup import build_training_model
 
-        self.args = args
-        self.files = files if files is not None else RunFiles(args.save)
-        self.tokenizer = _load_tokenizer(args)
-        resume = resume_point(args)
+        self.cfg = cfg
+        self.files = files if files is not None else RunFiles(cfg.checkpoint.save)
+        self.tokenizer = _load_tokenizer(cfg)
+        resume = resume_point(cfg)
         self.state = resume[1] if resume is not None else TrainState()
         # Data first: --train-epochs sizes the run (and the LR schedule) from the training split.
-        self.data = _build_data(args, self.tokenizer, self.state.consumed_samples)
-        resolve_epochs(args, self.data.train.packs_per_epoch)
-        _log_batch(args, self.data.train)
-        self.model = build_training_model(args, len(self.tokenizer), resume is not None)
+        self.data = _build_data(cfg, self.tokenizer, self.state.consumed_samples)
+        cfg = self.cfg = resolve_epochs(cfg, self.data.train.packs_per_epoch)
+        # Recorded in run_args.json, so a model trained from scratch reloads with the same vocabulary.
+        cfg = self.cfg = cfg.replace(padded_vocab_size=padded_vocab_size(cfg, len(self.tokenizer)))
+        _log_batch(cfg, self.data.train)
+        self.model = build_training_model(cfg, resume is not None)
         if resume is not None:
             load_training_checkpoint(resume[0], self.model, self.state)
         self.train_batches = iter(self.data.train)
@@ -121,30 +125,31 @@ class Trainer:
         self.eval_history: list[tuple[int, float]] = []
         self.last_save: str | None = None
         self.saved_iteration: int | None = None
-        self.exit = ExitController(args)
-        self.reporters = Reporters(args, torch.distributed.get_rank() == 0)
+        self.exit = ExitController(cfg)
+        self.reporters = Reporters(cfg, torch.distributed.get_rank() == 0)
         self.peak_flops = gpu_peak_flops()
         self.totals = torch.zeros(3, dtype=torch.float64)  # tokens, supervised tokens, FLOPs
         self.train_seconds = 0.0
 
     def next_global_batch(self) -> list[dict]:
-        batches = list(itertools.islice(self.train_batches, self.args.num_microbatches))
-        if len(batches) < self.args.num_microbatches:
+        batches = list(itertools.islice(self.train_batches, self.cfg.training.num_microbatches))
+        if len(batches) < self.cfg.training.num_microbatches:
             raise RuntimeError("the training data stream ended; it should restart epochs by itself")
         return batches
 
     def step(self) -> dict:
-        args = self.args
+        cfg = self.cfg
         batches = self.next_global_batch()
         t0 = time.perf_counter()
-        result = train_step(self.model, batches, args.seq_length, args.micro_batch_size, args.global_batch_size)
+        result = train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
+                            cfg.training.global_batch_size)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         self.state.iteration += 1
-        self.state.consumed_samples += args.global_batch_size
+        self.state.consumed_samples += cfg.training.global_batch_size
         self.state.optimizer_steps += 0 if result.skipped else 1
-        _check_finite(result, self.state.iteration, args, self.last_save)
-        counts = _batch_counts(batches, args)
+        _check_finite(result, self.state.iteration, cfg, self.last_save)
+        counts = _batch_counts(batches, cfg)
         self.totals += counts
         self.history.append((self.state.iteration, result.loss))
         world = torch.distributed.get_world_size()
@@ -154,17 +159,17 @@ class Trainer:
                 "mfu": mfu, "epoch": self.state.consumed_samples / self.data.train.packs_per_epoch}
 
     def maybe_evaluate(self, force: bool = False) -> None:
-        args = self.args
-        if self.data.valid is None or not args.eval_iters:
+        cfg = self.cfg
+        if self.data.valid is None or not cfg.logging.eval_iters:
             return
-        if not force and (not args.eval_interval or self.state.iteration % args.eval_interval):
+        if not force and (not cfg.logging.eval_interval or self.state.iteration % cfg.logging.eval_interval):
             return
         if self.eval_history and self.eval_history[-1][0] == self.state.iteration:
             return  # already validated at this iteration
         # At most one pass over the validation split: more would count the same packs twice.
-        one_pass = math.ceil(self.data.valid.packs_per_epoch / args.global_batch_size)
-        loss = evaluate(self.model, iter(self.data.valid), min(args.eval_iters, one_pass), args.num_microbatches,
-                        args.seq_length, args.micro_batch_size)
+        one_pass = math.ceil(self.data.valid.packs_per_epoch / cfg.training.global_batch_size)
+        loss = evaluate(self.model, iter(self.data.valid), min(cfg.logging.eval_iters, one_pass),
+                        cfg.training.num_microbatches, cfg.data.seq_length, cfg.training.micro_batch_size)
         self.eval_history.append((self.state.iteration, loss))
         ppl = math.exp(min(loss, 50.0))
         log.info("validation at iteration %d | loss %.5f | perplexity %.3f", self.state.iteration, loss, ppl)
@@ -173,25 +178,25 @@ class Trainer:
                                self.state.iteration)
 
     def save(self) -> None:
-        if not self.args.save:
+        if not self.cfg.checkpoint.save:
             return
-        path = save_training_checkpoint(self.args.save, self.model, self.state, args_record(self.args),
-                                        hf_assets_source(self.args))
+        path = save_training_checkpoint(self.cfg.checkpoint.save, self.model, self.state, self.cfg.to_record(),
+                                        hf_assets_source(self.cfg))
         self.last_save, self.saved_iteration = str(path), self.state.iteration
 
     def run(self) -> None:
-        args, total = self.args, total_iterations(self.args)
-        progress = Progress(self.state.iteration, total, args.log_interval)
+        cfg, total = self.cfg, total_iterations(self.cfg)
+        progress = Progress(self.state.iteration, total, cfg.logging.log_interval)
         reason = None
         while self.state.iteration < total and reason is None:
             figures = self.step()
             self.records.append(figures)
             progress.update(self.state.iteration, figures)
-            if self.state.iteration % max(1, args.log_interval) == 0 or self.state.iteration == total:
+            if self.state.iteration % max(1, cfg.logging.log_interval) == 0 or self.state.iteration == total:
                 self.files.write("train", self.state.iteration, figures)
             self.reporters.scalars({f"train/{k}": v for k, v in figures.items()}, self.state.iteration)
             self.maybe_evaluate()
-            if args.save_interval and self.state.iteration % args.save_interval == 0:
+            if cfg.checkpoint.save_interval and self.state.iteration % cfg.checkpoint.save_interval == 0:
                 self.save()
             reason = self.exit.reason_to_exit(self.state.iteration)
         progress.close()
@@ -202,7 +207,7 @@ class Trainer:
             log.info("stopping early: %s", reason)
         else:
             self.maybe_evaluate(force=True)  # as Megatron-LM, validate once more at the end of training
-        if self.args.save and self.saved_iteration != self.state.iteration:
+        if self.cfg.checkpoint.save and self.saved_iteration != self.state.iteration:
             self.save()
         if self.last_save and torch.distributed.get_rank() == 0:
             save_loss_curve(self.history, self.eval_history, Path(self.last_save) / "loss_curve.png")
@@ -222,31 +227,26 @@ class Trainer:
                  tokens / secs, supervised / secs, self.last_save or "not saved (no --save)")
 
 
-def choose_transformer_impl(args) -> None:
-    """Training runs on the local spec, whose attention keeps packed samples apart (the packed THD
-    attention by default, or Megatron's own with an explicit mask). Transformer Engine would need its
-    THD path verified on a GPU first."""
-    if args.transformer_impl == "transformer_engine":
-        raise UserError("--transformer-impl transformer_engine: packed SFT training on Transformer Engine is not "
-                        "available yet; use --transformer-impl local (packed attention, --attention-backend auto)")
-    if args.transformer_impl is None:
-        args.transformer_impl = "local"
-        how = "packed per-sample attention" if args.attention_backend == "auto" else "an explicit block mask"
-        args.notices.append(f"training uses the local layer spec with --attention-backend "
-                            f"{args.attention_backend} ({how})")
-
-
-def finetune(args) -> Trainer:
-    """Train as `args` say; returns the Trainer (its history is what tests and tools read)."""
+def start_training(cfg, files: RunFiles | None = None) -> Trainer:
+    """The one start-up sequence of a training run: finetune.py, sft(), the tests' workers and tools/bench_*.
+    Device, layer spec and process groups, the notices, then data, model and resume inside the Trainer."""
     from megatron_sft.runtime.distributed import init_from_args
 
-    files = RunFiles(args.save)  # training.log gets the start-up lines too
+    from megatron_sft.arguments.resolve import describe_sources
+
+    cfg = init_from_args(cfg, training=True)
+    for line in describe_sources(cfg):
+        log.info("%s", line)
+    for notice in cfg.notices:
+        log.info("note: %s", notice)
+    return Trainer(cfg, files)
+
+
+def finetune(cfg) -> Trainer:
+    """Train as `cfg` says; returns the Trainer (its history is what tests and tools read)."""
+    files = RunFiles(cfg.checkpoint.save)  # training.log gets the start-up lines too
     try:
-        choose_transformer_impl(args)
-        init_from_args(args)
-        for notice in getattr(args, "notices", []):
-            log.info("note: %s", notice)
-        trainer = Trainer(args, files)
+        trainer = start_training(cfg, files)
         trainer.run()
     finally:
         files.close()

@@ -36,15 +36,15 @@ def sample_lengths(batch: dict) -> list[int]:
     return lengths
 
 
-def training_flops(lengths: list[int], args) -> float:
+def training_flops(lengths: list[int], cfg) -> float:
     """Megatron's causal FLOPs (forward + backward = 3x forward) for samples of these lengths."""
-    h, layers = args.hidden_size, args.num_layers
-    q = args.num_attention_heads * args.kv_channels
-    kv = 2 * args.num_query_groups * args.kv_channels
-    ffn = args.ffn_hidden_size * (3 if args.swiglu else 2)
-    if getattr(args, "num_experts", None):
-        ffn = args.moe_ffn_hidden_size * 3 * args.moe_router_topk
-    per_token = 2 * layers * (h * (q + kv) + q * h + h * ffn) + 2 * h * args.padded_vocab_size
+    h, layers = cfg.model.hidden_size, cfg.model.num_layers
+    q = cfg.model.num_attention_heads * cfg.model.kv_channels
+    kv = 2 * cfg.model.num_query_groups * cfg.model.kv_channels
+    ffn = cfg.model.ffn_hidden_size * (3 if cfg.model.swiglu else 2)
+    if cfg.model.num_experts:
+        ffn = cfg.model.moe_ffn_hidden_size * 3 * cfg.model.moe_router_topk
+    per_token = 2 * layers * (h * (q + kv) + q * h + h * ffn) + 2 * h * cfg.model.padded_vocab_size
     # causal attention: scores and weighted sum, 2 matmuls, each L*(L+1)/2 dot products of size q
     attention = sum(2 * 2 * layers * q * n * (n + 1) / 2 for n in lengths)
     return 3.0 * (per_token * sum(lengths) + attention)
@@ -53,22 +53,22 @@ def training_flops(lengths: list[int], args) -> float:
 class Reporters:
     """TensorBoard and wandb, only on the rank that logs, only when asked for."""
 
-    def __init__(self, args, is_logging_rank: bool):
+    def __init__(self, cfg, is_logging_rank: bool):
         self.tb = self.wandb = None
         if not is_logging_rank:
             return
-        if args.tensorboard_dir:
+        if cfg.logging.tensorboard_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
                 raise UserError("--tensorboard-dir needs tensorboard: pip install 'megatron_sft[loggers]'") from e
-            self.tb = SummaryWriter(args.tensorboard_dir)
-        if args.wandb_project:
+            self.tb = SummaryWriter(cfg.logging.tensorboard_dir)
+        if cfg.logging.wandb_project:
             try:
                 import wandb
             except ImportError as e:
                 raise UserError("--wandb-project needs wandb: pip install wandb") from e
-            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name or None)
+            self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.logging.wandb_exp_name or None)
 
     def scalars(self, values: dict, step: int) -> None:
         if self.tb:

@@ -1,4 +1,4 @@
-"""Model chunks wrapped in Megatron DDP, the optimizer and the LR scheduler, from resolved args."""
+"""Model chunks wrapped in Megatron DDP, the optimizer and the LR scheduler, from the run config."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from megatron_sft.checkpointing.loading import import_dtype, load_weights
 from megatron_sft.config import ddp_config, optimizer_config, transformer_config
-from megatron_sft.models.builder import build_model_chunks, padded_vocab_size
+from megatron_sft.models.builder import build_model_chunks
 from megatron_sft.training.inputs import PackedLayout
 
 log = logging.getLogger(__name__)
@@ -31,47 +31,47 @@ def unwrap(chunk):
     return chunk
 
 
-def scheduler_steps(args) -> dict:
+def scheduler_steps(cfg) -> dict:
     """Warmup / decay lengths in samples, as Megatron-LM counts them (1 iteration = GBS samples)."""
-    gbs = args.global_batch_size
-    if args.train_samples is not None:
-        decay = args.lr_decay_samples or args.train_samples
-        warmup = args.lr_warmup_samples
-        wsd = args.lr_wsd_decay_samples
+    gbs = cfg.training.global_batch_size
+    if cfg.training.train_samples is not None:
+        decay = cfg.training.lr_decay_samples or cfg.training.train_samples
+        warmup = cfg.training.lr_warmup_samples
+        wsd = cfg.training.lr_wsd_decay_samples
     else:
-        decay = (args.lr_decay_iters or args.train_iters) * gbs
-        warmup = args.lr_warmup_iters * gbs
-        wsd = args.lr_wsd_decay_iters * gbs if args.lr_wsd_decay_iters else None
-    if args.lr_warmup_fraction is not None:
-        warmup = int(args.lr_warmup_fraction * decay)
+        decay = (cfg.training.lr_decay_iters or cfg.training.train_iters) * gbs
+        warmup = cfg.training.lr_warmup_iters * gbs
+        wsd = cfg.training.lr_wsd_decay_iters * gbs if cfg.training.lr_wsd_decay_iters else None
+    if cfg.training.lr_warmup_fraction is not None:
+        warmup = int(cfg.training.lr_warmup_fraction * decay)
     return {"lr_warmup_steps": warmup, "lr_decay_steps": decay, "wsd_decay_steps": wsd}
 
 
-def build_scheduler(args, optimizer):
+def build_scheduler(cfg, optimizer):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    steps = scheduler_steps(args)
+    steps = scheduler_steps(cfg)
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0 if steps["lr_warmup_steps"] else args.lr,
-        max_lr=args.lr,
-        min_lr=args.min_lr,
+        init_lr=0.0 if steps["lr_warmup_steps"] else cfg.training.lr,
+        max_lr=cfg.training.lr,
+        min_lr=cfg.training.min_lr,
         lr_warmup_steps=steps["lr_warmup_steps"],
         lr_decay_steps=steps["lr_decay_steps"],
-        lr_decay_style=args.lr_decay_style,
-        start_wd=args.weight_decay,
-        end_wd=args.weight_decay,
+        lr_decay_style=cfg.training.lr_decay_style,
+        start_wd=cfg.training.weight_decay,
+        end_wd=cfg.training.weight_decay,
         wd_incr_steps=steps["lr_decay_steps"],
         wd_incr_style="constant",
         wsd_decay_steps=steps["wsd_decay_steps"],
-        lr_wsd_decay_style=args.lr_wsd_decay_style,
+        lr_wsd_decay_style=cfg.training.lr_wsd_decay_style,
     )
 
 
-def _wrap_ddp(args, config, chunks: list) -> list:
+def _wrap_ddp(cfg, config, chunks: list) -> list:
     from megatron.core.distributed import DistributedDataParallel
 
-    ddp_cfg = ddp_config(args)
+    ddp_cfg = ddp_config(cfg)
     # Only the first chunk buckets its grads: Megatron-LM's choice for interleaved pipelines.
     return [DistributedDataParallel(config=config, ddp_config=ddp_cfg, module=c, disable_bucketing=i > 0)
             for i, c in enumerate(chunks)]
@@ -86,30 +86,28 @@ def _hook_schedules(config, ddp_chunks: list, optimizer) -> None:
     config.grad_scale_func = optimizer.scale_loss
 
 
-def build_training_model(args, tokenizer_vocab: int, resume: bool) -> TrainingModel:
+def build_training_model(cfg, resume: bool) -> TrainingModel:
     """Weights are loaded before the optimizer exists, so its fp32 main params copy them.
 
     On a full resume the weights come later, together with the optimizer state.
     """
     from megatron.core.optimizer import get_megatron_optimizer
 
-    config = transformer_config(args)
-    # Recorded in run_args.json, so a model trained from scratch reloads with the same vocabulary.
-    args.padded_vocab_size = padded_vocab_size(args, tokenizer_vocab)
-    chunks = build_model_chunks(args, config, args.padded_vocab_size)
+    config = transformer_config(cfg)
+    chunks = build_model_chunks(cfg, config, cfg.model.padded_vocab_size)
     lora = None
-    if args.peft == "lora":  # the frozen base is loaded now even on a resume: checkpoints do not hold it
+    if cfg.lora.peft == "lora":  # the frozen base is loaded now even on a resume: checkpoints do not hold it
         from megatron_sft.peft.model import build_lora_model
 
-        lora = build_lora_model(args, chunks, import_dtype(args), load_adapters=not resume)
+        lora = build_lora_model(cfg, chunks, import_dtype(cfg), load_adapters=not resume)
         loaded_iteration = lora.iteration
     else:
-        loaded_iteration = None if resume else load_weights(args, chunks)
-    ddp_chunks = _wrap_ddp(args, config, chunks)
-    optimizer = get_megatron_optimizer(optimizer_config(args), ddp_chunks)
+        loaded_iteration = None if resume else load_weights(cfg, chunks)
+    ddp_chunks = _wrap_ddp(cfg, config, chunks)
+    optimizer = get_megatron_optimizer(optimizer_config(cfg), ddp_chunks)
     _hook_schedules(config, ddp_chunks, optimizer)
-    scheduler = build_scheduler(args, optimizer)
+    scheduler = build_scheduler(cfg, optimizer)
     n_params = sum(p.numel() for c in chunks for p in c.parameters())
     log.info("model built: %.2fM parameters on this rank", n_params / 1e6)
-    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded_iteration, PackedLayout.from_args(args),
+    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded_iteration, PackedLayout.from_args(cfg),
                          lora)

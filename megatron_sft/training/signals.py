@@ -11,9 +11,10 @@ import torch
 class ExitController:
     """SIGTERM (a scheduler's preemption notice) asks for a clean save-and-exit at the next step end."""
 
-    def __init__(self, args):
-        self.exit_interval = args.exit_interval
-        self.deadline = time.time() + 60 * args.exit_duration_in_mins if args.exit_duration_in_mins else None
+    def __init__(self, cfg):
+        self.exit_interval = cfg.training.exit_interval
+        minutes = cfg.training.exit_duration_in_mins
+        self.deadline = time.time() + 60 * minutes if minutes else None
         self.sigterm = False
         signal.signal(signal.SIGTERM, self._on_sigterm)
 

@@ -22,7 +22,7 @@ from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sh
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
-TRAIN_STATE = "train_state.json"
+TRAIN_STATE = layout.TRAIN_STATE
 OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
@@ -137,15 +137,9 @@ def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
 
     saved, now = state.layout, _layout()
     saved.setdefault("cp", 1)  # checkpoints from before context parallelism existed
-    fixed = ("tp", "pp", "ep", "cp")  # the data position also depends on CP (samples are padded to 2 x CP)
-    if any(saved.get(k) != now[k] for k in fixed):
-        was = " ".join(f"{k.upper()}={saved.get(k)}" for k in fixed)
-        run = " ".join(f"{k.upper()}={now[k]}" for k in fixed)
-        raise UserError(
-            f"{ckpt_dir}: saved at {was}, resumed at {run}; the optimizer state and the data position carry over "
-            "only when DP changes: resume at the saved TP/PP/EP/CP, or add --finetune to start a new run from "
-            "its weights"
-        )
+    problem = layout.resume_layout_problem(ckpt_dir, saved, now)  # checked at parse time too; this is the truth
+    if problem:
+        raise UserError(problem)
     _allocate_optimizer_state(model.optimizer)
     sharded = _training_sharded_state(model, is_loading=True, with_rng=saved.get("dp") == now["dp"])
     loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
@@ -170,13 +164,13 @@ def _set_rng(state: dict) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def resume_point(args) -> tuple[Path, TrainState] | None:
+def resume_point(cfg) -> tuple[Path, TrainState] | None:
     """The checkpoint to resume fully, or None when starting fresh (HF import, --finetune, weights-only)."""
-    if getattr(args, "load_format", None) != "megatron":
+    if cfg.checkpoint.load_format != "megatron":
         return None
-    ckpt_dir, _ = layout.latest_checkpoint_dir(args.load)
+    ckpt_dir, _ = layout.latest_checkpoint_dir(cfg.checkpoint.load)
     state = read_train_state(ckpt_dir)
-    if args.finetune:
+    if cfg.checkpoint.finetune:
         return None
     if state is None:
         log.info("%s holds weights only (no %s): starting a new run from its weights, as with --finetune",

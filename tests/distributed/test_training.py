@@ -184,12 +184,13 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_models, results):
              "--data-cache-dir", str(results["out"] / "cache"), "--device", "cpu", "--seq-length", "64",
              "--global-batch-size", "4", "--lr", "1e-3", "--train-iters", "10", "--save-interval", "5",
              "--save", str(out), "--split", "100,0,0", "--log-interval", "1000"]
-    def command(flag_list):
+    def command(entry, flag_list):
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", f"--master_port={free_port()}",
-                str(REPO / "examples" / "finetune.py"), *flag_list]
+                *entry, *flag_list]
 
-    cmd = command(flags)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEGATRON_SFT_TEST_PAUSE_SAVE": "iter_0000010:300"}
+    paused = [str(REPO / "tests" / "distributed" / "workers" / "paused_save.py"), "iter_0000010", "300"]
+    cmd = command(paused, flags)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True, cwd=REPO)
     try:
@@ -204,8 +205,8 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_models, results):
     assert (out / "iter_0000010").is_dir(), "the partial save should exist on disk"
     assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "5"
     resume = [f if f != str(tiny_models["qwen3"]) else str(out) for f in flags]
-    done = subprocess.run(command(resume), capture_output=True,
-                          text=True, env={**env, "MEGATRON_SFT_TEST_PAUSE_SAVE": ""}, timeout=300, cwd=REPO)
+    done = subprocess.run(command([str(REPO / "examples" / "finetune.py")], resume), capture_output=True,
+                          text=True, env=env, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed" in done.stdout and "iteration 5" in done.stdout
     assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "10"

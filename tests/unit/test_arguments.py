@@ -196,6 +196,8 @@ def test_several_problems_are_reported_together(tmp_path):
         "64",
         "--pipeline-model-parallel-size",
         "3",
+        "--data-path",
+        "chat.jsonl",
     ]
     found = problems(argv, world_size=3)
     assert len(found) == 4, found
@@ -247,7 +249,7 @@ def test_sequence_parallel_at_tp1_is_a_notice():
 
 
 def test_sample_and_iteration_schedules_do_not_mix():
-    base = "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --lr 1e-5 --seq-length 32".split()
+    base = "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --lr 1e-5 --seq-length 32 --data-path c".split()
     found = problems(base + ["--train-samples", "100", "--lr-decay-iters", "10"])
     assert found == ["--lr-decay-iters counts iterations; with --train-samples use --lr-decay-samples"]
     assert parse_args(base + ["--train-iters", "7"]).lr_decay_iters == 7
@@ -390,6 +392,7 @@ def test_warmup_must_be_shorter_than_decay():
 
 
 ARCH = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "64", "--lr", "1e-4"]
+DATA = ["--data-path", "chat.jsonl"]
 
 
 def test_per_split_data_paths_do_not_mix_with_data_path_and_split():
@@ -400,16 +403,16 @@ def test_per_split_data_paths_do_not_mix_with_data_path_and_split():
     assert problems(ARCH + ["--train-iters", "2", "--valid-data-path", "v.jsonl"]) == [
         "--valid-data-path without --train-data-path: give the training files too"]
     args = parse_args(ARCH + ["--train-iters", "2", "--train-data-path", "t.jsonl", "--valid-data-path", "v.jsonl"])
-    assert args.split is None and args.train_data_path == ["t.jsonl"]
+    assert args.data.per_split and args.train_data_path == ["t.jsonl"]  # --split does not apply
     assert parse_args(ARCH + ["--train-iters", "2", "--data-path", "a.jsonl"]).split == "969,30,1"
 
 
 def test_train_epochs_replace_iterations_or_samples():
-    found = problems(ARCH + ["--train-epochs", "2", "--train-iters", "5", "--lr-warmup-samples", "3"])
+    found = problems(ARCH + DATA + ["--train-epochs", "2", "--train-iters", "5", "--lr-warmup-samples", "3"])
     assert "give --train-iters or --train-samples or --train-epochs, not --train-iters and --train-epochs" in found
     assert any(p.startswith("--lr-warmup-samples counts samples; with --train-epochs use") for p in found)
-    assert problems(ARCH + ["--train-epochs", "0"]) == ["--train-epochs 0 must be at least 1"]
-    assert problems(ARCH + ["--train-epochs", "1", "--max-sample-length", "128"]) == [
+    assert problems(ARCH + DATA + ["--train-epochs", "0"]) == ["--train-epochs 0 must be at least 1"]
+    assert problems(ARCH + DATA + ["--train-epochs", "1", "--max-sample-length", "128"]) == [
         "--max-sample-length 128 must be between 2 and --seq-length 64"]
 
 
@@ -419,10 +422,10 @@ def test_train_epochs_replace_iterations_or_samples():
     (["--context-parallel-size", "2", "--cp-comm-type", "p2p"], "--cp-comm-type p2p: the packed attention"),
 ])
 def test_attention_backend_and_cp_comm_type_are_checked(flags, needle):
-    found = problems(ARCH + ["--train-iters", "2"] + flags, world_size=2)
+    found = problems(ARCH + DATA + ["--train-iters", "2"] + flags, world_size=2)
     assert len(found) == 1 and needle in found[0], found
 
 
 def test_cp_comm_type_without_context_parallelism_is_a_notice():
-    args = parse_args(ARCH + ["--train-iters", "2", "--cp-comm-type", "allgather"])
+    args = parse_args(ARCH + DATA + ["--train-iters", "2", "--cp-comm-type", "allgather"])
     assert "--cp-comm-type allgather has no effect with --context-parallel-size 1" in args.notices

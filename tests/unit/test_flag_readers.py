@@ -1,6 +1,7 @@
 """Every flag the parsers accept is read by the code that acts on it: a flag nothing reads would be accepted
-and silently ignored. Reads inside the parser definitions do not count (validate.py, resolve.py and
-the other checks do: they act on the value, with a problem or a notice)."""
+and silently ignored. Reads inside the parser and the config definitions (arguments/run_config.py,
+data/config.py) do not count; validate.py, derive.py, resolve.py and the other checks do: they act on the
+value, with a problem, a notice or a derived value."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from megatron_sft.arguments import add_inference_args, build_parser
 from megatron_sft.inference.flags import add_generation_extra_args
 
 REPO = Path(__file__).resolve().parents[2]
+CONFIG_DEFINITIONS = {REPO / "megatron_sft" / "arguments" / "run_config.py",
+                      REPO / "megatron_sft" / "data" / "config.py"}
 # Where flags are only declared: reading a dest there does not act on it.
 DECLARATIONS = {"__init__.py", "checkpoint.py", "data.py", "inference.py", "model.py", "parallel.py", "runtime.py",
                 "training.py"}
@@ -27,7 +30,7 @@ def readers(dest: str) -> list[Path]:
     pattern = re.compile(rf"(\.{dest}\b|[\"']{dest}[\"'])")
     files = [*(REPO / "megatron_sft").rglob("*.py"), *(REPO / "tools").glob("*.py"), *(REPO / "examples").glob("*.py")]
     return [f for f in files if not (f.parent.name == "arguments" and f.name in DECLARATIONS)
-            and pattern.search(f.read_text())]
+            and f not in CONFIG_DEFINITIONS and pattern.search(f.read_text())]
 
 
 def unread(flags: dict[str, str]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 
 import pytest
 import torch
@@ -13,8 +12,10 @@ from megatron_sft.inference.prompts import DEFAULT_PROMPTS, Prompt, load_prompts
 from megatron_sft.inference.sampling import SamplingSettings, choose_tokens
 
 
-def _args(**kw) -> Namespace:
-    return Namespace(**{"prompt": None, "prompts_file": None, **kw})
+def _args(**kw):
+    from megatron_sft.arguments.run_config import RunConfig
+
+    return RunConfig.from_values(kw)
 
 
 def test_prompts_from_flags_then_file_and_defaults(tmp_path):

@@ -86,3 +86,31 @@ def test_flags_that_cannot_be_honoured_are_refused_and_no_ops_said(tmp_path):
                        "--no-masked-softmax-fusion"])
     said = " ".join(args.notices)
     assert all(f in said for f in ("--auto-detect-ckpt-format", "--export-te-mcore-model", "--no-masked-softmax"))
+
+
+def test_resume_at_another_layout_is_refused_before_any_model(tmp_path):
+    """The optimizer state reshards over DP only: a resume at another TP/PP/EP/CP is one line at parse time."""
+    ckpt = megatron_dir(tmp_path, RECORD)
+    state = {"iteration": 100, "layout": {"tp": 2, "pp": 1, "dp": 1, "ep": 1, "cp": 1}}
+    (ckpt / "iter_0000100" / "train_state.json").write_text(json.dumps(state))
+    train = ["--train-iters", "200", "--lr", "1e-4", "--seq-length", "64", "--data-path", "chat.jsonl"]
+    [problem] = problems(["--load", str(ckpt), "--save", str(ckpt), *train])
+    assert "saved at TP=2 PP=1 EP=1 CP=1, resumed at TP=1 PP=1 EP=1 CP=1" in problem and "--finetune" in problem
+    assert parse_args(["--load", str(ckpt), "--tensor-model-parallel-size", "2", *train], world_size=4)  # DP 2
+    assert parse_args(["--load", str(ckpt), "--finetune", *train])  # a new run from its weights: any layout
+    assert parse_args(["--load", str(ckpt)])  # generation, MMLU, conversion: any layout
+
+
+def test_convert_refuses_to_write_into_its_input(tmp_path):
+    from megatron_sft.arguments.inputs import check_not_converting_in_place
+    from megatron_sft.errors import UserError
+
+    ckpt = megatron_dir(tmp_path, RECORD)
+    (ckpt / "iter_0000100" / "train_state.json").write_text(json.dumps({"iteration": 100}))
+    args = parse_args(["--load", str(ckpt), "--save", str(ckpt)])  # a resume may; a conversion may not
+    try:
+        check_not_converting_in_place(args)
+    except UserError as err:
+        assert str(err).startswith(f"--save {ckpt} is --load")
+    else:
+        raise AssertionError("converting a checkpoint into itself was accepted")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 
 from megatron_sft.data.batch import build_pack, collate
@@ -22,8 +20,10 @@ def test_sample_lengths_skip_each_rows_padding():
 
 
 def test_causal_flops_formula():
-    args = SimpleNamespace(hidden_size=8, num_layers=2, num_attention_heads=2, kv_channels=4, num_query_groups=1,
-                           ffn_hidden_size=16, swiglu=True, num_experts=None, padded_vocab_size=32)
+    from megatron_sft.arguments.run_config import RunConfig
+
+    args = RunConfig.from_values(dict(hidden_size=8, num_layers=2, num_attention_heads=2, kv_channels=4,
+                                      num_query_groups=1, ffn_hidden_size=16, swiglu=True, padded_vocab_size=32))
     # per token, forward: 2 FLOPs per weight: qkv 8*(8+2*4), proj 8*8, swiglu mlp 8*16*3, per layer; lm head 8*32
     weights = 2 * (8 * 16 + 8 * 8 + 8 * 48) + 8 * 32
 

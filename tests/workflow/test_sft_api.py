@@ -50,6 +50,9 @@ def test_sft_raises_the_one_line_error(tiny_models, tmp_path):
     with pytest.raises(SFTError, match="no-such.jsonl"):
         sft(model_path=str(tiny_models["qwen3"]), data_path=str(tmp_path / "no-such.jsonl"),
             ckpt_output_dir=str(tmp_path / "ckpt"), max_seq_len=64, quiet=True)
+    model = str(tiny_models["qwen3"])  # saving over the model it starts from: refused as from finetune.py
+    with pytest.raises(SFTError, match="is the model this run starts from"):
+        sft(model_path=model, data_path="x.jsonl", ckpt_output_dir=model, max_seq_len=64, quiet=True)
     with pytest.raises(SFTError, match="max_tokens_per_gpu 32 is below max_seq_len 64"):
         sft(model_path=str(tiny_models["qwen3"]), data_path="x.jsonl", ckpt_output_dir=str(tmp_path / "c"),
             max_seq_len=64, max_tokens_per_gpu=32)

@@ -34,7 +34,7 @@ def setup(argv: list[str]):
     from megatron_sft.runtime.distributed import init_parallel_state, init_process_group
 
     args = parse_args(argv)
-    setup_device(args)
+    args = setup_device(args)
     init_process_group(args.device, args.distributed_timeout_minutes)
     init_parallel_state(tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
                         ep=args.expert_model_parallel_size, etp=args.expert_tensor_parallel_size,

@@ -39,7 +39,7 @@ def setup(argv: list[str]):
     from megatron_sft.runtime.distributed import init_parallel_state, init_process_group
 
     args = parse_args(argv, extra=[add_inference_args, add_generation_extra_args])
-    setup_device(args)
+    args = setup_device(args)
     init_process_group(args.device, args.distributed_timeout_minutes)
     init_parallel_state(tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
                         ep=args.expert_model_parallel_size, etp=args.expert_tensor_parallel_size, seed=args.seed)
@@ -73,7 +73,7 @@ def mmlu_runs(args, chunks, tokenizer) -> dict:
 
     out = {}
     for shots in (0, 2):
-        args.few_shot = shots
+        args = args.replace(few_shot=shots)
         subjects = mmlu_report(args, chunks, tokenizer)["subjects"]
         out[f"shots{shots}"] = {s: r["predictions"] for s, r in subjects.items()}
     return out

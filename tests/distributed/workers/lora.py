@@ -43,12 +43,10 @@ def common(model: Path, cli) -> str:
 
 def train(flags: str):
     from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.distributed import init_from_args
-    from megatron_sft.training.loop import Trainer
+    from megatron_sft.training.loop import start_training
 
     args = parse_args(shlex.split(flags))
-    init_from_args(args)
-    trainer = Trainer(args)
+    trainer = start_training(args)
     trainer.run()
     return trainer, [{"loss": r["loss"], "grad_norm": r["grad_norm"]} for r in trainer.records]
 
@@ -64,7 +62,7 @@ def logits(flags: str, name: str, cli) -> None:
     from megatron_sft.runtime.distributed import init_from_args
 
     args = parse_args(shlex.split(f"{flags} --device cpu --seq-length 32 --distributed-timeout-minutes 3"))
-    init_from_args(args)
+    args = init_from_args(args)
     out = forward_logits(build_and_load(args), torch.load(cli.out / "tokens.pt"))
     if out is not None and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
         (cli.out / "logits").mkdir(exist_ok=True)
@@ -77,7 +75,7 @@ def convert(flags: str) -> None:
     from megatron_sft.runtime.distributed import init_from_args
 
     args = parse_args(shlex.split(f"{flags} --device cpu --distributed-timeout-minutes 3"))
-    init_from_args(args)
+    args = init_from_args(args)
     run(args)
 
 
@@ -107,7 +105,7 @@ def base_unchanged(trainer, family: str, cli) -> float:
     from megatron_sft.training.setup import unwrap
 
     trained = [unwrap(c) for c in trainer.model.chunks]
-    fresh = build_model_chunks(trainer.args, transformer_config(trainer.args), trainer.args.padded_vocab_size)
+    fresh = build_model_chunks(trainer.cfg, transformer_config(trainer.cfg), trainer.cfg.padded_vocab_size)
     import_hf_weights(fresh, cli.models / family, torch.float32)
     worst = 0.0
     for a, b in zip(trained, fresh):

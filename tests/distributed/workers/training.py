@@ -69,12 +69,10 @@ def common(model: Path, data: Path, cache: Path) -> str:
 
 def train(flags: str, capture: list | None = None) -> list[dict]:
     from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.distributed import init_from_args
-    from megatron_sft.training.loop import Trainer
+    from megatron_sft.training.loop import start_training
 
     args = parse_args(shlex.split(flags))
-    init_from_args(args)
-    trainer = Trainer(args)
+    trainer = start_training(args)
     if capture is not None:  # record the global batches this rank trains on
         original = trainer.next_global_batch
         trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
@@ -103,15 +101,13 @@ def validation_run(cli, results: dict) -> None:
     import torch
 
     from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.distributed import init_from_args
-    from megatron_sft.training.loop import Trainer
+    from megatron_sft.training.loop import start_training
 
     flags = (f"--load {cli.models / 'qwen3'} --train-data-path {cli.data} --valid-data-path {cli.long_data} "
              f"--data-cache-dir {cli.out / 'cache'} --device cpu --seq-length 64 --global-batch-size 4 --lr 0 "
              "--train-iters 1 --eval-iters 1000 --log-interval 1000 --seed 7")
     args = parse_args(shlex.split(flags))
-    init_from_args(args)
-    trainer = Trainer(args)
+    trainer = start_training(args)
     seen = []
     collate = trainer.data.valid.collate
     trainer.data.valid.collate = lambda rows: seen.append(collate(rows)) or seen[-1]

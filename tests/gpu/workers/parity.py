@@ -80,7 +80,7 @@ def main() -> None:
     for dtype, flags in (("fp32", []), ("bf16", ["--bf16"])):
         for impl in impls:
             args = parse_args(["--load", str(paths.model), "--device", "cuda", "--transformer-impl", impl] + flags)
-            init_from_args(args)
+            args = init_from_args(args)
             ours = forward_logits(build_and_load(args), tokens)
             results[f"transformers/{impl}/{dtype}"] = (ours[..., : ref.shape[-1]] - ref).abs().max().item()
         for name, diff in packed_checks(paths.model, flags).items():

@@ -1,0 +1,322 @@
+"""The run's configuration: typed, documented, frozen sections, built once from the flags by parse_args.
+
+    cfg = parse_args(argv)               # resolved (flag > checkpoint > default), derived, validated, frozen
+    transformer_config(cfg.model, ...)   # each module reads the section it needs
+    cfg.replace(train_iters=120)         # the few values known only later make a new config, never an edit
+    cfg.to_record() / RunConfig.from_record(record)   # run_args.json, written from it and read back into it
+
+Field names are Megatron-LM's dest names (`--seq-length` -> `seq_length`), so a checkpoint's run_args.json
+reads like Megatron-LM's. Values here are the resolved ones: a field a flag left unset holds the checkpoint's
+value or Megatron's default, never None where Megatron has a default. Flat reads (`cfg.seq_length`) work too,
+for scripts and tests; the package reads sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from argparse import Namespace
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
+from typing import Any
+
+from megatron_sft.data.config import DataConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and numerics of the model, as Megatron-Core builds it."""
+
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    ffn_hidden_size: int | None = None  # default 4h; with SwiGLU 2/3 of that, rounded down to a multiple of 64
+    num_attention_heads: int | None = None
+    group_query_attention: bool = False
+    num_query_groups: int | None = None  # = num_attention_heads without group query attention
+    kv_channels: int | None = None  # head dimension; default hidden / heads
+    max_position_embeddings: int | None = None  # default seq_length
+    position_embedding_type: str = "learned_absolute"
+    rotary_percent: float = 1.0
+    rotary_base: int = 10000
+    use_rope_scaling: bool = False  # Llama 3.x RoPE scaling
+    rope_scaling_factor: float = 8.0
+    normalization: str = "LayerNorm"
+    norm_epsilon: float = 1e-5
+    swiglu: bool = False
+    qk_layernorm: bool = False
+    add_qkv_bias: bool = False
+    add_bias_linear: bool = True
+    untie_embeddings_and_output_weights: bool = False
+    init_method_std: float = 0.02
+    attention_dropout: float = 0.1
+    hidden_dropout: float = 0.1
+    make_vocab_size_divisible_by: int = 128
+    padded_vocab_size: int | None = None  # the checkpoint's vocab_size; None: pad the tokenizer's (fresh models)
+    masked_softmax_fusion: bool = True
+    apply_rope_fusion: bool = True
+    bias_swiglu_fusion: bool = True
+    bias_dropout_fusion: bool = True
+    use_mcore_models: bool = False  # accepted for compatibility; always on
+    num_experts: int | None = None  # None: a dense model
+    moe_ffn_hidden_size: int | None = None  # default ffn_hidden_size
+    moe_router_topk: int = 2
+    moe_router_pre_softmax: bool = False
+    moe_router_score_function: str = "softmax"
+    moe_router_load_balancing_type: str = "aux_loss"
+    moe_aux_loss_coeff: float = 0.0
+    moe_router_dtype: str | None = None
+    moe_token_dispatcher_type: str = "allgather"
+    moe_grouped_gemm: bool = False
+    model_family: str | None = None  # registry family of the checkpoint (qwen3, llama, ...)
+    hf_architecture: str | None = None  # its Hugging Face class name, for export
+    checkpoint_vocab_size: int | None = None
+    checkpoint_vocab_file: str | None = None  # the file vocab_size was read from, for messages
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the model and the batch are split over the processes."""
+
+    world_size: int = 1
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    num_layers_per_virtual_pipeline_stage: int | None = None
+    virtual_pipeline_model_parallel_size: int | None = None  # derived from the above
+    context_parallel_size: int = 1
+    cp_comm_type: list[str] | None = None
+    expert_model_parallel_size: int = 1
+    expert_tensor_parallel_size: int | None = None  # default tensor_model_parallel_size
+    data_parallel_size: int | None = None  # derived: world / (TP x PP x CP)
+    sequence_parallel: bool = False  # turned off (with a notice) at TP 1
+    use_distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    distributed_timeout_minutes: int = 10
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Batch, run length, optimizer, LR schedule, precision and recompute."""
+
+    micro_batch_size: int = 1
+    global_batch_size: int | None = None  # default micro_batch_size x data_parallel_size
+    num_microbatches: int | None = None  # derived: global / (micro x DP)
+    train_iters: int | None = None  # with train_epochs: set once the training split is prepared
+    train_samples: int | None = None
+    train_epochs: int | None = None
+    exit_interval: int | None = None
+    exit_duration_in_mins: int | None = None
+    seed: int = 1234
+    fp16: bool = False
+    bf16: bool = False
+    params_dtype: str = "fp32"  # derived from bf16 / fp16
+    gradient_accumulation_fusion: bool = True
+    check_for_nan_in_loss_and_grad: bool = True
+    recompute_granularity: str | None = None
+    recompute_method: str | None = None
+    recompute_num_layers: int | None = None
+    lr: float | None = None
+    min_lr: float = 0.0
+    clip_grad: float = 1.0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    lr_decay_style: str = "linear"
+    lr_decay_iters: int | None = None  # default train_iters
+    lr_decay_samples: int | None = None  # default train_samples
+    lr_warmup_fraction: float | None = None
+    lr_warmup_iters: int = 0
+    lr_warmup_samples: int = 0
+    lr_wsd_decay_style: str = "exponential"
+    lr_wsd_decay_iters: int | None = None
+    lr_wsd_decay_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    """LoRA adapters (peft "lora") or full fine-tuning (None)."""
+
+    peft: str | None = None
+    lora_rank: int | None = None  # 16 unless a LoRA checkpoint or --lora-load says otherwise
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_target_modules: list[str] | None = None
+    lora_load: str | None = None  # a Hugging Face PEFT adapter folder to start from
+    merge_lora: bool = False  # convert: write a merged full model instead of a PEFT folder
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """What the run reads its model from and where it saves."""
+
+    load: str | None = None
+    pretrained_model_path: str | None = None
+    save: str | None = None
+    save_interval: int | None = None
+    finetune: bool = False  # weights only: iteration, optimizer and RNG start fresh
+    load_optim: bool = True  # only True is accepted: a resume always restores the optimizer
+    load_rng: bool = True
+    ckpt_format: str = "torch_dist"
+    auto_detect_ckpt_format: bool = False
+    export_te_mcore_model: bool = False
+    export_dtype: str | None = None  # default params_dtype
+    import_dtype: str | None = None  # default params_dtype
+    load_format: str | None = None  # derived: "hf" or "megatron", from what --load holds
+    load_iteration_dir: str | None = None  # derived: the iteration directory the tracker names
+    hf_model_path: str | None = None  # derived: the Hugging Face model behind the run (config, tokenizer)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Progress, validation cadence and experiment trackers."""
+
+    log_interval: int = 100
+    eval_interval: int = 1000
+    eval_iters: int = 100
+    tensorboard_dir: str | None = None
+    wandb_project: str = ""
+    wandb_exp_name: str = ""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    tokenizer_type: str = "HuggingFaceTokenizer"
+    tokenizer_model: str | None = None  # default: the Hugging Face model of --load, or the checkpoint's hf_assets/
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Device and layer implementation; device "auto" and transformer_impl None are resolved at start-up."""
+
+    device: str = "auto"
+    transformer_impl: str | None = None
+    attention_backend: str = "auto"
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """generate.py and mmlu.py; absent from the other entry points' parsers, so defaults there."""
+
+    prompt: list[str] | None = None
+    prompts_file: str | None = None
+    chat_template_prompts: bool = False
+    no_chat_template: bool = False
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    enable_thinking: bool = False
+    no_kv_cache: bool = False
+    inference_batch_size: int = 1
+    output: str | None = None
+    mmlu_dataset: str = "cais/mmlu"
+    few_shot: int = 0
+    fraction: float = 1.0
+    lower_bound: float | None = None
+    results: str | None = None
+
+
+SECTIONS = {"model": ModelConfig, "parallel": ParallelConfig, "training": TrainingConfig, "lora": PeftConfig,
+            "data": DataConfig, "tokenizer": TokenizerConfig, "checkpoint": CheckpointConfig,
+            "logging": LoggingConfig, "runtime": RuntimeConfig, "inference": InferenceConfig}
+# Parsed, checked at parse time, and not carried: nothing after validation reads them.
+NOT_CARRIED = {"truncate_long_samples"}
+# Flags that shape data but belong to one section: the data section keeps a copy for the pipeline.
+_SHARED = {"seed": "training", "context_parallel_size": "parallel", "micro_batch_size": "training",
+           "global_batch_size": "training"}
+
+
+def _section_of() -> dict[str, str]:
+    where: dict[str, str] = {}
+    for name, cls in SECTIONS.items():
+        for f in fields(cls):
+            where.setdefault(f.name, name)
+    where.update(_SHARED)
+    return where
+
+
+SECTION_OF = _section_of()  # field name -> the section that owns it
+# A section named like a field would hide the field from flat reads.
+assert not set(SECTIONS) & set(SECTION_OF), set(SECTIONS) & set(SECTION_OF)
+
+
+def _default(section: type, name: str) -> Any:
+    f = section.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's whole configuration. Built by parse_args; never edited, only replaced."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    lora: PeftConfig = field(default_factory=PeftConfig)  # `peft` is the flag: cfg.peft is "lora" or None
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    arch_sources: dict[str, str] = field(default_factory=dict)  # architecture field -> flag, a file, or default
+    notices: tuple[str, ...] = ()  # said once at start-up: flags with no effect, values turned off
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any], **extra: Any) -> RunConfig:
+        """Sections from flat name -> value pairs (a resolved Namespace, or a run_args.json record); names a
+        section does not know are ignored, fields the values lack keep their defaults."""
+        sections = {}
+        for name, section in SECTIONS.items():
+            if section is DataConfig:  # its own reader: lists from strings, defaults for unset values
+                sections[name] = DataConfig.from_args(SimpleNamespace(**values), validate=False)
+                continue
+            given = {f.name: values[f.name] for f in fields(section) if f.name in values}
+            # None from a flag left unset keeps a field's default (a record from an older version may lack it)
+            kept = {k: v for k, v in given.items() if v is not None or _default(section, k) is None}
+            sections[name] = section(**kept)
+        return cls(**sections, **extra)
+
+    @classmethod
+    def from_namespace(cls, args: Namespace) -> RunConfig:
+        """parse_args' last step: the resolved, derived and validated namespace, every value given a section."""
+        values = vars(args)
+        homeless = set(values) - set(SECTION_OF) - NOT_CARRIED - {"notices", "arch_sources"}
+        if homeless:  # a value set during parsing that no section holds would be lost: a bug, not a user error
+            raise RuntimeError(f"no RunConfig section holds {sorted(homeless)}; add them to arguments/run_config.py")
+        return cls.from_values(values, arch_sources=dict(args.arch_sources), notices=tuple(args.notices))
+
+    def __getattr__(self, name: str) -> Any:
+        """Flat read access (`cfg.seq_length`) for scripts and tests: the value from the section owning it."""
+        section = SECTION_OF.get(name)
+        if section is None or name.startswith("__"):
+            raise AttributeError(f"RunConfig has no field {name!r}")
+        return getattr(object.__getattribute__(self, section), name)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A new config with these fields changed, in every section that holds them (data keeps its copies)."""
+        by_section: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if name not in SECTION_OF:
+                raise KeyError(f"RunConfig has no field {name!r}")
+            for section, cls in SECTIONS.items():
+                if name in {f.name for f in fields(cls)}:
+                    by_section.setdefault(section, {})[name] = value
+        new = {s: dataclasses.replace(getattr(self, s), **c) for s, c in by_section.items()}
+        return dataclasses.replace(self, **new)
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat, JSON-safe name -> value pairs: what run_args.json holds ({"args": record})."""
+        record: dict[str, Any] = {}
+        for section in SECTIONS:
+            for name, value in dataclasses.asdict(getattr(self, section)).items():
+                if value is None or isinstance(value, (bool, int, float, str)):
+                    record.setdefault(name, value)
+                elif isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+                    record.setdefault(name, list(value))
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RunConfig:
+        """The config a run_args.json record describes (records from older versions: missing fields default)."""
+        return cls.from_values(record)
