@@ -36,9 +36,8 @@ def child(seq_length: int, backend: str, iters: int, work: Path) -> dict:
 
     from megatron_sft.arguments import parse_args
     from megatron_sft.data.batch import build_pack, collate
-    from megatron_sft.runtime.distributed import init_from_args
     from megatron_sft.tiny import make_tiny_model
-    from megatron_sft.training.loop import Trainer, choose_transformer_impl
+    from megatron_sft.training.loop import start_training
 
     tok = make_tiny_model("qwen3", work / f"tok_{seq_length}_{backend}")
     data = work / "data.jsonl"
@@ -52,9 +51,7 @@ def child(seq_length: int, backend: str, iters: int, work: Path) -> dict:
         f"--micro-batch-size 1 --global-batch-size 1 --lr 1e-4 --train-iters 1000 --log-interval 1000000 "
         f"--split 100,0,0 --data-cache-dir {work / 'cache'} --hidden-dropout 0 --attention-dropout 0 "
         f"--attention-backend {backend}"))
-    choose_transformer_impl(args)
-    args = init_from_args(args)
-    trainer = Trainer(args)
+    trainer = start_training(args)
     g = torch.Generator().manual_seed(0)
     n = seq_length // SAMPLES_PER_PACK
     samples = [(torch.randint(10, 500, (n,), generator=g).numpy(), torch.ones(n, dtype=torch.bool).numpy())

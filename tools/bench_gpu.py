@@ -52,9 +52,8 @@ def realistic_packs(seq_length: int, n_packs: int, vocab: int, seed: int = 0) ->
 
 def build_trainer(cli, work: Path):
     from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.distributed import init_from_args
     from megatron_sft.tiny import make_tiny_model
-    from megatron_sft.training.loop import Trainer, choose_transformer_impl
+    from megatron_sft.training.loop import start_training
 
     tok = make_tiny_model("qwen3", work / "tok")
     data = work / "data.jsonl"
@@ -71,10 +70,7 @@ def build_trainer(cli, work: Path):
         f"--micro-batch-size 1 --global-batch-size {cli.micro_batches} --lr 1e-5 --train-iters 1000000 "
         f"--log-interval 1000000 --split 100,0,0 --data-cache-dir {work / 'cache'} --hidden-dropout 0 "
         f"--attention-dropout 0 --attention-backend {cli.backend} --use-distributed-optimizer"))
-    args.padded_vocab_size = VOCAB[cli.shape]  # the real model's embedding and output layer
-    choose_transformer_impl(args)
-    args = init_from_args(args)
-    return Trainer(args)
+    return start_training(args.replace(padded_vocab_size=VOCAB[cli.shape]))  # the real model's vocabulary
 
 
 def main() -> None:

@@ -269,7 +269,10 @@ class RunConfig:
         sections = {}
         for name, section in SECTIONS.items():
             if section is DataConfig:  # its own reader: lists from strings, defaults for unset values
-                sections[name] = DataConfig.from_args(SimpleNamespace(**values), validate=False)
+                data = DataConfig.from_args(SimpleNamespace(**values), validate=False)
+                if "seq_length" in values and values["seq_length"] is None:  # not given: no packing length
+                    data = dataclasses.replace(data, seq_length=None)
+                sections[name] = data
                 continue
             given = {f.name: values[f.name] for f in fields(section) if f.name in values}
             # None from a flag left unset keeps a field's default (a record from an older version may lack it)

@@ -5,6 +5,7 @@ checks read are derived first, in derive.py; nothing here sets a value.
 
 from __future__ import annotations
 
+import dataclasses
 from argparse import Namespace
 
 from megatron_sft.arguments.derive import derive_values
@@ -107,24 +108,23 @@ def _check_model_split(args: Namespace, options: dict[str, str], problems: list[
 
 
 def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
-    """Expert layout: EP × ETP × expert-DP covers the same ranks as TP × CP × DP (world / PP)."""
+    """Expert layout: EP × ETP × expert-DP covers the same ranks as TP × CP × DP (world / PP). Megatron builds
+    the expert groups for dense models too, so the fit is checked for every model."""
     ep, pp, world = args.expert_model_parallel_size, args.pipeline_model_parallel_size, args.world_size
     etp = args.expert_tensor_parallel_size
     ep_flag, experts = options["expert_model_parallel_size"], args.num_experts
-    if not experts:
-        if ep > 1:
-            problems.append(f"{ep_flag} {ep} needs a mixture-of-experts model (--num-experts); this one is dense")
-        return
-    if experts % ep:
+    if not experts and ep > 1:
+        problems.append(f"{ep_flag} {ep} needs a mixture-of-experts model (--num-experts); this one is dense")
+    elif experts and experts % ep:
         problems.append(
             f"{ep_flag} {ep} must divide --num-experts {experts}{_origin(args, 'num_experts')}; "
             f"use {divisors_text(experts)}"
         )
-    if args.moe_router_topk > experts:
+    if experts and args.moe_router_topk > experts:
         problems.append(f"--moe-router-topk {args.moe_router_topk} is more than --num-experts {experts}")
     if etp < 1:
         problems.append(f"--expert-tensor-parallel-size {etp} must be at least 1")
-    if etp < 1 or world % pp:  # a world size PP does not divide is already reported
+    if etp < 1 or args.data_parallel_size is None or (not experts and ep > 1):  # already reported
         return
     ranks = world // pp
     if ranks % (ep * etp):
@@ -133,7 +133,6 @@ def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]
             f"{world} / --pipeline-model-parallel-size {pp} = {ranks}; use EP × ETP in "
             f"{divisors_text(ranks)}"
         )
-
 
 def _check_vocab(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
     """A checkpoint's vocab_size is the padded vocabulary; padding only ever applies to fresh models."""
@@ -247,7 +246,10 @@ def _check_data(args: Namespace, problems: list[str]) -> None:
     (for a run that trains), the two ways of naming it not mixed, sample and sequence lengths, CP padding."""
     from megatron_sft.data.config import DataConfig
 
-    problems.extend(DataConfig.from_args(args, validate=False).problems(require_data=is_training(args)))
+    data = DataConfig.from_args(args, validate=False)
+    if args.seq_length is None:  # not given (inference): no packing length to check; training requires it
+        data = dataclasses.replace(data, seq_length=None)
+    problems.extend(data.problems(require_data=is_training(args)))
 
 
 def _check_attention(args: Namespace, problems: list[str]) -> None:

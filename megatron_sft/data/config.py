@@ -22,7 +22,7 @@ class DataConfig:
     test_data_path: list[str] = field(default_factory=list)
     finetune_hf_dataset: str | None = None
     finetune_hf_dataset_split: str = "train"
-    seq_length: int = 4096
+    seq_length: int | None = 4096  # None only in a RunConfig whose command gave no --seq-length (inference)
     max_sample_length: int | None = None  # longest conversation kept whole (default: seq_length)
     split: str = "969,30,1"  # Megatron-LM's default, as training's --split
     seed: int = 1234
@@ -90,6 +90,8 @@ class DataConfig:
     def problems(self, require_data: bool = True) -> list[str]:
         """Every problem of these settings, each naming its flag (require_data: a run that trains needs data)."""
         problems = self._source_problems(require_data)
+        if self.seq_length is None:  # nothing is packed: generation, MMLU, conversion
+            return problems
         cap = self.max_sample_length
         if cap is not None and not 2 <= cap <= self.seq_length:
             problems.append(f"--max-sample-length {cap} must be between 2 and --seq-length {self.seq_length}")

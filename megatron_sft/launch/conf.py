@@ -9,6 +9,7 @@ The architecture is never restated: it comes from the checkpoint's config.json.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +48,10 @@ def read_conf(model: str, work_dir: str, conf_dir: Path = CONF_DIR, script: str 
     if model not in known:
         raise LaunchError(f"unknown MODEL '{model}'; configs in conf/: {' '.join(known)}")
     path = conf_dir / f"{model}.sh"
+    # The user's environment (a conf may use $HOME, $HF_HOME, ...), without CONF_* values that are not the conf's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONF_")}
     proc = subprocess.run(["bash", "-c", _READ, "conf", str(path)], capture_output=True, text=True, check=False,
-                          env={"PATH": "/usr/bin:/bin", "MLM_WORK_DIR": work_dir})
+                          env={**env, "MLM_WORK_DIR": work_dir})
     if proc.returncode:
         raise LaunchError(f"{path}: bash could not read it: {proc.stderr.strip().splitlines()[-1:]}")
     parts = proc.stdout.split("\0")

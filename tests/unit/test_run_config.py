@@ -61,3 +61,21 @@ def test_every_parsed_value_has_a_section(tmp_path):
 
     with pytest.raises(RuntimeError, match="no RunConfig section holds \\['stray_value'\\]"):
         RunConfig.from_namespace(Namespace(stray_value=1, notices=[], arch_sources={}))
+
+
+def test_a_length_not_given_stays_unset(tmp_path):
+    """Generation and MMLU without --seq-length fall back to the model's positions, not to a packing default."""
+    from megatron_sft.errors import ConfigErrors
+
+    cfg = parse_args(["--load", str(hf_dir(tmp_path)), "--context-parallel-size", "3"], world_size=3)
+    assert cfg.data.seq_length is None and cfg.seq_length is None
+    with pytest.raises(ConfigErrors, match="--seq-length is required for training"):
+        parse_args(["--load", str(hf_dir(tmp_path, name="hf2")), "--train-iters", "2", "--lr", "1e-4",
+                    "--data-path", "chat.jsonl"])
+
+
+def test_expert_tensor_parallelism_must_fit_a_dense_model_too(tmp_path):
+    from megatron_sft.errors import ConfigErrors
+
+    with pytest.raises(ConfigErrors, match="--expert-tensor-parallel-size 3 = 3 must divide world size 2"):
+        parse_args(["--load", str(hf_dir(tmp_path)), "--expert-tensor-parallel-size", "3"], world_size=2)

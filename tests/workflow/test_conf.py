@@ -124,3 +124,14 @@ def test_tiny_conf_points_at_the_embedded_default():
     defaults = read_conf(EMBEDDED, work_dir="/w").defaults
     assert defaults["CONF_HF_MODEL_CKPT"] == "/w/tiny/hf"
     assert defaults["CONF_DATASET"] == "/w/tiny/train.jsonl"
+
+
+def test_a_conf_sees_the_users_environment(tmp_path, monkeypatch):
+    """Confs are sourced by bash in the user's environment (e.g. $HOME), as when the scripts sourced them."""
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "m.sh").write_text('CONF_HF_MODEL_CKPT="$HOME/models/m"\nMODEL_ARGS=(--seq-length 64)\n')
+    monkeypatch.setenv("HOME", "/home/someone")
+    monkeypatch.setenv("CONF_TP", "8")  # a stray variable of the user's shell is not the conf's
+    conf = read_conf("org/m", "/w", conf_dir=tmp_path)
+    assert conf.defaults == {"CONF_HF_MODEL_CKPT": "/home/someone/models/m"}
+    assert conf.model_args == ["--seq-length", "64"]
