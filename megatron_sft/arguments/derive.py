@@ -7,6 +7,7 @@ from __future__ import annotations
 from argparse import Namespace
 
 from megatron_sft.arguments.resolve import derive_architecture
+from megatron_sft.data.config import DEFAULT_SPLIT
 
 
 def derive_values(args: Namespace, options: dict[str, str]) -> None:
@@ -20,7 +21,7 @@ def derive_values(args: Namespace, options: dict[str, str]) -> None:
     args.padded_vocab_size = args.checkpoint_vocab_size  # None: the model code pads the tokenizer's vocabulary
     per_split = args.train_data_path or args.valid_data_path or args.test_data_path
     if args.split is None and not per_split:
-        args.split = "969,30,1"  # Megatron-LM's default
+        args.split = DEFAULT_SPLIT
 
 
 def _layout(args: Namespace) -> None:

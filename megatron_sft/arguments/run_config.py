@@ -236,6 +236,7 @@ def _section_of() -> dict[str, str]:
 
 
 SECTION_OF = _section_of()  # field name -> the section that owns it
+_FIELDS = {name: {f.name for f in fields(cls)} for name, cls in SECTIONS.items()}  # a field may sit in two
 # A section named like a field would hide the field from flat reads.
 assert not set(SECTIONS) & set(SECTION_OF), set(SECTIONS) & set(SECTION_OF)
 
@@ -302,8 +303,8 @@ class RunConfig:
         for name, value in changes.items():
             if name not in SECTION_OF:
                 raise KeyError(f"RunConfig has no field {name!r}")
-            for section, cls in SECTIONS.items():
-                if name in {f.name for f in fields(cls)}:
+            for section, names in _FIELDS.items():
+                if name in names:
                     by_section.setdefault(section, {})[name] = value
         new = {s: dataclasses.replace(getattr(self, s), **c) for s, c in by_section.items()}
         return dataclasses.replace(self, **new)

@@ -9,6 +9,7 @@ from megatron_sft.data.formats import DATA_FORMATS
 from megatron_sft.errors import UserError
 
 PACKING_ALGORITHMS = ("best_fit", "first_fit_decreasing")
+DEFAULT_SPLIT = "969,30,1"  # Megatron-LM's default --split
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class DataConfig:
     finetune_hf_dataset_split: str = "train"
     seq_length: int | None = 4096  # None only in a RunConfig whose command gave no --seq-length (inference)
     max_sample_length: int | None = None  # longest conversation kept whole (default: seq_length)
-    split: str = "969,30,1"  # Megatron-LM's default, as training's --split
+    split: str = DEFAULT_SPLIT
     seed: int = 1234
     chat_template: str | None = None
     data_format: str = "auto"  # detect per record, or one of DATA_FORMATS for every record
@@ -120,7 +121,7 @@ class DataConfig:
         per_split = [f"--{s}-data-path" for s, paths in self.split_paths.items() if paths]
         if per_split:
             given = (("--data-path", self.data_path), ("--finetune-hf-dataset", self.finetune_hf_dataset),
-                     ("--split", self.split != "969,30,1" and self.split))
+                     ("--split", self.split != DEFAULT_SPLIT and self.split))
             mixed = [f for f, v in given if v]
             problems = [f"{' and '.join(per_split)} name each split's files: drop {' and '.join(mixed)} (or use "
                         "--data-path with --split instead)"] if mixed else []

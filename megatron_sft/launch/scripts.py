@@ -55,10 +55,6 @@ def _check_checkpoint(name: str, path: str) -> None:
                           "checkpoint (latest_checkpointed_iteration.txt and the directory it names)")
 
 
-def _same_path(a: str, b: str) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
 def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     """Fine-tune MODEL (a config in conf/) on chat data: examples/finetune.sh Qwen/Qwen3-0.6B
 
@@ -251,7 +247,7 @@ Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at 
         layout = read_layout(s, forced={n: 1 for n in ("TP", "CP", "EP", "ETP", "DP")})
         launch = launcher(s, layout)
         s.note("MLM_MODEL_CKPT", ckpt, "env")
-        save, guard = s.setting("EXPORT_DIR", f"{work}/{conf.name}_export"), "EXPORT_DIR"
+        save = s.setting("EXPORT_DIR", f"{work}/{conf.name}_export")
         flags = ["--load", ckpt, "--save", save]
         dtype = s.given("EXPORT_DTYPE")
         flags += ["--export-dtype", dtype] if dtype else []
@@ -267,10 +263,9 @@ Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at 
             raise LaunchError(f"set HF_MODEL_CKPT (a Hugging Face directory of {conf.name}) to import it, or "
                               "MLM_MODEL_CKPT (a Megatron checkpoint) to export it")
         _check_hf_dir("HF_MODEL_CKPT", hf)
-        save, guard = s.setting("MLM_MODEL_SAVE", f"{work}/{conf.name}_mlm"), "MLM_MODEL_SAVE"
+        save = s.setting("MLM_MODEL_SAVE", f"{work}/{conf.name}_mlm")
         flags = ["--load", hf, "--save", save]
-    if _same_path(save, flags[1]):
-        raise LaunchError(f"{guard}={save} is the checkpoint being converted; choose another directory")
+    # Writing into the input is refused by check_not_converting_in_place, as for tools/convert.py itself.
     return Plan("tools/convert.py", launch, [*conf.model_args, *layout.flags(), *flags, *_extra(s)], layout)
 
 
