@@ -132,6 +132,36 @@ def test_finetune_refuses_to_save_over_its_input(sandbox):
     )
 
 
+def test_finetune_refuses_a_save_directory_it_cannot_create(sandbox):
+    blocker = sandbox["root"] / "a_file"
+    blocker.write_text("x")
+    assert_one_line_error(run("finetune.sh", "tiny", sandbox, MLM_MODEL_SAVE=str(blocker / "run")), sandbox,
+                          f"--save {blocker}/run cannot be created: {blocker} is a file")
+
+
+def test_finetune_refuses_samples_longer_than_the_model_positions(sandbox):
+    proc = run("finetune.sh", "tiny", sandbox, MLM_EXTRA_ARGS="--seq-length 65536")
+    assert_one_line_error(proc, sandbox, "--seq-length 65536 lets one sample reach 65536 tokens, past the model's "
+                                         "--max-position-embeddings 40960")
+
+
+def test_finetune_refuses_to_resume_at_another_layout(sandbox):
+    """MLM_MODEL_SAVE holds a run saved at TP=1; resuming it at TP=2 is refused before anything starts."""
+    save = sandbox["root"] / "run"
+    it = save / "iter_0000005"
+    it.mkdir(parents=True)
+    (save / "latest_checkpointed_iteration.txt").write_text("5")
+    (it / "metadata.json").write_text("{}")
+    (it / "train_state.json").write_text(json.dumps({"iteration": 5, "layout": {"tp": 1, "pp": 1, "dp": 1, "ep": 1,
+                                                                                 "cp": 1}}))
+    fact = FACTS["Qwen/Qwen3-0.6B"]
+    record = {"num_layers": fact["num_hidden_layers"], "hidden_size": fact["hidden_size"],
+              "num_attention_heads": fact["num_attention_heads"], "padded_vocab_size": fact["vocab_size"]}
+    (it / "run_args.json").write_text(json.dumps({"args": record}))
+    proc = run("finetune.sh", "tiny", sandbox, MLM_MODEL_SAVE=str(save), TP="2")
+    assert_one_line_error(proc, sandbox, "saved at TP=1 PP=1 EP=1 CP=1, resumed at TP=2 PP=1 EP=1 CP=1")
+
+
 def test_experts_that_do_not_fit_the_ranks(sandbox):
     hf = fake_hf_dir(sandbox["root"] / "moe", "Qwen/Qwen3-30B-A3B")
     proc = run("finetune.sh", "Qwen/Qwen3-30B-A3B", sandbox, HF_MODEL_CKPT=str(hf), DATASET=str(hf / "config.json"),
