@@ -19,8 +19,23 @@ def add_checkpoint_args(parser: ArgumentParser) -> None:
         default=None,
         help="Hugging Face directory to import weights from when --load holds no checkpoint yet",
     )
-    g.add_argument("--save", default=None)
-    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--save", default=None, help="directory for Megatron checkpoints, training.log and metrics.jsonl")
+    g.add_argument("--save-interval", type=int, default=None, help="save every N iterations (and at the end)")
+    g.add_argument(
+        "--keep-last",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep only the newest N checkpoints of --save; older ones are deleted once a newer one is saved and "
+        "verified (default: keep all)",
+    )
+    g.add_argument(
+        "--ckpt-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="load iteration N of the --load checkpoint instead of the latest one",
+    )
     g.add_argument(
         "--finetune", action="store_true", help="load weights only: iteration, optimizer and RNG state start fresh"
     )

@@ -53,13 +53,27 @@ def _check_save(args: Namespace, problems: list[str]) -> None:
         problems.append(f"--save {args.save} is a file; give a directory for the checkpoints")
     elif not existing.is_dir():
         problems.append(f"--save {args.save} cannot be created: {existing} is a file; choose another directory")
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problems.append(f"--save {args.save} cannot be written: no write permission in {existing}; choose a "
-                        "writable directory")
+    else:
+        problem = _write_probe(save)
+        if problem:
+            problems.append(f"--save {args.save} cannot be written: {problem}; choose a writable directory")
     start = _starting_model(args)
     if start is not None and Path(start).resolve() == save:
         problems.append(f"--save {args.save} is the model this run starts from ({start}); saving there would write "
                         "over it: save somewhere else")
+
+
+def _write_probe(save: Path) -> str | None:
+    """Create the directory and a file in it for real: permission bits say little to root (containers), and
+    read-only or pseudo file systems (/proc, /sys) only refuse when written."""
+    probe = save / f".write_probe.{os.getpid()}"
+    try:
+        save.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
 
 
 def resumes_training(args: Namespace) -> bool:

@@ -189,7 +189,7 @@ def check_hf_dir(path: Path, flag: str) -> None:
 
 
 def _megatron_source(args: Namespace, load: Path) -> Source | None:
-    iter_dir, _ = latest_checkpoint_dir(load)
+    iter_dir, _ = latest_checkpoint_dir(load, args.ckpt_step)
     args.load_format, args.load_iteration_dir = "megatron", str(iter_dir)
     assets = hf_assets_dir(iter_dir)  # the tokenizer saved with the checkpoint outlives the HF source
     if args.tokenizer_model is None and assets.is_dir():

@@ -153,6 +153,8 @@ class CheckpointConfig:
     pretrained_model_path: str | None = None
     save: str | None = None
     save_interval: int | None = None
+    keep_last: int | None = None  # keep only the newest N iterations (older ones deleted after a verified save)
+    ckpt_step: int | None = None  # load this iteration instead of the one the tracker names
     finetune: bool = False  # weights only: iteration, optimizer and RNG start fresh
     load_optim: bool = True  # only True is accepted: a resume always restores the optimizer
     load_rng: bool = True
@@ -162,7 +164,7 @@ class CheckpointConfig:
     export_dtype: str | None = None  # default params_dtype
     import_dtype: str | None = None  # default params_dtype
     load_format: str | None = None  # derived: "hf" or "megatron", from what --load holds
-    load_iteration_dir: str | None = None  # derived: the iteration directory the tracker names
+    load_iteration_dir: str | None = None  # derived: the iteration directory to load (tracker, or --ckpt-step)
     hf_model_path: str | None = None  # derived: the Hugging Face model behind the run (config, tokenizer)
 
 

@@ -236,6 +236,11 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
         )
     if args.recompute_granularity != "full" and args.recompute_method is not None:
         problems.append("--recompute-method applies only with --recompute-granularity full")
+    if args.keep_last is not None and args.keep_last < 1:
+        problems.append(f"--keep-last {args.keep_last} must be at least 1 (leave it out to keep every checkpoint)")
+    if args.ckpt_step is not None and args.load_format != "megatron":
+        problems.append(f"--ckpt-step {args.ckpt_step} selects an iteration of a Megatron checkpoint; --load "
+                        f"{args.load} is not one")
     seq, positions = args.seq_length, args.max_position_embeddings
     if args.position_embedding_type == "learned_absolute" and seq and positions and seq > positions:
         problems.append(f"--seq-length {seq} is longer than --max-position-embeddings {positions}")

@@ -7,19 +7,25 @@
         hf_assets/                        config.json, generation_config.json, tokenizer files
                                           and the chat template used: everything of the HF
                                           source but its weights (what export needs)
+        manifest.json                     every file's size and CRC32, written last (integrity.py)
+      .iter_0000100.saving/               a save in progress (never loaded; removed by the next save)
 
-The tracker file is written only after every rank finished writing, so a crash mid-save
-leaves the previous checkpoint as the latest one and the partial directory is ignored.
+A save is written into the staging directory, fsynced, renamed into place and only then named by the
+tracker: a crash at any point leaves the previous checkpoint intact and current.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
+from megatron_sft.checkpointing import integrity
 from megatron_sft.errors import UserError
+
+log = logging.getLogger(__name__)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 RUN_ARGS = "run_args.json"
@@ -46,16 +52,53 @@ def read_tracker(root: str | os.PathLike) -> int | None:
     return int(text)
 
 
-def latest_checkpoint_dir(root: str | os.PathLike) -> tuple[Path, int | None]:
-    """The directory the tracker points at, checked to hold a complete dist checkpoint."""
-    iteration = read_tracker(root)
+def saved_iterations(root: str | os.PathLike) -> list[int]:
+    """The iterations that have a directory under `root`, newest first (staging directories excluded)."""
+    found = (p.name[5:] for p in Path(root).glob("iter_*") if p.is_dir())
+    return sorted((int(n) for n in found if n.isdigit()), reverse=True)
+
+
+def latest_checkpoint_dir(root: str | os.PathLike, step: int | None = None, deep: bool = False) -> tuple[Path, int | None]:
+    """The checkpoint to load: iteration `step` (--ckpt-step), else the one the tracker names; checked
+    against its manifest (`deep`: checksums too, collective under torch.distributed).
+
+    A damaged or missing tracked checkpoint falls back to the newest intact iteration, with a warning that
+    names both; a damaged `step` is refused. Errors name the damaged file and the way out."""
+    root = Path(root)
+    if step is not None:
+        path = iteration_dir(root, step)
+        problem = integrity.check_checkpoint(path, deep)
+        if problem:
+            raise UserError(f"--ckpt-step {step}: {problem}; {_choices(root)}")
+        return path, step
+    tracker_missing = not (root / TRACKER).is_file()
+    if tracker_missing and not saved_iterations(root):
+        read_tracker(root)  # raises the message for a first save that never finished
+    iteration = None if tracker_missing else read_tracker(root)
     path = iteration_dir(root, iteration)
-    if not (path / "metadata.json").is_file():
-        raise UserError(
-            f"{root}: {TRACKER} names {path.name}/, which is missing or truncated (no metadata.json); "
-            "restore it or point --load at a complete checkpoint"
-        )
-    return path, iteration
+    problem = f"no {TRACKER}" if tracker_missing else integrity.check_checkpoint(path, deep)
+    if problem is None:
+        return path, iteration
+    for other in saved_iterations(root):
+        if other != iteration and integrity.check_checkpoint(iteration_dir(root, other), deep) is None:
+            _warn_once(f"{root}: {problem}; loading {iteration_dir(root, other).name}, the newest intact checkpoint "
+                       "(--ckpt-step N selects another)")
+            return iteration_dir(root, other), other
+    raise UserError(f"{problem}; no intact checkpoint beside it in {root}")
+
+
+def _choices(root: Path) -> str:
+    steps = saved_iterations(root)
+    return f"saved iterations: {', '.join(map(str, steps[:8]))}" if steps else f"no iteration saved in {root}"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 def is_megatron_checkpoint(path: str | os.PathLike) -> bool:
@@ -68,20 +111,54 @@ def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
     """Atomically mark `iteration` as the latest complete checkpoint."""
     root = Path(root)
     tmp = root / (TRACKER + ".tmp")
-    tmp.write_text("release" if iteration is None else str(iteration))
+    with open(tmp, "w") as f:
+        f.write("release" if iteration is None else str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, root / TRACKER)
+    integrity.fsync_dir(root)
+
+
+def staging_dir(final: Path) -> Path:
+    """Where the save of `final` is written before it is renamed into place."""
+    return final.parent / f".{final.name}.saving"
+
+
+def remove_dir(path: Path) -> None:
+    """Rename, then delete: a half-deleted checkpoint never looks like one."""
+    if not path.exists():
+        return
+    doomed = path.parent / f".{path.name}.deleting"
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Rename a finished save into place; an existing directory of that name (a damaged or superseded
+    save of the same iteration, never the tracked one) is replaced, not rewritten."""
+    replaced = final.parent / f".{final.name}.replaced"
+    shutil.rmtree(replaced, ignore_errors=True)
+    if final.exists():
+        os.replace(final, replaced)
+    os.replace(staging, final)
+    integrity.fsync_dir(final.parent)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def prune(root: Path, keep_last: int, newest: int) -> list[Path]:
+    """--keep-last: delete the iterations older than `newest` beyond the `keep_last` most recent. Called only
+    once `newest` is complete, verified and tracked."""
+    older = [i for i in saved_iterations(root) if i < newest][max(keep_last - 1, 0):]
+    removed = [iteration_dir(root, i) for i in older]
+    for path in removed:
+        remove_dir(path)
+    return removed
 
 
 def write_run_args(ckpt_dir: Path, args_record: dict) -> None:
     with open(ckpt_dir / RUN_ARGS, "w") as f:
         json.dump({"args": args_record}, f, indent=1, sort_keys=True, default=str)
-
-
-def read_run_args(ckpt_dir: Path) -> dict | None:
-    path = Path(ckpt_dir) / RUN_ARGS
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())["args"]
 
 
 RESUME_FIXED = ("tp", "pp", "ep", "cp")  # the data position also depends on CP (samples are padded to 2 x CP)

@@ -18,7 +18,7 @@ def hf_assets_source(cfg) -> Path | None:
     if cfg.checkpoint.load_format == "hf":
         return Path(cfg.checkpoint.hf_model_path or cfg.checkpoint.load)
     if cfg.checkpoint.load_format == "megatron":
-        ckpt_dir, _ = layout.latest_checkpoint_dir(cfg.checkpoint.load)
+        ckpt_dir = Path(cfg.checkpoint.load_iteration_dir)
         if layout.hf_assets_dir(ckpt_dir).is_dir():
             return layout.hf_assets_dir(ckpt_dir)
     hf = cfg.checkpoint.hf_model_path
@@ -41,7 +41,7 @@ def load_weights(cfg, chunks: list) -> int | None:
         import_hf_weights(chunks, cfg.checkpoint.hf_model_path or cfg.checkpoint.load, import_dtype(cfg))
         return None
     if fmt == "megatron":
-        ckpt_dir, iteration = layout.latest_checkpoint_dir(cfg.checkpoint.load)
+        ckpt_dir, iteration = layout.latest_checkpoint_dir(cfg.checkpoint.load, cfg.checkpoint.ckpt_step, deep=True)
         load_model_weights(ckpt_dir, chunks)
         return iteration
     log.info("no --load given: training starts from random initialisation")

@@ -7,13 +7,16 @@ and so on, because every rank states which slice of each global tensor it holds.
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
-from megatron_sft.checkpointing import layout
+from megatron_sft.checkpointing import integrity, layout, space
+from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,34 @@ def _barrier() -> None:
         dist.barrier()
 
 
+class SaveFailed(UserError):
+    """A save that could not be completed (disk full, I/O error); its partial directory is gone."""
+
+
+def _all_ok(ok: bool) -> bool:
+    """Whether every rank succeeded (so every rank takes the same branch next)."""
+    if not dist.is_initialized():
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0
+
+
+def _write_files(staging: Path, sharded_state: dict, args_record: dict, hf_assets_src, chat_template,
+                 extra_files: dict, write_extras) -> None:
+    """Everything of one checkpoint but its manifest, into the staging directory."""
+    from megatron.core import dist_checkpointing
+
+    dist_checkpointing.save(sharded_state, str(staging))
+    if _is_rank0():
+        layout.write_run_args(staging, args_record)
+        layout.copy_hf_assets(hf_assets_src, staging, chat_template)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        if write_extras is not None:
+            write_extras(staging)
+
+
 def save_checkpoint(
     root: str | Path,
     iteration: int | None,
@@ -59,40 +90,78 @@ def save_checkpoint(
     hf_assets_src: str | Path | None = None,
     chat_template: str | None = None,
     extra_files: dict[str, str] | None = None,
+    write_extras=None,
 ) -> Path:
-    """Write one checkpoint; it becomes visible (tracker updated) only once every rank is done.
+    """Write one checkpoint atomically: into `.iter_N.saving/`, then the manifest (fsynced), then the rename
+    to `iter_N/`, then the tracker. A crash at any point leaves the previous checkpoint current and
+    intact; a failure (ENOSPC, EIO) removes the partial save and raises SaveFailed on every rank.
 
-    `sharded_state` is e.g. `model_sharded_state_dict(chunks)`, plus optimizer state for training.
-    """
-    from megatron.core import dist_checkpointing
-
+    `sharded_state` is e.g. `model_sharded_state_dict(chunks)`, plus optimizer state for training;
+    `write_extras(dir)` writes further files on rank 0 (before the manifest, so they are covered)."""
     root = Path(root)
-    ckpt_dir = layout.iteration_dir(root, iteration)
+    final = layout.iteration_dir(root, iteration)
+    staging = layout.staging_dir(final)
     if _is_rank0():
-        if ckpt_dir.exists():  # a partial save from a crashed run, never referenced by the tracker
-            shutil.rmtree(ckpt_dir)
-        ckpt_dir.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
+        staging.mkdir()
     _barrier()
-    dist_checkpointing.save(sharded_state, str(ckpt_dir))
+    error = None
+    try:
+        _write_files(staging, sharded_state, args_record, hf_assets_src, chat_template, extra_files, write_extras)
+        _barrier()
+        size = integrity.write_manifest(staging)
+    except (OSError, RuntimeError, CheckpointException) as err:  # a writer's OSError arrives wrapped in these
+        error = err
+    if not _all_ok(error is None):
+        if _is_rank0():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise SaveFailed(_failure_line(root, final, error))
     if _is_rank0():
-        layout.write_run_args(ckpt_dir, args_record)
-        layout.copy_hf_assets(hf_assets_src, ckpt_dir, chat_template)
-        for name, text in (extra_files or {}).items():
-            (ckpt_dir / name).write_text(text)
-    _barrier()
-    if _is_rank0():
+        layout.publish(staging, final)
         layout.write_tracker(root, iteration)
     _barrier()
-    log.info("saved checkpoint %s", ckpt_dir)
-    return ckpt_dir
+    log.info("saved checkpoint %s (%.1f MB)", final, size / 1e6)
+    return final
+
+
+def _failure_line(root: Path, final: Path, error: BaseException | None) -> str:
+    text = " ".join(str(error).split()) if error is not None else ""
+    if "No space left" in text or "unexpected pos" in text or space.free_bytes(root) < (1 << 20):
+        reason = "the file system ran out of space"
+    else:
+        reason = f"{type(error).__name__}: {text[:200]}" if error is not None else "it failed on another rank"
+    try:
+        last = str(layout.latest_checkpoint_dir(root)[0])
+    except UserError:
+        last = "none"
+    return f"saving {final} failed: {reason}; the partial save was removed; last intact checkpoint: {last}"
+
+
+def load_sharded(sharded: dict, ckpt_dir: str | Path) -> dict:
+    """dist_checkpointing.load, with a damaged file reported in one line instead of an unpickler traceback
+    (checkpoints with a manifest were checked before; this covers those without one)."""
+    from megatron.core import dist_checkpointing
+
+    try:
+        return dist_checkpointing.load(sharded, str(ckpt_dir))
+    except (EOFError, OSError, pickle.UnpicklingError, RuntimeError, ValueError) as err:
+        if isinstance(err, (RuntimeError, ValueError)) and not _io_like(err):
+            raise  # a bug or a layout mismatch, not damage: keep the traceback
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise UserError(f"{ckpt_dir}: cannot be read ({type(err).__name__}: {reason}); the checkpoint is damaged: "
+                        "load another iteration with --ckpt-step N") from None
+
+
+def _io_like(err: BaseException) -> bool:
+    text = str(err)
+    return any(s in text for s in ("EOF", "unpickl", "PytorchStreamReader", "corrupt", "truncated"))
 
 
 @torch.no_grad()
 def load_model_weights(ckpt_dir: str | Path, chunks: list, keep=None) -> None:
     """Load the model part of a checkpoint into `chunks`, resharding to this rank's layout."""
-    from megatron.core import dist_checkpointing
-
     sharded = model_sharded_state_dict(chunks, keep)
-    loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
+    loaded = load_sharded(sharded, ckpt_dir)
     load_chunk_states(chunks, loaded, keep)
     log.info("loaded model weights from %s", ckpt_dir)

@@ -19,8 +19,11 @@ import os
 import shutil
 import time
 
+from pathlib import Path
+
 import numpy as np
 
+from megatron_sft.checkpointing.integrity import file_crc32
 from megatron_sft.data.config import DataConfig
 from megatron_sft.data.packing import PACKER_VERSION
 from megatron_sft.data.prepare import build_cache, read_chat_template
@@ -28,7 +31,8 @@ from megatron_sft.data.sources import fingerprint, parse_sources
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: metadata.json lists every file's size and CRC32
+MISSING = "missing"
 
 
 def cache_key(cfg: DataConfig, tokenizer) -> tuple[str, dict]:
@@ -64,7 +68,7 @@ def prepare(
     key, inputs = cache_key(cfg, tokenizer)
     root = cfg.cache_root
     final = os.path.join(root, key)
-    if _complete(final):
+    if _check(final) is None:
         log.info("data: reusing cache %s", final)
         return PreparedData(final)
     if is_builder is None:
@@ -75,14 +79,19 @@ def prepare(
         _wait_for(final, failed, poll_s)
         return PreparedData(final)
     with _locked(final + ".lock"):
-        if not _complete(final):
+        problem = _check(final)
+        if problem is not None:
+            if problem != MISSING:
+                log.warning("data: %s; rebuilding the cache", problem)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(failed)
             tmp = f"{final}.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             log.info("data: building cache %s", final)
             try:
-                build_cache(cfg, tokenizer, tmp, progress=progress, extra_meta={"key": key, "key_inputs": inputs})
+                meta = build_cache(cfg, tokenizer, tmp, progress=progress,
+                                   extra_meta={"key": key, "key_inputs": inputs})
+                _seal(tmp, meta)
             except BaseException as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 with open(failed, "w") as f:
@@ -133,14 +142,48 @@ def _memmap(path: str, dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def _complete(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "metadata.json"))
+def _seal(path: str, meta: dict) -> None:
+    """Record every file's size and CRC32 in metadata.json (rewritten last), so a damaged cache is noticed."""
+    names = sorted(n for n in os.listdir(path) if n != "metadata.json")
+    meta["files"] = {n: {"size": os.path.getsize(os.path.join(path, n)),
+                         "crc32": file_crc32(Path(path) / n, fsync=True)} for n in names}
+    tmp = os.path.join(path, "metadata.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, "metadata.json"))
+
+
+def _check(path: str) -> str | None:
+    """None for an intact cache, MISSING when there is none, else what is wrong with it (naming the file)."""
+    meta_path = os.path.join(path, "metadata.json")
+    if not os.path.isfile(meta_path):
+        return MISSING
+    try:
+        with open(meta_path) as f:
+            files = json.load(f)["files"]
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        return f"{meta_path} is unreadable ({type(err).__name__})"
+    for name, want in sorted(files.items()):
+        file = Path(path) / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != want["size"]:
+            return f"{file} has {file.stat().st_size} bytes, its metadata says {want['size']}"
+        if file_crc32(file) != want["crc32"]:
+            return f"{file} does not match its checksum in metadata.json"
+    return None
 
 
 @contextlib.contextmanager
 def _locked(path: str):
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("data: another process is building %s; waiting for it", path.removesuffix(".lock"))
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -149,7 +192,7 @@ def _locked(path: str):
 
 def _wait_for(final: str, failed: str, poll_s: float) -> None:
     started = last = time.time()
-    while not _complete(final):
+    while _check(final) is not None:
         if os.path.exists(failed) and os.path.getmtime(failed) >= started - 1:
             with open(failed) as f:
                 raise UserError(f"the data cache build on local rank 0 failed: {f.read().strip()}")

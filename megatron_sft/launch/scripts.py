@@ -70,6 +70,7 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
                   CONF_LORA_MLM_DATA_ARGS
   EPOCHS          this many passes over the training data (--train-epochs); replaces the run length of the
                   default or the conf
+  KEEP_LAST       keep only the newest N checkpoints in MLM_MODEL_SAVE (--keep-last; default: keep all)
   MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (MLM_EXTRA_ARGS last: it wins)
 """
     layout = read_layout(s)
@@ -87,8 +88,11 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
               for name in ("MLM_OPTIM_ARGS", "MLM_TRAIN_ARGS", "MLM_EVAL_ARGS")]
     extra = s.given("MLM_EXTRA_ARGS")
     s.note("MLM_EXTRA_ARGS", extra)
+    keep = s.given("KEEP_LAST")
+    keep_flags = ["--keep-last", str(s.positive_int("KEEP_LAST", keep))] if keep else []
+    s.note("KEEP_LAST", keep)
     flags = [*conf.model_args, *conf.train_args, *layout.flags(), *_start(s, conf.name, work),
-             "--distributed-timeout-minutes", "30", *_dataset(s, data, extra, work), *peft_flags,
+             "--distributed-timeout-minutes", "30", *_dataset(s, data, extra, work), *peft_flags, *keep_flags,
              *words(data), *(w for g in groups for w in words(g)), *words(extra)]
     return Plan("examples/finetune.py", launch, flags, layout)
 

@@ -34,7 +34,7 @@ class LoraModel:
 def _base(cfg) -> tuple[record.Base, Path | None, int | None]:
     """(base, LoRA checkpoint dir or None, its iteration)."""
     if cfg.checkpoint.load_format == "megatron":
-        ckpt_dir, iteration = layout.latest_checkpoint_dir(cfg.checkpoint.load)
+        ckpt_dir, iteration = layout.latest_checkpoint_dir(cfg.checkpoint.load, cfg.checkpoint.ckpt_step, deep=True)
         saved = record.read_record(ckpt_dir)
         if saved is not None:
             return record.base_of(saved, ckpt_dir), ckpt_dir, iteration
@@ -57,7 +57,7 @@ def _load_base(base: record.Base, chunks: list, dtype: torch.dtype) -> None:
     if base.format == "hf":
         import_hf_weights(chunks, base.path, dtype)
         return
-    ckpt_dir, _ = layout.latest_checkpoint_dir(base.path)
+    ckpt_dir, _ = layout.latest_checkpoint_dir(base.path, deep=True)
     if record.read_record(ckpt_dir) is not None:
         raise UserError(f"{base.path} is a LoRA checkpoint; a LoRA base must be a full model: export it with "
                         "tools/convert.py --merge-lora and train on that")

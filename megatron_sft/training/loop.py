@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_sft.checkpointing import layout, space
+from megatron_sft.checkpointing.integrity import checkpoint_size
 from megatron_sft.checkpointing.loading import hf_assets_source
 from megatron_sft.errors import UserError
 from megatron_sft.models.builder import padded_vocab_size
@@ -17,7 +19,13 @@ from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_leng
 from megatron_sft.training.progress import Progress
 from megatron_sft.training.runlog import RunFiles
 from megatron_sft.training.signals import ExitController
-from megatron_sft.training.state import TrainState, load_training_checkpoint, resume_point, save_training_checkpoint
+from megatron_sft.training.state import (
+    TrainState,
+    estimated_checkpoint_bytes,
+    load_training_checkpoint,
+    resume_point,
+    save_training_checkpoint,
+)
 from megatron_sft.training.step import evaluate, train_step
 
 log = logging.getLogger(__name__)
@@ -119,6 +127,10 @@ class Trainer:
         self.model = build_training_model(cfg, resume is not None)
         if resume is not None:
             load_training_checkpoint(resume[0], self.model, self.state)
+        # Each save copies the HF config and tokenizer from here; after the first, from the run's own last save
+        # (the checkpoint resumed from may be deleted by --keep-last).
+        self.assets = hf_assets_source(cfg)
+        self.checkpoint_bytes = checkpoint_size(resume[0]) if resume is not None else None
         self.train_batches = iter(self.data.train)
         self.history: list[tuple[int, float]] = []
         self.records: list[dict] = []  # every step's figures, for tests and tools
@@ -130,6 +142,8 @@ class Trainer:
         self.peak_flops = gpu_peak_flops()
         self.totals = torch.zeros(3, dtype=torch.float64)  # tokens, supervised tokens, FLOPs
         self.train_seconds = 0.0
+        if cfg.checkpoint.save:
+            self.check_space("at start-up")
 
     def next_global_batch(self) -> list[dict]:
         batches = list(itertools.islice(self.train_batches, self.cfg.training.num_microbatches))
@@ -177,15 +191,44 @@ class Trainer:
         self.reporters.scalars({"validation/loss": loss, "validation/ppl": math.exp(min(loss, 50.0))},
                                self.state.iteration)
 
+    def check_space(self, when: str) -> None:
+        """Room for one more checkpoint (the last one's size, or an estimate before the first), agreed by all
+        ranks; too little is one line, before anything is written."""
+        if self.checkpoint_bytes is not None:
+            need, basis = self.checkpoint_bytes, "the size of the last one"
+        else:
+            need, basis = estimated_checkpoint_bytes(self.model), "estimated from the parameters and optimizer"
+        problem = space.shortfall(self.cfg.checkpoint.save, need, basis)
+        flag = torch.tensor([problem is not None], dtype=torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            last = f"; last intact checkpoint: {self.last_save}" if self.last_save else ""
+            raise UserError(f"not enough disk space {when}: {problem or 'too little on another rank'}{last}")
+
     def save(self) -> None:
-        if not self.cfg.checkpoint.save:
+        cfg = self.cfg
+        if not cfg.checkpoint.save:
             return
-        path = save_training_checkpoint(self.cfg.checkpoint.save, self.model, self.state, self.cfg.to_record(),
-                                        hf_assets_source(self.cfg))
+        self.check_space(f"to save iteration {self.state.iteration}")
+        rank0 = torch.distributed.get_rank() == 0
+        curve = (lambda d: save_loss_curve(self.history, self.eval_history, d / "loss_curve.png")) if rank0 else None
+        path = save_training_checkpoint(cfg.checkpoint.save, self.model, self.state, cfg.to_record(), self.assets,
+                                        write_extras=curve)
         self.last_save, self.saved_iteration = str(path), self.state.iteration
+        self.checkpoint_bytes = checkpoint_size(path) or self.checkpoint_bytes
+        if layout.hf_assets_dir(path).is_dir():
+            self.assets = layout.hf_assets_dir(path)
+        if cfg.checkpoint.keep_last and rank0:
+            for old in layout.prune(Path(cfg.checkpoint.save), cfg.checkpoint.keep_last, self.state.iteration):
+                log.info("--keep-last %d: deleted %s", cfg.checkpoint.keep_last, old)
+        torch.distributed.barrier()
 
     def run(self) -> None:
         cfg, total = self.cfg, total_iterations(self.cfg)
+        if self.state.iteration >= total:  # a finished run started again: nothing to do, nothing to rewrite
+            log.info("already at iteration %d of %d; nothing to train (the checkpoint stays as it is)",
+                     self.state.iteration, total)
+            return
         progress = Progress(self.state.iteration, total, cfg.logging.log_interval)
         reason = None
         while self.state.iteration < total and reason is None:
@@ -209,8 +252,6 @@ class Trainer:
             self.maybe_evaluate(force=True)  # as Megatron-LM, validate once more at the end of training
         if self.cfg.checkpoint.save and self.saved_iteration != self.state.iteration:
             self.save()
-        if self.last_save and torch.distributed.get_rank() == 0:
-            save_loss_curve(self.history, self.eval_history, Path(self.last_save) / "loss_curve.png")
         self.reporters.close()
         self.summary()
         self.files.close()

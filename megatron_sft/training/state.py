@@ -78,7 +78,8 @@ def _training_sharded_state(model, is_loading: bool, with_rng: bool) -> dict:
     return state
 
 
-def save_training_checkpoint(root, model, train_state: TrainState, args_record: dict, hf_assets_src) -> Path:
+def save_training_checkpoint(root, model, train_state: TrainState, args_record: dict, hf_assets_src,
+                             write_extras=None) -> Path:
     train_state.scheduler = model.scheduler.state_dict()
     train_state.layout = _layout()
     extra = {TRAIN_STATE: json.dumps(asdict(train_state), indent=1)}
@@ -87,7 +88,30 @@ def save_training_checkpoint(root, model, train_state: TrainState, args_record: 
 
         extra[RECORD] = model.lora.record_text
     return save_checkpoint(root, train_state.iteration, _training_sharded_state(model, False, True), args_record,
-                           hf_assets_src=hf_assets_src, extra_files=extra)
+                           hf_assets_src=hf_assets_src, extra_files=extra, write_extras=write_extras)
+
+
+def estimated_checkpoint_bytes(model) -> int:
+    """What the first save will write, before there is one to measure: each saved parameter once (LoRA: the
+    adapters) in its dtype, plus Adam's two fp32 moments and, below fp32, its fp32 main copy."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.training.setup import unwrap
+
+    owns_dense = ps.get_data_parallel_rank(with_context_parallel=True) == 0
+    owns_experts = ps.get_expert_data_parallel_rank() == 0
+    total = 0
+    for chunk in model.chunks:
+        for p in unwrap(chunk).parameters():
+            if model.lora is not None and not p.requires_grad:
+                continue  # the frozen base is not in a LoRA checkpoint
+            if not (owns_experts if getattr(p, "allreduce", True) is False else owns_dense):
+                continue  # a replica: saved by another rank
+            optimizer = (8 + (4 if p.dtype != torch.float32 else 0)) if p.requires_grad else 0
+            total += p.numel() * (p.element_size() + optimizer)
+    counted = torch.tensor([total], dtype=torch.float64)
+    torch.distributed.all_reduce(counted)
+    return int(counted.item())
 
 
 def read_train_state(ckpt_dir: Path) -> TrainState | None:
@@ -168,7 +192,7 @@ def resume_point(cfg) -> tuple[Path, TrainState] | None:
     """The checkpoint to resume fully, or None when starting fresh (HF import, --finetune, weights-only)."""
     if cfg.checkpoint.load_format != "megatron":
         return None
-    ckpt_dir, _ = layout.latest_checkpoint_dir(cfg.checkpoint.load)
+    ckpt_dir, _ = layout.latest_checkpoint_dir(cfg.checkpoint.load, cfg.checkpoint.ckpt_step, deep=True)
     state = read_train_state(ckpt_dir)
     if cfg.checkpoint.finetune:
         return None

@@ -188,7 +188,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_models, results):
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", f"--master_port={free_port()}",
                 *entry, *flag_list]
 
-    paused = [str(REPO / "tests" / "distributed" / "workers" / "paused_save.py"), "iter_0000010", "300"]
+    paused = [str(REPO / "tests" / "distributed" / "workers" / "paused_save.py"), "tracker", "iter_0000010", "300"]
     cmd = command(paused, flags)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

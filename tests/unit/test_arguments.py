@@ -281,11 +281,21 @@ def test_hf_dir_without_weights(tmp_path):
     assert str(path) in problem and "no weights" in problem and "model.safetensors" in problem
 
 
-def test_truncated_megatron_checkpoint(tmp_path):
+def test_tracker_naming_a_missing_iteration_with_nothing_else_saved(tmp_path):
     root = megatron_dir(tmp_path, record=None)
+    (root / "iter_0000100" / "metadata.json").unlink()  # iter_0000100 is incomplete too
     (root / "latest_checkpointed_iteration.txt").write_text("200")
     [problem] = problems(["--load", str(root)])
-    assert str(root) in problem and "iter_0000200" in problem and "missing" in problem
+    assert str(root) in problem and "iter_0000200" in problem and "missing" in problem and "no intact" in problem
+
+
+def test_tracker_naming_a_missing_iteration_falls_back_to_the_newest_intact_one(tmp_path, caplog):
+    root = megatron_dir(tmp_path, record=None)
+    (root / "latest_checkpointed_iteration.txt").write_text("200")
+    with pytest.raises(ConfigErrors):  # the bare checkpoint lacks the architecture flags; the choice is made first
+        parse_args(["--load", str(root)], world_size=1)
+    [warning] = [r.getMessage() for r in caplog.records if "newest intact" in r.getMessage()]
+    assert "iter_0000200 is missing" in warning and "loading iter_0000100" in warning and "--ckpt-step" in warning
 
 
 def test_megatron_checkpoint_record_is_inherited_and_checked(tmp_path):

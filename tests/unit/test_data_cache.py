@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import multiprocessing as mp
 import os
+import threading
 
 import pytest
 
@@ -152,3 +154,51 @@ def test_max_sample_length_caps_conversations_below_the_pack_length(data):
     assert dropped.meta["stats"]["samples_kept"] == len(lengths) - over
     with pytest.raises(UserError, match="--max-sample-length"):
         dataclasses.replace(data, max_sample_length=256).validate()
+
+
+def _packs(prepared) -> dict:
+    out = {}
+    for split in ("train", "valid"):
+        offsets, samples = prepared.packs(split)
+        out[split] = (offsets.tolist(), samples.tolist())
+    out["tokens"] = prepared.tokens.tolist()
+    out["supervised"] = prepared.supervised.tolist()
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_cache_is_rebuilt_with_a_notice_and_gives_the_same_packs(data, caplog, damage):
+    tok = make_tiny_tokenizer("qwen3")
+    first = cache.prepare(data, tok, progress=False)
+    before = _packs(first)
+    tokens = os.path.join(first.path, "tokens.bin")
+    del first
+    raw = bytearray(open(tokens, "rb").read())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2 + 1]  # not even a whole uint32 at the end
+    elif damage == "flip":
+        raw[len(raw) // 3] ^= 0xFF  # same size, other contents
+    if damage == "delete":
+        os.remove(tokens)
+    else:
+        with open(tokens, "wb") as f:
+            f.write(raw)
+    with caplog.at_level("WARNING"):
+        again = cache.prepare(data, tok, progress=False)
+    [notice] = [r.getMessage() for r in caplog.records if "rebuilding the cache" in r.getMessage()]
+    assert tokens in notice
+    assert _packs(again) == before
+
+
+def test_a_build_by_another_process_is_waited_for_with_a_notice(data, caplog):
+    tok = make_tiny_tokenizer("qwen3")
+    key = cache.cache_key(data, tok)[0]
+    lock = os.path.join(data.cache_root, key) + ".lock"
+    os.makedirs(data.cache_root, exist_ok=True)
+    holder = open(lock, "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threading.Timer(1.0, lambda: (fcntl.flock(holder, fcntl.LOCK_UN), holder.close())).start()
+    with caplog.at_level("INFO"):
+        prepared = cache.prepare(data, tok, progress=False)
+    assert any("another process is building" in r.getMessage() for r in caplog.records)
+    assert len(prepared) > 0

@@ -139,6 +139,12 @@ def test_finetune_refuses_a_save_directory_it_cannot_create(sandbox):
                           f"--save {blocker}/run cannot be created: {blocker} is a file")
 
 
+def test_finetune_refuses_a_save_directory_root_cannot_create_either(sandbox):
+    """Permission bits say yes to root under /proc; only trying says no."""
+    assert_one_line_error(run("finetune.sh", "tiny", sandbox, MLM_MODEL_SAVE="/proc/megatron_sft/run"), sandbox,
+                          "--save /proc/megatron_sft/run cannot be written: ")
+
+
 def test_finetune_refuses_samples_longer_than_the_model_positions(sandbox):
     proc = run("finetune.sh", "tiny", sandbox, MLM_EXTRA_ARGS="--seq-length 65536")
     assert_one_line_error(proc, sandbox, "--seq-length 65536 lets one sample reach 65536 tokens, past the model's "

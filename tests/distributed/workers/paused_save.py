@@ -1,5 +1,12 @@
-"""examples/finetune.py, except that the save of one checkpoint holds before its tracker is written, so a test can
-kill the run mid-save:  paused_save.py iter_0000010 300 <finetune flags>"""
+"""examples/finetune.py, except that the save of one iteration stops at a chosen point, so a test can kill -9 the
+run there:
+
+    paused_save.py PHASE ITERATION_DIR_NAME SECONDS <finetune flags>
+
+PHASE is how far that save got: `shards` (the dist-checkpoint files are written, nothing else), `hf_assets` (and
+the tokenizer and config files), `manifest` (the manifest too; not yet renamed into place), `tracker` (renamed into
+place; the tracker still names the previous iteration). Rank 0 pauses; the other ranks wait for it in a barrier.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +15,41 @@ import time
 
 
 def main() -> None:
-    from megatron_sft.checkpointing import layout
+    from megatron_sft.checkpointing import integrity, layout
     from megatron_sft.cli import run_main
     from megatron_sft.run_finetune import main as finetune_main
 
-    name, seconds = sys.argv[1], float(sys.argv[2])
-    write_tracker = layout.write_tracker
+    phase, name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 
-    def paused(root, iteration):  # the data of the checkpoint is on disk; only the tracker is missing
-        if layout.iteration_dir(root, iteration).name == name:
-            print(f"save of {name} paused", flush=True)
+    def pause(path) -> None:
+        if name in str(path):
+            print(f"save of {name} paused at {phase}", flush=True)
             time.sleep(seconds)
-        write_tracker(root, iteration)
 
-    layout.write_tracker = paused
-    sys.argv = [sys.argv[0], *sys.argv[3:]]
+    def wrap(module, attr: str, before: bool) -> None:
+        original = getattr(module, attr)
+
+        def hooked(*args, **kwargs):
+            if before:
+                pause(args[1] if attr == "copy_hf_assets" else layout.iteration_dir(*args))
+            result = original(*args, **kwargs)
+            if not before:
+                pause(args[0] if attr == "write_manifest" else args[1])
+            return result
+
+        setattr(module, attr, hooked)
+
+    if phase == "shards":
+        wrap(layout, "copy_hf_assets", before=True)
+    elif phase == "hf_assets":
+        wrap(layout, "copy_hf_assets", before=False)
+    elif phase == "manifest":
+        wrap(integrity, "write_manifest", before=False)
+    elif phase == "tracker":
+        wrap(layout, "write_tracker", before=True)
+    else:
+        raise SystemExit(f"unknown phase {phase}")
+    sys.argv = [sys.argv[0], *sys.argv[4:]]
     run_main(finetune_main)
 
 

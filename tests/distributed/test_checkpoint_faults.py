@@ -1,0 +1,216 @@
+"""Checkpoints that survive faults, at DP=2 over gloo: a rerun, a kill -9 at every point of a save, a full disk,
+a truncated shard. Each test asserts what a user cares about: nothing saved is lost, the resume is exact, and
+a failure is one line that names the file and the intact checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, WORKERS, free_port
+from tests.distributed.test_training import write_reversal_data
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ITERS = 6  # saves at 2, 4 and 6
+
+
+def launch(entry: list[str], flags: list[str], nproc: int = 2, **kwargs):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "--master_addr=127.0.0.1", *entry, *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+                            **kwargs)
+
+
+def run(entry: list[str], flags: list[str], nproc: int = 2) -> tuple[int, str]:
+    proc = launch(entry, flags, nproc)
+    out, _ = proc.communicate(timeout=400)
+    return proc.returncode, out
+
+
+FINETUNE = [str(REPO / "examples" / "finetune.py")]
+
+
+def flags_for(base: dict, save: Path, load: Path | None = None, iters: int = ITERS) -> list[str]:
+    return ["--load", str(load or base["model"]), "--save", str(save), "--data-path", str(base["data"]),
+            "--data-cache-dir", str(base["cache"]), "--device", "cpu", "--seq-length", "64", "--micro-batch-size", "2",
+            "--global-batch-size", "4", "--lr", "1e-3", "--train-iters", str(iters), "--save-interval", "2",
+            "--split", "100,0,0", "--log-interval", "1", "--eval-iters", "0"]
+
+
+def losses(save: Path) -> dict[int, tuple[float, float]]:
+    """iteration -> (loss, grad norm) from metrics.jsonl; the last record of an iteration wins (a resume repeats)."""
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    return {r["iteration"]: (r["loss"], r["grad_norm"]) for r in rows if r["kind"] == "train"}
+
+
+def tracker(save: Path) -> str:
+    return (save / "latest_checkpointed_iteration.txt").read_text().strip()
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def error_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def base(tiny_models, tmp_path_factory) -> dict:
+    """A straight DP=2 run of ITERS iterations: the reference every resumed run must equal bitwise."""
+    out = tmp_path_factory.mktemp("faults")
+    base = {"out": out, "model": tiny_models["qwen3"], "data": write_reversal_data(out / "data.jsonl", 64, seed=3),
+            "cache": out / "cache"}
+    straight = out / "straight"
+    code, log = run(FINETUNE, flags_for(base, straight))
+    assert code == 0, log[-4000:]
+    base["straight"] = straight
+    return base
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 torchrun and every worker (they run in sessions of their own)."""
+    parent = psutil.Process(proc.pid)
+    for p in [*parent.children(recursive=True), parent]:
+        p.kill()
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("phase", ["shards", "hf_assets", "manifest", "tracker"])
+def test_kill_during_a_save_keeps_the_previous_checkpoint_and_the_resume_is_exact(base, phase):
+    save = base["out"] / f"killed_{phase}"
+    flags = flags_for(base, save)
+    proc = launch([str(WORKERS / "paused_save.py"), phase, "iter_0000004", "300"], flags)
+    try:
+        for line in proc.stdout:
+            if "save of iter_0000004 paused" in line:
+                break
+        else:
+            raise AssertionError(f"the run ended before the save of iteration 4 reached {phase}")
+    finally:
+        kill_tree(proc)
+    assert tracker(save) == "2"
+    code, out = run(FINETUNE, flags_for(base, save, load=save))
+    assert code == 0, out[-4000:]
+    assert f"resumed {save}/iter_0000002 at iteration 2" in out
+    assert not list(save.glob(".*")), list(save.glob(".*"))  # no staging directory left behind
+    assert tracker(save) == str(ITERS)
+    got, want = losses(save), losses(base["straight"])
+    assert [got[i] for i in range(3, ITERS + 1)] == [want[i] for i in range(3, ITERS + 1)]
+
+
+def test_kill_while_saving_an_iteration_that_exists_leaves_the_existing_one_intact(base):
+    """Resumed from iteration 4 (--ckpt-step), the run saves iteration 6 again: killed mid-save, the old iter_6
+    must still be whole, byte for byte, and still the latest."""
+    save = base["out"] / "killed_replace"
+    shutil.copytree(base["straight"], save)
+    before = digests(save / f"iter_{ITERS:07d}")
+    proc = launch([str(WORKERS / "paused_save.py"), "manifest", f"iter_{ITERS:07d}", "300"],
+                  flags_for(base, save, load=save) + ["--ckpt-step", "4"])
+    try:
+        for line in proc.stdout:
+            if f"save of iter_{ITERS:07d} paused" in line:
+                break
+        else:
+            raise AssertionError("the run ended before the save of the last iteration")
+    finally:
+        kill_tree(proc)
+    assert digests(save / f"iter_{ITERS:07d}") == before and tracker(save) == str(ITERS)
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_changes_no_byte(base):
+    save = base["out"] / "rerun"
+    shutil.copytree(base["straight"], save)
+    before = digests(save / f"iter_{ITERS:07d}")
+    assert any(name.startswith("hf_assets/tokenizer") for name in before), before
+    code, out = run(FINETUNE, flags_for(base, save, load=save))
+    assert code == 0, out[-4000:]
+    assert f"already at iteration {ITERS} of {ITERS}; nothing to train" in out
+    assert "loss nan" not in out and "saved checkpoint" not in out
+    assert digests(save / f"iter_{ITERS:07d}") == before
+    assert sorted(p.name for p in save.iterdir() if p.name.startswith(("iter_", "."))) == [
+        "iter_0000002", "iter_0000004", "iter_0000006"]
+
+
+def test_truncated_shard_is_named_and_the_resume_falls_back_exactly(base):
+    save = base["out"] / "truncated"
+    shutil.copytree(base["straight"], save)
+    shard = sorted((save / f"iter_{ITERS:07d}").glob("*.distcp"))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    code, out = run(FINETUNE, flags_for(base, save, load=save, iters=ITERS + 2) + ["--ckpt-step", str(ITERS)])
+    assert code != 0 and len(error_lines(out)) == 1, out[-3000:]
+    assert str(shard) in error_lines(out)[0] and "truncated" in error_lines(out)[0]
+    code, out = run(FINETUNE, flags_for(base, save, load=save, iters=ITERS + 2))
+    assert code == 0, out[-4000:]
+    warning = next(line for line in out.splitlines() if "newest intact" in line)
+    assert str(shard) in warning and "loading iter_0000004" in warning
+    assert f"resumed {save}/iter_0000004 at iteration 4" in out
+    got, want = losses(save), losses(base["straight"])
+    assert [got[i] for i in (5, 6)] == [want[i] for i in (5, 6)]
+    assert tracker(save) == str(ITERS + 2)
+
+
+def test_keep_last_deletes_older_iterations_only_after_a_newer_one_is_saved(base):
+    save = base["out"] / "keep_last"
+    code, out = run(FINETUNE, flags_for(base, save) + ["--keep-last", "1"])
+    assert code == 0, out[-4000:]
+    assert sorted(p.name for p in save.iterdir() if p.is_dir()) == [f"iter_{ITERS:07d}"]
+    assert "--keep-last 1: deleted" in out and tracker(save) == str(ITERS)
+
+
+@pytest.fixture
+def small_disk(base, tmp_path):
+    """A tmpfs with room for one checkpoint of the tiny model and a half, not for two."""
+    one = sum(p.stat().st_size for p in (base["straight"] / "iter_0000002").rglob("*") if p.is_file())
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    size = f"size={one * 3 // 2 // 1024}k"
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_disk_full_during_a_save_removes_it_and_keeps_the_previous_one(base, small_disk):
+    """The check before the save is bypassed (another process filled the disk): the write itself fails."""
+    save = small_disk / "run"
+    code, out = run([str(WORKERS / "no_space_check.py")], flags_for(base, save))
+    assert code != 0
+    [line] = error_lines(out)
+    assert "saving" in line and "iter_0000004" in line and "ran out of space" in line
+    assert f"last intact checkpoint: {save}/iter_0000002" in line
+    assert sorted(p.name for p in save.iterdir() if p.is_dir() or p.name.startswith(".")) == ["iter_0000002"]
+    moved = base["out"] / "after_disk_full"
+    shutil.copytree(save, moved)
+    code, out = run(FINETUNE, flags_for(base, moved, load=moved))
+    assert code == 0 and f"resumed {moved}/iter_0000002 at iteration 2" in out, out[-4000:]
+    got, want = losses(moved), losses(base["straight"])
+    assert [got[i] for i in range(3, ITERS + 1)] == [want[i] for i in range(3, ITERS + 1)]
+
+
+def test_too_little_space_is_one_line_before_the_save(base, small_disk):
+    save = small_disk / "run"
+    code, out = run(FINETUNE, flags_for(base, save))
+    assert code != 0, out[-3000:]
+    [line] = error_lines(out)
+    assert "not enough disk space to save iteration 4" in line and f"{save}/iter_0000002" in line
+    assert sorted(p.name for p in save.iterdir() if p.is_dir() or p.name.startswith(".")) == ["iter_0000002"]
+    shutil.rmtree(save)
+    (small_disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(small_disk).free // 2))  # not one fits now
+    code, out = run(FINETUNE, flags_for(base, small_disk / "run2"))
+    assert code != 0 and len(error_lines(out)) == 1, out[-3000:]
+    assert "not enough disk space at start-up" in error_lines(out)[0]
+    assert not [p for p in (small_disk / "run2").iterdir() if p.is_dir()]
