@@ -68,14 +68,18 @@ def sft(
     valid_data_path: str | list[str] | None = None,
     drop_long_samples: bool = False,
     data_cache_dir: str | None = None,
+    keep_last: int | None = None,
+    resume: bool = True,
     extra_args: list[str] | None = None,
     quiet: bool = False,
 ) -> SFTResult:
     """Fine-tune `model_path` (a Hugging Face directory or a Megatron checkpoint) on `data_path`.
 
     Returns where the checkpoint is and the last logged figures; raises SFTError with the one-line
-    message for bad input. `extra_args` are more Megatron-LM flags, appended last (e.g.
-    ["--bf16", "--save-interval", "500"]).
+    message for bad input. When `ckpt_output_dir` already holds a training checkpoint, the call continues
+    that run (`resume=False`: start over from `model_path`), so calling it again after it finished trains
+    and writes nothing. `keep_last` keeps only the newest N checkpoints. `extra_args` are more Megatron-LM
+    flags, appended last (e.g. ["--bf16", "--save-interval", "500"]).
     """
     seq_length = max_tokens_per_gpu or max_seq_len
     if seq_length < max_seq_len:
@@ -102,8 +106,9 @@ def _flags(o: dict, seq_length: int) -> list[str]:
     """The Megatron-LM flags of one call (see the module docstring for the batch rules)."""
     data = (["--train-data-path", *_paths(o["data_path"]), "--valid-data-path", *_paths(o["valid_data_path"])]
             if o["valid_data_path"] else ["--data-path", *_paths(o["data_path"]), "--split", "100,0,0"])
+    start = o["ckpt_output_dir"] if o["resume"] and _holds_training_checkpoint(o["ckpt_output_dir"]) else o["model_path"]
     flags = [
-        "--load", str(o["model_path"]), "--save", str(o["ckpt_output_dir"]), *data,
+        "--load", str(start), "--save", str(o["ckpt_output_dir"]), *data,
         "--train-epochs", str(o["num_epochs"]), "--lr", str(o["learning_rate"]), "--min-lr", "0",
         "--lr-decay-style", "cosine", "--lr-warmup-iters", str(o["warmup_steps"]),
         "--weight-decay", str(o["weight_decay"]), "--seed", str(o["seed"]),
@@ -117,9 +122,22 @@ def _flags(o: dict, seq_length: int) -> list[str]:
         flags.append("--drop-long-samples")
     if o["data_cache_dir"]:
         flags += ["--data-cache-dir", str(o["data_cache_dir"])]
+    if o["keep_last"]:
+        flags += ["--keep-last", str(o["keep_last"])]
     if o["valid_data_path"]:
         flags += ["--eval-iters", "1000000000"]  # each validation reads the whole split once
     return flags + list(o["extra_args"] or [])
+
+
+def _holds_training_checkpoint(folder) -> bool:
+    from megatron_sft.checkpointing.layout import TRACKER, TRAIN_STATE, latest_checkpoint_dir
+
+    if not (Path(folder) / TRACKER).is_file():
+        return False
+    try:
+        return (latest_checkpoint_dir(folder)[0] / TRAIN_STATE).is_file()
+    except UserError:
+        return False
 
 
 def _global_batch(flags: list[str], conversations: int, dp: int, world: int) -> int:

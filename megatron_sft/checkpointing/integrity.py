@@ -1,12 +1,12 @@
-"""Self-checking checkpoints: a manifest of every file's size and CRC32, written last.
+"""Self-checking checkpoints: a manifest of every file's size and CRC32 checksums, written last.
 
 A checkpoint directory is published only after its manifest is on disk (see megatron_ckpt.save_checkpoint),
 so a directory whose files do not match its manifest was damaged after the save (a truncated copy, a bad
 disk). Two depths of check:
 
 - quick: every listed file exists with its recorded size (stat only; parse time, the launcher);
-- deep: also the CRC32 of the contents (load time). CRC32 runs at several GB/s, and under torchrun
-  each rank checks its own share of the files, so a check costs a fraction of the load itself.
+- deep: also the checksums (load time): CRC32 of every MiB of a small file and of 64 evenly spaced MiB of a
+  large one (sample_offsets), read in threads, each rank of a torchrun job checking its share of the files.
 
 Checkpoints without a manifest (Megatron-LM's own, or written before manifests existed) are accepted
 as they are, with their `metadata.json` as the only sign of completeness.
@@ -17,22 +17,55 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-_CHUNK = 16 << 20
+SAMPLE = 1 << 20  # checksummed unit: 1 MiB
+MAX_SAMPLES = 64  # a file of up to 64 MiB is checksummed whole; a larger one at 64 evenly spaced MiB
 _deep_ok: set[tuple[str, int]] = set()  # (directory, manifest mtime) already checked deeply by this process
 
 
-def file_crc32(path: Path, fsync: bool = False) -> int:
-    """CRC32 of a file's contents; with `fsync`, the file is also flushed to stable storage."""
-    crc = 0
+def sample_offsets(size: int) -> list[int]:
+    """Where a file of `size` bytes is checksummed: every MiB of a small file; 64 MiB spread over a large one,
+    first and last included. A checksum of every byte would cost a save more than a tenth of its time (see
+    tools/bench_checkpoint.py); truncation and holes are caught by the size and the samples."""
+    blocks = max(1, -(-size // SAMPLE))
+    if blocks <= MAX_SAMPLES:
+        return [i * SAMPLE for i in range(blocks)]
+    return [round(i * (blocks - 1) / (MAX_SAMPLES - 1)) * SAMPLE for i in range(MAX_SAMPLES)]
+
+
+def _threads() -> int:
+    """Threads per process: zlib.crc32 and file reads release the GIL; the node's cores are shared by its ranks."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // max(local_ranks, 1)))
+
+
+def _block_crc(path: Path, offset: int) -> int:
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-        if fsync:
-            os.fsync(f.fileno())
-    return crc
+        f.seek(offset)
+        return zlib.crc32(f.read(SAMPLE))
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def file_checksums(paths: list[Path], fsync: bool = False) -> dict[Path, list[int]]:
+    """The CRC32 of each sampled MiB of each file (sample_offsets), read in a thread pool; with `fsync` the
+    files are also flushed to stable storage (in the same pool, overlapping the reads)."""
+    tasks = [(p, offset) for p in paths for offset in sample_offsets(p.stat().st_size)]
+    with ThreadPoolExecutor(_threads()) as pool:
+        flushed = [pool.submit(_fsync_file, p) for p in paths] if fsync else []
+        crcs = list(pool.map(lambda task: _block_crc(*task), tasks))
+        for future in flushed:
+            future.result()
+    result: dict[Path, list[int]] = {p: [] for p in paths}
+    for (path, _), crc in zip(tasks, crcs):
+        result[path].append(crc)
+    return result
 
 
 def fsync_dir(path: Path) -> None:
@@ -56,35 +89,31 @@ def _distributed():
     return dist if dist is not None and dist.is_initialized() else None
 
 
-def _shared(work, items: list) -> dict:
-    """Run `work(item) -> (key, value)` over `items`, split across the ranks when distributed; every rank
-    gets the whole result."""
+def _digests(ckpt_dir: Path, names: list[str], fsync: bool = False) -> dict[str, dict]:
+    """{name: {"size", "crc32": [per block]}} of files in `ckpt_dir`, each rank taking a share of the files
+    when distributed; every rank gets the whole result."""
     dist = _distributed()
-    if dist is None or dist.get_world_size() == 1:
-        return dict(work(i) for i in items)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    mine = dict(work(i) for i in items[rank::world])
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
+    mine = names[rank::world]
+    crcs = file_checksums([ckpt_dir / n for n in mine], fsync=fsync)
+    part = {n: {"size": (ckpt_dir / n).stat().st_size, "crc32": crcs[ckpt_dir / n]} for n in mine}
+    if world == 1:
+        return part
     gathered: list = [None] * world
-    dist.all_gather_object(gathered, mine)
-    return {k: v for part in gathered for k, v in part.items()}
+    dist.all_gather_object(gathered, part)
+    return {k: v for piece in gathered for k, v in piece.items()}
 
 
 def write_manifest(ckpt_dir: Path) -> int:
     """Fsync and checksum every file of `ckpt_dir` (collective: every rank takes its share), then rank 0
     writes the manifest, fsynced. Returns the checkpoint's size in bytes."""
     ckpt_dir = Path(ckpt_dir)
-    names = _listed_files(ckpt_dir)
-
-    def digest(name: str):
-        path = ckpt_dir / name
-        return name, {"size": path.stat().st_size, "crc32": file_crc32(path, fsync=True)}
-
-    files = _shared(digest, names)
+    files = _digests(ckpt_dir, _listed_files(ckpt_dir), fsync=True)
     dist = _distributed()
     if dist is None or dist.get_rank() == 0:
         tmp = ckpt_dir / (MANIFEST + ".tmp")
         with open(tmp, "w") as f:
-            json.dump({"format": 1, "files": files}, f, indent=0, sort_keys=True)
+            json.dump({"format": 2, "sample_bytes": SAMPLE, "max_samples": MAX_SAMPLES, "files": files}, f, indent=0, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, ckpt_dir / MANIFEST)
@@ -130,8 +159,8 @@ def check_checkpoint(ckpt_dir: Path, deep: bool = False) -> str | None:
     key = (str(ckpt_dir.resolve()), (ckpt_dir / MANIFEST).stat().st_mtime_ns)
     if not deep or key in _deep_ok:
         return None
-    crcs = _shared(lambda name: (name, file_crc32(ckpt_dir / name)), sorted(files))
-    bad = sorted(name for name, crc in crcs.items() if crc != files[name]["crc32"])
+    now = _digests(ckpt_dir, sorted(files))
+    bad = sorted(name for name, got in now.items() if got["crc32"] != files[name]["crc32"])
     if bad:
         return f"{ckpt_dir / bad[0]}: contents changed since the save (checksum mismatch)"
     _deep_ok.add(key)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_sft.checkpointing.integrity import file_crc32
+from megatron_sft.checkpointing.integrity import file_checksums
 from megatron_sft.data.config import DataConfig
 from megatron_sft.data.packing import PACKER_VERSION
 from megatron_sft.data.prepare import build_cache, read_chat_template
@@ -31,7 +31,7 @@ from megatron_sft.data.sources import fingerprint, parse_sources
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 2  # 2: metadata.json lists every file's size and CRC32
+CACHE_FORMAT = 2  # 2: metadata.json lists every file's size and CRC32 checksums
 MISSING = "missing"
 
 
@@ -144,9 +144,9 @@ def _memmap(path: str, dtype) -> np.ndarray:
 
 def _seal(path: str, meta: dict) -> None:
     """Record every file's size and CRC32 in metadata.json (rewritten last), so a damaged cache is noticed."""
-    names = sorted(n for n in os.listdir(path) if n != "metadata.json")
-    meta["files"] = {n: {"size": os.path.getsize(os.path.join(path, n)),
-                         "crc32": file_crc32(Path(path) / n, fsync=True)} for n in names}
+    files = sorted(p for p in Path(path).iterdir() if p.name != "metadata.json")
+    crcs = file_checksums(files, fsync=True)
+    meta["files"] = {p.name: {"size": p.stat().st_size, "crc32": crcs[p]} for p in files}
     tmp = os.path.join(path, "metadata.json.tmp")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1)
@@ -171,7 +171,7 @@ def _check(path: str) -> str | None:
             return f"{file} is missing"
         if file.stat().st_size != want["size"]:
             return f"{file} has {file.stat().st_size} bytes, its metadata says {want['size']}"
-        if file_crc32(file) != want["crc32"]:
+        if file_checksums([file])[file] != want["crc32"]:
             return f"{file} does not match its checksum in metadata.json"
     return None
 

@@ -66,9 +66,19 @@ def test_lora_sft_trains_adapters_only(tiny_models, tmp_path):
     result = lora_sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(save),
                       lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], max_seq_len=64,
                       data_cache_dir=str(tmp_path / "cache"), quiet=True, extra_args=["--log-interval", "1"])
-    record = json.loads((save / f"iter_{result.iterations:07d}" / "lora.json").read_text())
+    last = save / f"iter_{result.iterations:07d}"
+    record = json.loads((last / "lora.json").read_text())
     assert record["rank"] == 4 and record["targets"] == ["linear_qkv", "linear_fc2"]
     assert "trainable parameters of" in (save / "training.log").read_text()
+    # called again, the finished run trains nothing and changes no byte of its checkpoint (tokenizer included)
+    files = {p: p.read_bytes() for p in sorted(last.rglob("*")) if p.is_file()}
+    assert any("hf_assets/tokenizer" in str(p) for p in files)
+    again = lora_sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(save),
+                     lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], max_seq_len=64,
+                     data_cache_dir=str(tmp_path / "cache"), quiet=True, extra_args=["--log-interval", "1"])
+    assert again.iterations == result.iterations
+    assert "nothing to train" in (save / "training.log").read_text()
+    assert {p: p.read_bytes() for p in sorted(last.rglob("*")) if p.is_file()} == files
     with pytest.raises(SFTError, match="'lm_head' is not an attention or MLP projection"):
         lora_sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(tmp_path / "x"),
                  target_modules=["lm_head"])
