@@ -14,7 +14,7 @@ from __future__ import annotations
 
 def main() -> None:
     from megatron_sft.arguments import add_inference_args, parse_args
-    from megatron_sft.inference.flags import add_generation_extra_args
+    from megatron_sft.arguments.inference import add_generation_extra_args
 
     args = parse_args(extra=[add_inference_args, add_generation_extra_args])  # fails fast, before heavy imports
     from megatron_sft.inference.run import generate_main

@@ -5,11 +5,40 @@
     lora_sft(model_path=..., data_path=..., ckpt_output_dir=..., lora_r=16)   # LoRA adapters only
 
 `import megatron_sft` stays light: `sft` is loaded on first use, and training runs in a child process.
+
+The package is layered; a module imports only from its own layer or the layers below it, function-level
+imports included (tests/unit/test_layering.py enforces LAYERS and the absence of import cycles):
+
+    errors, cli            user errors, the entry-point wrapper
+    runtime, tiny          devices, process groups, the CPU mode; tiny test models and tokenizers
+    models                 model families, layer specs, GPTModel construction, unwrap
+    config                 RunConfig -> Megatron-Core's TransformerConfig, DDP and optimizer configs
+    checkpointing          checkpoint layout, integrity, dist-checkpoint save/load, HF weights (no LoRA)
+    peft                   LoRA adapters, their record and the PEFT folders
+    data                   rendering, tokenizer, sources, packing, cache, batches
+    arguments              the flags, resolved against checkpoints, validated, frozen into a RunConfig
+    loading                what --load holds (HF, Megatron, LoRA), decided once: weights and tokenizer
+    training, inference, conversion      the applications
+    launch, api, run_finetune            the shell scripts' planner, sft(), the entry point
 """
 
 from __future__ import annotations
 
 __all__ = ["sft", "lora_sft", "SFTResult", "SFTError"]
+
+LAYERS = (
+    ("errors", "cli"),
+    ("runtime", "tiny"),
+    ("models",),
+    ("config",),
+    ("checkpointing",),
+    ("peft",),
+    ("data",),
+    ("arguments",),
+    ("loading",),
+    ("training", "inference", "conversion"),
+    ("launch", "api", "run_finetune"),
+)
 
 
 def __getattr__(name: str):

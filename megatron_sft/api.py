@@ -143,12 +143,11 @@ def _holds_training_checkpoint(folder) -> bool:
 def _global_batch(flags: list[str], conversations: int, dp: int, world: int) -> int:
     """Packs per step for `conversations` per step, from the prepared training split (built here)."""
     from megatron_sft.arguments import parse_args
-    from megatron_sft.data import DataConfig
     from megatron_sft.data.cache import prepare
-    from megatron_sft.training.loop import _load_tokenizer
+    from megatron_sft.loading import load_run_tokenizer
 
     args = parse_args(flags, world_size=world)
-    split = prepare(DataConfig.from_args(args), _load_tokenizer(args), is_builder=True).meta["splits"]["train"]
+    split = prepare(args.data, load_run_tokenizer(args), is_builder=True).meta["splits"]["train"]
     per_pack = split["conversations"] / max(1, split["packs"])
     packs = max(dp, round(conversations / per_pack / dp) * dp)
     print(f"sft: effective_batch_size {conversations} conversations, {per_pack:.2f} conversations per packed "
@@ -158,11 +157,11 @@ def _global_batch(flags: list[str], conversations: int, dp: int, world: int) -> 
 
 
 def _launcher(nproc: int, nnodes: int, node_rank: int, addr: str, port: int | None) -> list[str]:
+    from megatron_sft.launch.layout import torchrun_args
+
     if nproc * nnodes == 1:
         return [sys.executable, "-m", "megatron_sft.run_finetune"]
-    rendezvous = ["--standalone"] if nnodes == 1 and port is None else [
-        f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={addr}", f"--master_port={port or 29500}"]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rendezvous,
+    return [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, nnodes, node_rank, addr, port),
             "-m", "megatron_sft.run_finetune"]
 
 
@@ -198,20 +197,23 @@ def lora_sft(
     data_path: str | list[str],
     ckpt_output_dir: str,
     *,
-    lora_r: int = 16,
-    lora_alpha: float = 32.0,
-    lora_dropout: float = 0.0,
+    lora_r: int | None = None,
+    lora_alpha: float | None = None,
+    lora_dropout: float | None = None,
     target_modules: list[str] | None = None,
     learning_rate: float = 1e-4,
     **sft_kwargs,
 ) -> SFTResult:
     """`sft(...)` training LoRA adapters on the frozen model (Training Hub's `lora_sft` keywords).
 
+    `lora_r`, `lora_alpha`, `lora_dropout`: the adapters' rank, scale and dropout (default 16, 32 and 0.0: the
+    --lora-rank / --lora-alpha / --lora-dropout defaults; a resumed LoRA run keeps its own).
+
     `target_modules`: Megatron names (linear_qkv, linear_proj, linear_fc1, linear_fc2) or Hugging Face ones
     (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj); default all. The checkpoint holds the
     adapters; `tools/convert.py --load <ckpt_output_dir> --save DIR` exports them as a PEFT adapter.
     """
-    from megatron_sft.arguments.peft import LORA_TARGETS, HF_TO_MEGATRON
+    from megatron_sft.arguments.peft import HF_TO_MEGATRON, LORA_TARGETS
 
     targets = []
     for name in target_modules or LORA_TARGETS:
@@ -220,8 +222,9 @@ def lora_sft(
             raise SFTError(f"target_modules: {name!r} is not an attention or MLP projection; use any of "
                            f"{', '.join(LORA_TARGETS)} (or their Hugging Face names)")
         targets += [] if megatron in targets else [megatron]
-    lora = ["--peft", "lora", "--lora-rank", str(lora_r), "--lora-alpha", str(lora_alpha),
-            "--lora-dropout", str(lora_dropout), "--lora-target-modules", *targets]
+    sizes = {"--lora-rank": lora_r, "--lora-alpha": lora_alpha, "--lora-dropout": lora_dropout}
+    lora = ["--peft", "lora", *(w for flag, v in sizes.items() if v is not None for w in (flag, str(v))),
+            "--lora-target-modules", *targets]
     extra = list(sft_kwargs.pop("extra_args", None) or [])
     return sft(model_path, data_path, ckpt_output_dir, learning_rate=learning_rate, extra_args=lora + extra,
                **sft_kwargs)

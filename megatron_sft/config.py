@@ -7,21 +7,22 @@ flag means the same thing everywhere and CPU-specific choices live in one place.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from megatron_sft.arguments.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def params_dtype(cfg) -> torch.dtype:
-    if cfg.training.bf16:
-        return torch.bfloat16
-    if cfg.training.fp16:
-        return torch.float16
-    return torch.float32
+def params_dtype(cfg: RunConfig) -> torch.dtype:
+    """The run's dtype (derived once from --bf16 / --fp16 in arguments/derive.py)."""
+    return dtype_from_name(cfg.training.params_dtype)
 
 
 def dtype_from_name(name: str) -> torch.dtype:
@@ -45,7 +46,7 @@ def _grad_accum_fusion_available() -> bool:
 _fusion_notice_given = False
 
 
-def _kernel_fusions(cfg, on_cpu: bool) -> dict:
+def _kernel_fusions(cfg: RunConfig, on_cpu: bool) -> dict:
     """RoPE and gradient-accumulation fusion only where their kernels import: Megatron would raise
     'apply_rope_fusion is not available' (no Transformer Engine) or an Apex error otherwise."""
     global _fusion_notice_given
@@ -66,9 +67,9 @@ def _kernel_fusions(cfg, on_cpu: bool) -> dict:
     return fields
 
 
-def _fusions(cfg, on_cpu: bool) -> dict:
+def _fusions(cfg: RunConfig, on_cpu: bool) -> dict:
     """Fused kernels are CUDA-only. Masked-softmax fusion is always off: the local backend passes an
-    explicit block-diagonal mask, and the fused causal kernel would ignore it (see DESIGN.md)."""
+    explicit block-diagonal mask, and the fused causal kernel would ignore it."""
     return dict(
         masked_softmax_fusion=False,
         bias_activation_fusion=bool(cfg.model.bias_swiglu_fusion) and not on_cpu,
@@ -81,7 +82,7 @@ def _fusions(cfg, on_cpu: bool) -> dict:
     )
 
 
-def _moe_fields(cfg, on_cpu: bool) -> dict:
+def _moe_fields(cfg: RunConfig, on_cpu: bool) -> dict:
     if not cfg.model.num_experts:
         return {}
     dispatcher = cfg.model.moe_token_dispatcher_type or "allgather"
@@ -103,7 +104,7 @@ def _moe_fields(cfg, on_cpu: bool) -> dict:
     )
 
 
-def _recompute_fields(cfg) -> dict:
+def _recompute_fields(cfg: RunConfig) -> dict:
     if not cfg.training.recompute_granularity:
         return {}
     return dict(
@@ -113,7 +114,7 @@ def _recompute_fields(cfg) -> dict:
     )
 
 
-def transformer_config(cfg, skip_init: bool = False):
+def transformer_config(cfg: RunConfig, skip_init: bool = False):
     """TransformerConfig for the resolved architecture and layout in `cfg`.
 
     `skip_init` leaves weights uninitialised (they are about to be loaded): minutes saved on big
@@ -147,8 +148,8 @@ def transformer_config(cfg, skip_init: bool = False):
         virtual_pipeline_model_parallel_size=cfg.parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=cfg.parallel.context_parallel_size,
         expert_model_parallel_size=cfg.parallel.expert_model_parallel_size,
-        expert_tensor_parallel_size=cfg.parallel.expert_tensor_parallel_size or tp,
-        sequence_parallel=bool(cfg.parallel.sequence_parallel) and tp > 1,
+        expert_tensor_parallel_size=cfg.parallel.expert_tensor_parallel_size,  # derived: TP unless given
+        sequence_parallel=cfg.parallel.sequence_parallel,  # derived: off at TP=1
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -165,7 +166,7 @@ def transformer_config(cfg, skip_init: bool = False):
     )
 
 
-def ddp_config(cfg):
+def ddp_config(cfg: RunConfig):
     """Megatron DDP: grads reduced in fp32, overlap only where it helps (GPU)."""
     from megatron.core.distributed import DistributedDataParallelConfig
 
@@ -182,7 +183,7 @@ def ddp_config(cfg):
     )
 
 
-def optimizer_config(cfg):
+def optimizer_config(cfg: RunConfig):
     """Adam with Megatron's mixed-precision handling (fp32 main params for bf16/fp16)."""
     from megatron.core.optimizer import OptimizerConfig
 

@@ -20,7 +20,7 @@ def main() -> None:
     setup_logging()
     args = parse_args()  # validation first: user errors surface before the heavy imports
     check_not_converting_in_place(args)
-    from megatron_sft.checkpointing.convert import convert
+    from megatron_sft.conversion import convert
     from megatron_sft.runtime.distributed import init_from_args, shutdown
     args = init_from_args(args)
     out = convert(args)

@@ -32,7 +32,8 @@ def marked_text(tokenizer, ids, supervised, color: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from megatron_sft.data.cache import PreparedData, prepare
-    from megatron_sft.data.cli import add_data_arguments, config_from_args, load_tokenizer
+    from megatron_sft.arguments.data_tools import add_data_arguments, config_from_args
+    from megatron_sft.data.tokenizer import load_tokenizer
     from megatron_sft.data.stats import summary_lines
     from megatron_sft.errors import UserError
 
@@ -41,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=None, help="an existing cache folder (then the data flags are unused)")
     parser.add_argument("--index", type=int, nargs="*", default=[0], help="sample indices to show")
     parser.add_argument("--pack", type=int, default=None, help="show the samples of this packed sequence instead")
-    parser.add_argument("--split-name", default="train", choices=("train", "valid", "test"))
-    parser.add_argument("--color", action="store_true")
+    parser.add_argument("--split-name", default="train", choices=("train", "valid", "test"),
+                        help="the split whose packs --pack counts")
+    parser.add_argument("--color", action="store_true", help="show supervised text in green instead of between ⟦ ⟧")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:

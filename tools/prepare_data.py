@@ -16,13 +16,14 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from megatron_sft.data.cache import prepare
-    from megatron_sft.data.cli import add_data_arguments, config_from_args, load_tokenizer
+    from megatron_sft.arguments.data_tools import add_data_arguments, config_from_args
+    from megatron_sft.data.tokenizer import load_tokenizer
     from megatron_sft.data.stats import summary_lines
     from megatron_sft.errors import UserError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

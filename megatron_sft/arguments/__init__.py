@@ -20,12 +20,14 @@ from megatron_sft.arguments.data import add_data_args
 from megatron_sft.arguments.inference import add_inference_args
 from megatron_sft.arguments.model import add_model_args
 from megatron_sft.arguments.parallel import add_parallel_args
-from megatron_sft.arguments.peft import add_peft_args
-from megatron_sft.arguments.resolve import resolve_architecture
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.arguments.derive import derive_values
+from megatron_sft.arguments.peft import LORA_RECORDED, add_peft_args, resolve_peft
+from megatron_sft.arguments.resolve import MEGATRON_DEFAULTS, resolve_architecture
+from megatron_sft.arguments.run_config import SECTION_OF, SECTIONS, RunConfig, field_default
 from megatron_sft.arguments.runtime import add_runtime_args
 from megatron_sft.arguments.training import add_training_args
-from megatron_sft.arguments.validate import validate_args
+from megatron_sft.arguments.validate import check_sizes, validate_args
+from megatron_sft.data.config import DataConfig
 from megatron_sft.errors import ConfigErrors, UserError
 
 __all__ = ["build_parser", "parse_args", "add_inference_args", "option_names", "RunConfig"]
@@ -42,6 +44,16 @@ DEFAULT_GROUPS: tuple[ArgsAdder, ...] = (
 )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default where it has one worth showing and its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """Reports bad flags as ConfigErrors, so entry points print them once (rank 0) and exit 2."""
 
@@ -52,10 +64,25 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(extra: Iterable[ArgsAdder] = ()) -> argparse.ArgumentParser:
     """The parser of every entry script; `extra` adds groups such as add_inference_args."""
     # allow_abbrev=False like Megatron-LM: a prefix of one flag must not silently mean another.
-    parser = _Parser(description="Supervised fine-tuning on Megatron-Core", allow_abbrev=False)
+    parser = _Parser(
+        description="Supervised fine-tuning on Megatron-Core", allow_abbrev=False, formatter_class=_HelpFormatter
+    )
     for add in (*DEFAULT_GROUPS, *extra):
         add(parser)
+    apply_field_defaults(parser)
     return parser
+
+
+def apply_field_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each flag's default is its RunConfig field's, written once in run_config.py. Flags that stay None mean
+    "not given": the architecture (resolved: flag > checkpoint > field default) and the data flags (DataConfig
+    reads None as its field default) and LoRA's sizes (flag > the LoRA checkpoint > field default)."""
+    for action in parser._actions:
+        name = action.dest
+        if name not in SECTION_OF or name in MEGATRON_DEFAULTS or name in LORA_RECORDED:
+            continue
+        if SECTIONS[SECTION_OF[name]] is not DataConfig:
+            action.default = field_default(name)
 
 
 def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -71,7 +98,8 @@ def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 def parse_args(
     argv: list[str] | None = None, *, world_size: int | None = None, extra: Iterable[ArgsAdder] = ()
 ) -> RunConfig:
-    """Parse, resolve the architecture (flag > checkpoint > Megatron default), derive, validate, freeze.
+    """Parse; resolve the architecture and LoRA (flag > checkpoint > default); derive (derive.py, the only place
+    values are computed); validate (reads only); freeze.
 
     Raises ConfigErrors listing every problem. `world_size` defaults to $WORLD_SIZE (else 1).
     """
@@ -86,6 +114,11 @@ def parse_args(
         raise
     except UserError as err:  # the checkpoint cannot be read: checks on guessed values would only add noise
         raise ConfigErrors([str(err)]) from None
+    resolve_peft(args, problems)
+    sizes = check_sizes(args, options)
+    if sizes:  # every derived value divides by these
+        raise ConfigErrors(problems + sizes)
+    derive_values(args, options)
     problems += validate_args(args, options)
     if problems:
         raise ConfigErrors(problems)

@@ -11,20 +11,17 @@ def add_checkpoint_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("checkpointing")
     g.add_argument(
         "--load",
-        default=None,
         help="a Hugging Face model directory or a Megatron checkpoint; its architecture is used",
     )
     g.add_argument(
         "--pretrained-model-path",
-        default=None,
         help="Hugging Face directory to import weights from when --load holds no checkpoint yet",
     )
-    g.add_argument("--save", default=None, help="directory for Megatron checkpoints, training.log and metrics.jsonl")
-    g.add_argument("--save-interval", type=int, default=None, help="save every N iterations (and at the end)")
+    g.add_argument("--save", help="directory for Megatron checkpoints, training.log and metrics.jsonl")
+    g.add_argument("--save-interval", type=int, help="save every N iterations (and at the end)")
     g.add_argument(
         "--keep-last",
         type=int,
-        default=None,
         metavar="N",
         help="keep only the newest N checkpoints of --save; older ones are deleted once a newer one is saved and "
         "verified (default: keep all)",
@@ -32,16 +29,29 @@ def add_checkpoint_args(parser: ArgumentParser) -> None:
     g.add_argument(
         "--ckpt-step",
         type=int,
-        default=None,
         metavar="N",
         help="load iteration N of the --load checkpoint instead of the latest one",
     )
     g.add_argument(
         "--finetune", action="store_true", help="load weights only: iteration, optimizer and RNG state start fresh"
     )
-    g.add_argument("--no-load-optim", action="store_false", dest="load_optim")
-    g.add_argument("--no-load-rng", action="store_false", dest="load_rng")
-    g.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist")
+    g.add_argument(
+        "--no-load-optim",
+        action="store_false",
+        dest="load_optim",
+        help="refused: a resume always restores the optimizer (use --finetune for weights only)",
+    )
+    g.add_argument(
+        "--no-load-rng",
+        action="store_false",
+        dest="load_rng",
+        help="refused: a resume always restores the RNG states (use --finetune for weights only)",
+    )
+    g.add_argument(
+        "--ckpt-format",
+        choices=["torch_dist"],
+        help="checkpoint format: torch_dist (dist_checkpointing), the only one",
+    )
     g.add_argument(
         "--auto-detect-ckpt-format",
         action="store_true",
@@ -55,12 +65,10 @@ def add_checkpoint_args(parser: ArgumentParser) -> None:
     g.add_argument(
         "--export-dtype",
         choices=DTYPES,
-        default=None,
         help="dtype of exported HF weights (default: --bf16/--fp16, else fp32)",
     )
     g.add_argument(
         "--import-dtype",
         choices=DTYPES,
-        default=None,
         help="dtype HF weights are imported in (default: --bf16/--fp16, else fp32)",
     )

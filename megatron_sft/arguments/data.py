@@ -26,16 +26,32 @@ def add_data_args(parser: ArgumentParser) -> None:
         help="record format: detected per record (auto), or this one for every record",
     )
     for split in ("train", "valid", "test"):
-        g.add_argument(f"--{split}-data-path", nargs="+", default=None,
-                       help=f"the {split} split's own files (Megatron-LM's per-split form, instead of --data-path "
-                       "and --split)")
+        g.add_argument(
+            f"--{split}-data-path",
+            nargs="+",
+            default=None,
+            help=f"the {split} split's own files (Megatron-LM's per-split form, instead of --data-path "
+            "and --split)",
+        )
     g.add_argument("--split", default=None, help="train,valid,test weights of --data-path (default 969,30,1)")
-    g.add_argument("--data-cache-dir", default=None)
-    g.add_argument("--num-workers", type=int, default=1)
-    g.add_argument("--seq-length", type=int, default=None)
-    g.add_argument("--max-sample-length", type=int, default=None,
-                   help="longest conversation, in tokens (default --seq-length); longer ones are truncated, or "
-                   "dropped with --drop-long-samples")
+    g.add_argument(
+        "--data-cache-dir",
+        default=None,
+        help="where tokenized, packed data is cached (default: beside the first data file)",
+    )
+    g.add_argument(
+        "--num-workers", type=int, default=1, help="processes that tokenize the data and data-loader workers"
+    )
+    g.add_argument(
+        "--seq-length", type=int, default=None, help="packed sequence length in tokens (required for training)"
+    )
+    g.add_argument(
+        "--max-sample-length",
+        type=int,
+        default=None,
+        help="longest conversation, in tokens (default --seq-length); longer ones are truncated, or "
+        "dropped with --drop-long-samples",
+    )
     g.add_argument(
         "--chat-template",
         default=None,
@@ -44,19 +60,31 @@ def add_data_args(parser: ArgumentParser) -> None:
     g.add_argument("--skip-invalid", action="store_true", help="skip malformed samples (counted) instead of failing")
     g.add_argument("--unmask-user", action="store_true", help="train on user turns too (default: assistant only)")
     long = g.add_mutually_exclusive_group()
-    long.add_argument("--truncate-long-samples", action="store_true",
-                      help="cut samples over --max-sample-length (default)")
-    long.add_argument("--drop-long-samples", action="store_true",
-                      help="drop samples over --max-sample-length (counted)")
-    g.add_argument("--packing-algorithm", choices=["best_fit", "first_fit_decreasing"], default="best_fit")
+    long.add_argument(
+        "--truncate-long-samples", action="store_true", help="cut samples over --max-sample-length (default)"
+    )
+    long.add_argument(
+        "--drop-long-samples", action="store_true", help="drop samples over --max-sample-length (counted)"
+    )
+    g.add_argument(
+        "--packing-algorithm",
+        choices=["best_fit", "first_fit_decreasing"],
+        default="best_fit",
+        help="how conversations are packed into sequences (none are ever split or dropped)",
+    )
     g.add_argument("--reset-position-ids", action="store_true", help="accepted; packing always resets positions")
     g.add_argument("--reset-attention-mask", action="store_true", help="accepted; packing always isolates samples")
-    g.add_argument("--eod-mask-loss", action="store_true")
+    g.add_argument(
+        "--eod-mask-loss",
+        action="store_true",
+        help="no loss on the end-of-document token (Megatron-LM's meaning; assistant turn ends stay supervised)",
+    )
 
     t = parser.add_argument_group("tokenizer")
-    t.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer"], default="HuggingFaceTokenizer")
+    t.add_argument(
+        "--tokenizer-type", choices=["HuggingFaceTokenizer"], help="only Hugging Face tokenizers are supported"
+    )
     t.add_argument(
         "--tokenizer-model",
-        default=None,
         help="HF tokenizer directory or name (default: the Hugging Face model of --load / --pretrained-model-path)",
     )

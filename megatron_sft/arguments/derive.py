@@ -22,6 +22,7 @@ def derive_values(args: Namespace, options: dict[str, str]) -> None:
     per_split = args.train_data_path or args.valid_data_path or args.test_data_path
     if args.split is None and not per_split:
         args.split = DEFAULT_SPLIT
+    _collect_notices(args)
 
 
 def _layout(args: Namespace) -> None:
@@ -56,3 +57,26 @@ def _schedule(args: Namespace) -> None:
         args.lr_decay_iters = args.lr_decay_iters or args.train_iters
     if args.train_samples is not None and args.train_iters is None:
         args.lr_decay_samples = args.lr_decay_samples or args.train_samples
+
+
+_NO_EFFECT = {  # accepted Megatron-LM flags whose behaviour is always on here: said once, never silent
+    "auto_detect_ckpt_format": "--auto-detect-ckpt-format: the format of --load is always detected",
+    "export_te_mcore_model": "--export-te-mcore-model: dist_checkpointing checkpoints load into either layer spec",
+}
+
+
+def _collect_notices(args: Namespace) -> None:
+    for dest, notice in _NO_EFFECT.items():
+        if getattr(args, dest):
+            args.notices.append(notice)
+    if not args.masked_softmax_fusion:
+        args.notices.append(
+            "--no-masked-softmax-fusion: masked-softmax fusion is always off (samples are kept apart "
+            "by the packed attention or an explicit mask)"
+        )
+    if args.use_mcore_models:
+        args.notices.append("--use-mcore-models: Megatron-Core models are always used")
+    if args.reset_position_ids or args.reset_attention_mask:
+        args.notices.append(
+            "--reset-position-ids/--reset-attention-mask: packing always resets positions and isolates samples"
+        )

@@ -6,36 +6,17 @@ Each problem is one line that names the flag, its value and what to do."""
 from __future__ import annotations
 
 import os
-import re
 from argparse import Namespace
 from pathlib import Path
 
 from megatron_sft.checkpointing.layout import TRAIN_STATE, resume_layout_problem, saved_layout
 from megatron_sft.errors import UserError
 
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # org/name: resolved by transformers (cache or download)
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
 
 def check_inputs(args: Namespace, problems: list[str]) -> None:
     _check_save(args, problems)
     _check_positions(args, problems)
     _check_resume_layout(args, problems)
-
-
-def check_tokenizer(value: str | None, problems: list[str]) -> None:
-    """--tokenizer-model as the user gave it: a local directory with tokenizer files, or a hub name."""
-    if value is None:
-        return
-    path = Path(value).expanduser()
-    if not path.exists():
-        if not _HUB_ID.fullmatch(value):
-            problems.append(f"--tokenizer-model {value}: no such directory; give a Hugging Face model or tokenizer "
-                            "directory, or a hub name such as Qwen/Qwen3-0.6B")
-        return
-    if not path.is_dir() or not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        problems.append(f"--tokenizer-model {value}: no tokenizer files there ({', '.join(_TOKENIZER_FILES)}); "
-                        "give the Hugging Face directory the model came from")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -59,8 +40,10 @@ def _check_save(args: Namespace, problems: list[str]) -> None:
             problems.append(f"--save {args.save} cannot be written: {problem}; choose a writable directory")
     start = _starting_model(args)
     if start is not None and Path(start).resolve() == save:
-        problems.append(f"--save {args.save} is the model this run starts from ({start}); saving there would write "
-                        "over it: save somewhere else")
+        problems.append(
+            f"--save {args.save} is the model this run starts from ({start}); saving there would write "
+            "over it: save somewhere else"
+        )
 
 
 def _write_probe(save: Path) -> str | None:
@@ -78,8 +61,11 @@ def _write_probe(save: Path) -> str | None:
 
 def resumes_training(args: Namespace) -> bool:
     """--load is a training checkpoint (train_state.json) that this run continues (no --finetune)."""
-    return (args.load_format == "megatron" and not args.finetune
-            and (Path(args.load_iteration_dir) / TRAIN_STATE).is_file())
+    return (
+        args.load_format == "megatron"
+        and not args.finetune
+        and (Path(args.load_iteration_dir) / TRAIN_STATE).is_file()
+    )
 
 
 def _starting_model(args: Namespace) -> str | None:
@@ -100,9 +86,11 @@ def _check_positions(args: Namespace, problems: list[str]) -> None:
     if not positions or not longest or longest <= positions or args.position_embedding_type == "learned_absolute":
         return  # learned_absolute: validate.py checks --seq-length itself
     flag = f"--max-sample-length {longest}" if args.max_sample_length else f"--seq-length {seq}"
-    problems.append(f"{flag} lets one sample reach {longest} tokens, past the model's --max-position-embeddings "
-                    f"{positions}; add --max-sample-length {positions} (longer samples are truncated) or use a "
-                    "model trained for longer sequences")
+    problems.append(
+        f"{flag} lets one sample reach {longest} tokens, past the model's --max-position-embeddings "
+        f"{positions}; add --max-sample-length {positions} (longer samples are truncated) or use a "
+        "model trained for longer sequences"
+    )
 
 
 def is_training(args: Namespace) -> bool:
@@ -113,8 +101,12 @@ def is_training(args: Namespace) -> bool:
 def _check_resume_layout(args: Namespace, problems: list[str]) -> None:
     if not is_training(args) or not resumes_training(args):
         return
-    now = {"tp": args.tensor_model_parallel_size, "pp": args.pipeline_model_parallel_size,
-           "ep": args.expert_model_parallel_size, "cp": args.context_parallel_size}
+    now = {
+        "tp": args.tensor_model_parallel_size,
+        "pp": args.pipeline_model_parallel_size,
+        "ep": args.expert_model_parallel_size,
+        "cp": args.context_parallel_size,
+    }
     problem = resume_layout_problem(args.load, saved_layout(args.load_iteration_dir), now)
     if problem:
         problems.append(problem)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_sft.arguments.inputs import check_tokenizer
+from megatron_sft.arguments.run_config import field_default
 from megatron_sft.checkpointing.layout import (
     RUN_ARGS,
     TRACKER,
@@ -21,48 +21,54 @@ from megatron_sft.checkpointing.layout import (
     is_megatron_checkpoint,
     latest_checkpoint_dir,
 )
+from megatron_sft.data.tokenizer import tokenizer_problem
 from megatron_sft.errors import UserError
 from megatron_sft.models.hf_config import HF_FIELDS, HF_NEGATED_FIELDS, megatron_args_from_hf_config, read_hf_config
 
-
 # Megatron-LM's defaults for the flags whose argparse default is None (so explicit ones can be told apart).
 # None here: derived from other values in derive_architecture().
-MEGATRON_DEFAULTS: dict[str, Any] = {
-    "num_layers": None,
-    "hidden_size": None,
-    "ffn_hidden_size": None,
-    "num_attention_heads": None,
-    "num_query_groups": None,
-    "kv_channels": None,
-    "max_position_embeddings": None,
-    "group_query_attention": False,
-    "position_embedding_type": "learned_absolute",
-    "rotary_percent": 1.0,
-    "rotary_base": 10000,
-    "use_rope_scaling": False,
-    "rope_scaling_factor": 8.0,
-    "normalization": "LayerNorm",
-    "norm_epsilon": 1e-5,
-    "swiglu": False,
-    "qk_layernorm": False,
-    "add_qkv_bias": False,
-    "add_bias_linear": True,
-    "untie_embeddings_and_output_weights": False,
-    "num_experts": None,
-    "moe_ffn_hidden_size": None,
-    "moe_router_topk": 2,
-    "moe_router_pre_softmax": False,
-    "moe_router_score_function": "softmax",
-    "moe_router_load_balancing_type": "aux_loss",
-    "moe_aux_loss_coeff": 0.0,
-    "attention_dropout": 0.1,
-    "hidden_dropout": 0.1,
-    "init_method_std": 0.02,
-    "make_vocab_size_divisible_by": 128,
-}
+# What a checkpoint describes: explicit flag > the checkpoint's record > Megatron's default (the RunConfig field's).
+ARCHITECTURE_KEYS = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "kv_channels",
+    "max_position_embeddings",
+    "group_query_attention",
+    "position_embedding_type",
+    "rotary_percent",
+    "rotary_base",
+    "use_rope_scaling",
+    "rope_scaling_factor",
+    "normalization",
+    "norm_epsilon",
+    "swiglu",
+    "qk_layernorm",
+    "add_qkv_bias",
+    "add_bias_linear",
+    "untie_embeddings_and_output_weights",
+    "num_experts",
+    "moe_ffn_hidden_size",
+    "moe_router_topk",
+    "moe_router_pre_softmax",
+    "moe_router_score_function",
+    "moe_router_load_balancing_type",
+    "moe_aux_loss_coeff",
+    "attention_dropout",
+    "hidden_dropout",
+    "init_method_std",
+    "make_vocab_size_divisible_by",
+)
+MEGATRON_DEFAULTS: dict[str, Any] = {key: field_default(key) for key in ARCHITECTURE_KEYS}
 # Hyper-parameters a checkpoint records but a run may change: a differing flag is a notice, not an error.
 TUNABLE_KEYS = (
-    "attention_dropout", "hidden_dropout", "init_method_std", "moe_aux_loss_coeff", "moe_router_load_balancing_type",
+    "attention_dropout",
+    "hidden_dropout",
+    "init_method_std",
+    "moe_aux_loss_coeff",
+    "moe_router_load_balancing_type",
 )
 # Taken from the record when not given, never compared: they do not change what the weights mean.
 SOFT_KEYS = ("group_query_attention", "make_vocab_size_divisible_by")
@@ -84,7 +90,10 @@ def resolve_architecture(args: Namespace, options: dict[str, str]) -> list[str]:
     --pretrained-model-path cannot be read: nothing else can be checked then.
     """
     problems: list[str] = []
-    check_tokenizer(args.tokenizer_model, problems)  # as given: the defaults below come from checkpoints
+    if args.tokenizer_model is not None:  # as given: the defaults below come from checkpoints
+        problem = tokenizer_problem(args.tokenizer_model)
+        if problem:
+            problems.append(problem)
     source = find_source(args)
     args.arch_sources = {}
     for key, default in MEGATRON_DEFAULTS.items():
@@ -257,5 +266,8 @@ def describe_sources(args: Namespace) -> list[str]:
         if value is not None and value is not False:
             groups.setdefault(source, []).append(f"{key}={_show(value)}")
     order = sorted(groups, key=lambda s: (s != "flag", s == "default", s))
-    return [f"architecture ({'flags' if s == 'flag' else 'Megatron defaults' if s == 'default' else s}): "
-            + " ".join(groups[s]) for s in order]
+    return [
+        f"architecture ({'flags' if s == 'flag' else 'Megatron defaults' if s == 'default' else s}): "
+        + " ".join(groups[s])
+        for s in order
+    ]

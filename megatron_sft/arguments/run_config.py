@@ -21,6 +21,8 @@ from typing import Any
 
 from megatron_sft.data.config import DataConfig
 
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")  # every attention and MLP projection
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -137,10 +139,11 @@ class PeftConfig:
     """LoRA adapters (peft "lora") or full fine-tuning (None)."""
 
     peft: str | None = None
-    lora_rank: int | None = None  # 16 unless a LoRA checkpoint or --lora-load says otherwise
-    lora_alpha: float | None = None
-    lora_dropout: float | None = None
-    lora_target_modules: list[str] | None = None
+    # Resolved like the architecture: flag > the LoRA checkpoint's lora.json (or --lora-load's adapter) > these.
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     lora_load: str | None = None  # a Hugging Face PEFT adapter folder to start from
     merge_lora: bool = False  # convert: write a merged full model instead of a PEFT folder
 
@@ -218,14 +221,27 @@ class InferenceConfig:
     results: str | None = None
 
 
-SECTIONS = {"model": ModelConfig, "parallel": ParallelConfig, "training": TrainingConfig, "lora": PeftConfig,
-            "data": DataConfig, "tokenizer": TokenizerConfig, "checkpoint": CheckpointConfig,
-            "logging": LoggingConfig, "runtime": RuntimeConfig, "inference": InferenceConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "training": TrainingConfig,
+    "lora": PeftConfig,
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+    "runtime": RuntimeConfig,
+    "inference": InferenceConfig,
+}
 # Parsed, checked at parse time, and not carried: nothing after validation reads them.
 NOT_CARRIED = {"truncate_long_samples"}
 # Flags that shape data but belong to one section: the data section keeps a copy for the pipeline.
-_SHARED = {"seed": "training", "context_parallel_size": "parallel", "micro_batch_size": "training",
-           "global_batch_size": "training"}
+_SHARED = {
+    "seed": "training",
+    "context_parallel_size": "parallel",
+    "micro_batch_size": "training",
+    "global_batch_size": "training",
+}
 
 
 def _section_of() -> dict[str, str]:
@@ -246,6 +262,11 @@ assert not set(SECTIONS) & set(SECTION_OF), set(SECTIONS) & set(SECTION_OF)
 def _default(section: type, name: str) -> Any:
     f = section.__dataclass_fields__[name]
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def field_default(name: str) -> Any:
+    """The default of setting `name`: its field in the section that owns it (the one place it is written)."""
+    return _default(SECTIONS[SECTION_OF[name]], name)
 
 
 @dataclass(frozen=True)
@@ -272,10 +293,7 @@ class RunConfig:
         sections = {}
         for name, section in SECTIONS.items():
             if section is DataConfig:  # its own reader: lists from strings, defaults for unset values
-                data = DataConfig.from_args(SimpleNamespace(**values), validate=False)
-                if "seq_length" in values and values["seq_length"] is None:  # not given: no packing length
-                    data = dataclasses.replace(data, seq_length=None)
-                sections[name] = data
+                sections[name] = DataConfig.from_args(SimpleNamespace(**values), validate=False)
                 continue
             given = {f.name: values[f.name] for f in fields(section) if f.name in values}
             # None from a flag left unset keeps a field's default (a record from an older version may lack it)
@@ -291,6 +309,11 @@ class RunConfig:
         if homeless:  # a value set during parsing that no section holds would be lost: a bug, not a user error
             raise RuntimeError(f"no RunConfig section holds {sorted(homeless)}; add them to arguments/run_config.py")
         return cls.from_values(values, arch_sources=dict(args.arch_sources), notices=tuple(args.notices))
+
+    @property
+    def is_lora(self) -> bool:
+        """The run trains (or loads) LoRA adapters on a frozen base (--peft lora)."""
+        return self.lora.peft == "lora"
 
     def __getattr__(self, name: str) -> Any:
         """Flat read access (`cfg.seq_length`) for scripts and tests: the value from the section owning it."""

@@ -11,19 +11,16 @@ def add_runtime_args(parser: ArgumentParser) -> None:
     g.add_argument(
         "--device",
         choices=["auto", "cuda", "cpu"],
-        default="auto",
         help="auto: CUDA when available, else the CPU mode (gloo)",
     )
     g.add_argument(
         "--transformer-impl",
         choices=["local", "transformer_engine"],
-        default=None,
         help="default: transformer_engine on GPU when installed, else local",
     )
     g.add_argument(
         "--attention-backend",
         choices=["auto", "flash", "fused", "unfused", "local"],
-        default="auto",
         help="auto: packed attention (per-sample SDPA from cu_seqlens, context parallelism); local: Megatron's "
         "DotProductAttention with an explicit S x S mask (reference); flash/fused/unfused: Transformer Engine "
         "kernels, not available for training yet",

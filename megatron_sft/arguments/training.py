@@ -7,27 +7,61 @@ from argparse import ArgumentParser
 
 def add_training_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=1)
-    g.add_argument("--global-batch-size", type=int, default=None, help="default micro-batch size x data-parallel size")
-    g.add_argument("--train-iters", type=int, default=None)
-    g.add_argument("--train-samples", type=int, default=None)
+    g.add_argument(
+        "--micro-batch-size", type=int, help="packed sequences per forward/backward pass on each data-parallel rank"
+    )
+    g.add_argument("--global-batch-size", type=int, help="default micro-batch size x data-parallel size")
+    g.add_argument("--train-iters", type=int, help="run length in optimizer steps")
+    g.add_argument(
+        "--train-samples", type=int, help="run length in packed sequences (iterations = samples / global batch)"
+    )
     g.add_argument(
         "--train-epochs",
         type=int,
-        default=None,
         help="passes over the training split (instead of --train-iters/--train-samples); iterations and the LR "
         "schedule are sized from the prepared data",
     )
-    g.add_argument("--exit-interval", type=int, default=None)
-    g.add_argument("--exit-duration-in-mins", type=int, default=None)
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--fp16", action="store_true")
-    g.add_argument("--bf16", action="store_true")
-    g.add_argument("--no-gradient-accumulation-fusion", action="store_false", dest="gradient_accumulation_fusion")
-    g.add_argument("--no-check-for-nan-in-loss-and-grad", action="store_false", dest="check_for_nan_in_loss_and_grad")
-    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
-    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
-    g.add_argument("--recompute-num-layers", type=int, default=None)
+    g.add_argument("--exit-interval", type=int, help="stop (and save) after an iteration divisible by this")
+    g.add_argument(
+        "--exit-duration-in-mins", type=int, help="stop (and save) once the run has taken this many minutes"
+    )
+    g.add_argument("--seed", type=int, help="random seed: initialisation, dropout, data order and PATH:N subsets")
+    g.add_argument(
+        "--fp16",
+        action="store_true",
+        help="fp16 weights and activations with loss scaling (fp32 main parameters in the optimizer)",
+    )
+    g.add_argument(
+        "--bf16", action="store_true", help="bf16 weights and activations (fp32 main parameters in the optimizer)"
+    )
+    g.add_argument(
+        "--no-gradient-accumulation-fusion",
+        action="store_false",
+        dest="gradient_accumulation_fusion",
+        help="accumulate weight gradients without the fused kernel (always off without Apex)",
+    )
+    g.add_argument(
+        "--no-check-for-nan-in-loss-and-grad",
+        action="store_false",
+        dest="check_for_nan_in_loss_and_grad",
+        help="train on through a NaN/Inf loss or gradient norm instead of stopping",
+    )
+    g.add_argument(
+        "--recompute-granularity",
+        choices=["full", "selective"],
+        help="activation recomputation: full layers, or selective (attention core only)",
+    )
+    g.add_argument(
+        "--recompute-method",
+        choices=["uniform", "block"],
+        help="with full recomputation: uniform (every --recompute-num-layers layers) or block (the first N layers of "
+        "each stage)",
+    )
+    g.add_argument(
+        "--recompute-num-layers",
+        type=int,
+        help="layers per recomputed chunk (uniform) or recomputed per stage (block)",
+    )
     _add_optimizer_args(parser)
     _add_schedule_args(parser)
     _add_logging_args(parser)
@@ -35,37 +69,53 @@ def add_training_args(parser: ArgumentParser) -> None:
 
 def _add_optimizer_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("optimizer (Adam)")
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--min-lr", type=float, default=0.0)
-    g.add_argument("--clip-grad", type=float, default=1.0)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.999)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, help="learning rate at the end of the decay")
+    g.add_argument("--clip-grad", type=float, help="clip the global gradient norm to this (0: off)")
+    g.add_argument("--weight-decay", type=float, help="decoupled (AdamW) weight decay")
+    g.add_argument("--adam-beta1", type=float, help="Adam's first-moment decay")
+    g.add_argument("--adam-beta2", type=float, help="Adam's second-moment decay")
+    g.add_argument("--adam-eps", type=float, help="Adam's epsilon")
 
 
 def _add_schedule_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("learning-rate schedule (iteration- or sample-based, like the run length)")
     g.add_argument(
-        "--lr-decay-style", choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"], default="linear"
+        "--lr-decay-style",
+        choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"],
+        help="learning-rate decay after the warmup",
     )
-    g.add_argument("--lr-decay-iters", type=int, default=None, help="default --train-iters")
-    g.add_argument("--lr-decay-samples", type=int, default=None, help="default --train-samples")
-    g.add_argument("--lr-warmup-fraction", type=float, default=None)
-    g.add_argument("--lr-warmup-iters", type=int, default=0)
-    g.add_argument("--lr-warmup-samples", type=int, default=0)
+    g.add_argument("--lr-decay-iters", type=int, help="default --train-iters")
+    g.add_argument("--lr-decay-samples", type=int, help="default --train-samples")
     g.add_argument(
-        "--lr-wsd-decay-style", choices=["exponential", "linear", "cosine", "minus_sqrt"], default="exponential"
+        "--lr-warmup-fraction",
+        type=float,
+        help="warmup as a share of the decay length (instead of --lr-warmup-iters/-samples)",
     )
-    g.add_argument("--lr-wsd-decay-iters", type=int, default=None)
-    g.add_argument("--lr-wsd-decay-samples", type=int, default=None)
+    g.add_argument("--lr-warmup-iters", type=int, help="warmup length in iterations")
+    g.add_argument("--lr-warmup-samples", type=int, help="warmup length in samples (with --train-samples)")
+    g.add_argument(
+        "--lr-wsd-decay-style",
+        choices=["exponential", "linear", "cosine", "minus_sqrt"],
+        help="shape of the final decay of --lr-decay-style WSD",
+    )
+    g.add_argument(
+        "--lr-wsd-decay-iters", type=int, help="length of the final decay of --lr-decay-style WSD, in iterations"
+    )
+    g.add_argument(
+        "--lr-wsd-decay-samples", type=int, help="length of the final decay of --lr-decay-style WSD, in samples"
+    )
 
 
 def _add_logging_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("evaluation and logging")
-    g.add_argument("--eval-iters", type=int, default=100)
-    g.add_argument("--eval-interval", type=int, default=1000)
-    g.add_argument("--log-interval", type=int, default=100)
-    g.add_argument("--tensorboard-dir", default=None)
-    g.add_argument("--wandb-project", default="")
-    g.add_argument("--wandb-exp-name", default="")
+    g.add_argument(
+        "--eval-iters",
+        type=int,
+        help="validation iterations each time (at most one pass over the validation split; 0: no validation)",
+    )
+    g.add_argument("--eval-interval", type=int, help="validate every N iterations (and at the end)")
+    g.add_argument("--log-interval", type=int, help="print and record the figures every N iterations")
+    g.add_argument("--tensorboard-dir", help="write TensorBoard scalars here (pip install .[loggers])")
+    g.add_argument("--wandb-project", help="log to this Weights & Biases project (wandb installed and logged in)")
+    g.add_argument("--wandb-exp-name", help="the Weights & Biases run name")

@@ -5,12 +5,10 @@ checks read are derived first, in derive.py; nothing here sets a value.
 
 from __future__ import annotations
 
-import dataclasses
 from argparse import Namespace
 
-from megatron_sft.arguments.derive import derive_values
 from megatron_sft.arguments.inputs import check_inputs, is_training
-from megatron_sft.arguments.peft import check_peft_args
+from megatron_sft.arguments.peft import check_lora_values
 
 _REQUIRED_ARCH = ("num_layers", "hidden_size", "num_attention_heads")
 _POSITIVE = (
@@ -22,14 +20,14 @@ _POSITIVE = (
 )
 
 
+def check_sizes(args: Namespace, options: dict[str, str]) -> list[str]:
+    """The sizes every derived value is divided by."""
+    return [f"{options[key]} {getattr(args, key)} must be at least 1" for key in _POSITIVE if getattr(args, key) < 1]
+
+
 def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
-    """Derive the values that follow from the flags (derive.py), then return every problem found."""
-    problems = [
-        f"{options[key]} {getattr(args, key)} must be at least 1" for key in _POSITIVE if getattr(args, key) < 1
-    ]
-    if problems:  # every size below is divided by these
-        return problems
-    derive_values(args, options)
+    """Every problem of the resolved and derived values; reads only (the notices were collected in derive.py)."""
+    problems = []
     missing = [key for key in _REQUIRED_ARCH if getattr(args, key) is None]
     for key in missing:
         problems.append(f"{options[key]} is required: no --load / --pretrained-model-path gives the architecture")
@@ -43,10 +41,9 @@ def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
     _check_precision_and_misc(args, problems)
     _check_attention(args, problems)
     _check_data(args, problems)
-    check_peft_args(args, problems)
+    check_lora_values(args, problems)
     check_inputs(args, problems)
     _refuse_unsupported(args, problems)
-    _collect_notices(args)
     return problems
 
 
@@ -134,6 +131,7 @@ def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]
             f"{divisors_text(ranks)}"
         )
 
+
 def _check_vocab(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
     """A checkpoint's vocab_size is the padded vocabulary; padding only ever applies to fresh models."""
     vocab, tp = args.checkpoint_vocab_size, args.tensor_model_parallel_size
@@ -169,19 +167,30 @@ def _check_batch(args: Namespace, problems: list[str]) -> None:
 
 def _check_schedule(args: Namespace, problems: list[str]) -> None:
     """Run length and LR schedule count either iterations or samples, like Megatron-LM."""
-    given = [f for f, v in (("--train-iters", args.train_iters), ("--train-samples", args.train_samples),
-                            ("--train-epochs", args.train_epochs)) if v is not None]
+    given = [
+        f
+        for f, v in (
+            ("--train-iters", args.train_iters),
+            ("--train-samples", args.train_samples),
+            ("--train-epochs", args.train_epochs),
+        )
+        if v is not None
+    ]
     if len(given) > 1:
         problems.append(f"give --train-iters or --train-samples or --train-epochs, not {' and '.join(given)}")
     if args.train_epochs is not None and args.train_epochs < 1:
         problems.append(f"--train-epochs {args.train_epochs} must be at least 1")
     if args.train_epochs is not None:  # sized in iterations once the data is prepared
-        for flag, value in (("--lr-decay-samples", args.lr_decay_samples),
-                            ("--lr-wsd-decay-samples", args.lr_wsd_decay_samples),
-                            ("--lr-warmup-samples", args.lr_warmup_samples or None)):
+        for flag, value in (
+            ("--lr-decay-samples", args.lr_decay_samples),
+            ("--lr-wsd-decay-samples", args.lr_wsd_decay_samples),
+            ("--lr-warmup-samples", args.lr_warmup_samples or None),
+        ):
             if value is not None:
-                problems.append(f"{flag} counts samples; with --train-epochs use {flag.replace('samples', 'iters')} "
-                                "or --lr-warmup-fraction")
+                problems.append(
+                    f"{flag} counts samples; with --train-epochs use {flag.replace('samples', 'iters')} "
+                    "or --lr-warmup-fraction"
+                )
     by_samples = {
         "--lr-decay-samples": args.lr_decay_samples,
         "--lr-wsd-decay-samples": args.lr_wsd_decay_samples,
@@ -221,8 +230,10 @@ def _check_warmup_shorter_than_decay(args: Namespace, problems: list[str]) -> No
     for unit in ("iters", "samples"):
         warmup, decay = getattr(args, f"lr_warmup_{unit}"), getattr(args, f"lr_decay_{unit}")
         if warmup and decay and warmup >= decay:
-            problems.append(f"--lr-warmup-{unit} {warmup} must be shorter than the decay ({decay} {unit}, "
-                            f"--lr-decay-{unit} or --train-{unit}); use e.g. --lr-warmup-{unit} {max(decay // 10, 0)}")
+            problems.append(
+                f"--lr-warmup-{unit} {warmup} must be shorter than the decay ({decay} {unit}, "
+                f"--lr-decay-{unit} or --train-{unit}); use e.g. --lr-warmup-{unit} {max(decay // 10, 0)}"
+            )
 
 
 def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
@@ -239,8 +250,10 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
     if args.keep_last is not None and args.keep_last < 1:
         problems.append(f"--keep-last {args.keep_last} must be at least 1 (leave it out to keep every checkpoint)")
     if args.ckpt_step is not None and args.load_format != "megatron":
-        problems.append(f"--ckpt-step {args.ckpt_step} selects an iteration of a Megatron checkpoint; --load "
-                        f"{args.load} is not one")
+        problems.append(
+            f"--ckpt-step {args.ckpt_step} selects an iteration of a Megatron checkpoint; --load "
+            f"{args.load} is not one"
+        )
     seq, positions = args.seq_length, args.max_position_embeddings
     if args.position_embedding_type == "learned_absolute" and seq and positions and seq > positions:
         problems.append(f"--seq-length {seq} is longer than --max-position-embeddings {positions}")
@@ -252,8 +265,6 @@ def _check_data(args: Namespace, problems: list[str]) -> None:
     from megatron_sft.data.config import DataConfig
 
     data = DataConfig.from_args(args, validate=False)
-    if args.seq_length is None:  # not given (inference): no packing length to check; training requires it
-        data = dataclasses.replace(data, seq_length=None)
     problems.extend(data.problems(require_data=is_training(args)))
 
 
@@ -261,53 +272,44 @@ def _check_attention(args: Namespace, problems: list[str]) -> None:
     """--attention-backend, --cp-comm-type and the token counts that THD, CP and SP must split."""
     backend, cp, tp = args.attention_backend, args.context_parallel_size, args.tensor_model_parallel_size
     if backend in ("flash", "fused", "unfused"):
-        problems.append(f"--attention-backend {backend} names a Transformer Engine kernel, and training on "
-                        "Transformer Engine is not available yet; use --attention-backend auto (packed SDPA, the "
-                        "default)")
+        problems.append(
+            f"--attention-backend {backend} names a Transformer Engine kernel, and training on "
+            "Transformer Engine is not available yet; use --attention-backend auto (packed SDPA, the "
+            "default)"
+        )
     if backend == "local" and cp > 1:
-        problems.append(f"--attention-backend local (Megatron's DotProductAttention) has no context parallelism; "
-                        f"use --attention-backend auto with --context-parallel-size {cp}")
+        problems.append(
+            f"--attention-backend local (Megatron's DotProductAttention) has no context parallelism; "
+            f"use --attention-backend auto with --context-parallel-size {cp}"
+        )
     comm = args.cp_comm_type
     if comm is not None and cp == 1:
         args.notices.append(f"--cp-comm-type {' '.join(comm)} has no effect with --context-parallel-size 1")
     elif comm is not None and any(c != "allgather" for c in comm):
-        problems.append(f"--cp-comm-type {' '.join(comm)}: the packed attention all-gathers K/V over the context-"
-                        "parallel group; use --cp-comm-type allgather (or leave it out)")
+        problems.append(
+            f"--cp-comm-type {' '.join(comm)}: the packed attention all-gathers K/V over the context-"
+            "parallel group; use --cp-comm-type allgather (or leave it out)"
+        )
     seq, mbs = args.seq_length, args.micro_batch_size
     if seq and args.sequence_parallel:
         tokens = seq * (mbs if backend == "auto" else 1) // cp  # per CP rank, split again over TP under SP
         if tokens % tp:
-            problems.append(f"--sequence-parallel splits the {tokens} tokens per context-parallel rank over "
-                            f"--tensor-model-parallel-size {tp}; use a --seq-length that is a multiple of "
-                            f"{tp * cp * (2 if cp > 1 else 1)}")
-
-
-_NO_EFFECT = {  # accepted Megatron-LM flags whose behaviour is always on here: said once, never silent
-    "auto_detect_ckpt_format": "--auto-detect-ckpt-format: the format of --load is always detected",
-    "export_te_mcore_model": "--export-te-mcore-model: dist_checkpointing checkpoints load into either layer spec",
-}
+            problems.append(
+                f"--sequence-parallel splits the {tokens} tokens per context-parallel rank over "
+                f"--tensor-model-parallel-size {tp}; use a --seq-length that is a multiple of "
+                f"{tp * cp * (2 if cp > 1 else 1)}"
+            )
 
 
 def _refuse_unsupported(args: Namespace, problems: list[str]) -> None:
     """Megatron-LM flags this project cannot honour: one line each, with what to do instead."""
     if not args.load_optim:
-        problems.append("--no-load-optim: a resume always restores the optimizer and its schedule; to start a new "
-                        "run from a checkpoint's weights use --finetune")
+        problems.append(
+            "--no-load-optim: a resume always restores the optimizer and its schedule; to start a new "
+            "run from a checkpoint's weights use --finetune"
+        )
     if not args.load_rng:
-        problems.append("--no-load-rng: a resume always restores the RNG states (they are what makes it exact); to "
-                        "start a new run from a checkpoint's weights use --finetune")
-
-
-def _collect_notices(args: Namespace) -> None:
-    for dest, notice in _NO_EFFECT.items():
-        if getattr(args, dest):
-            args.notices.append(notice)
-    if not args.masked_softmax_fusion:
-        args.notices.append("--no-masked-softmax-fusion: masked-softmax fusion is always off (samples are kept apart "
-                            "by the packed attention or an explicit mask)")
-    if args.use_mcore_models:
-        args.notices.append("--use-mcore-models: Megatron-Core models are always used")
-    if args.reset_position_ids or args.reset_attention_mask:
-        args.notices.append(
-            "--reset-position-ids/--reset-attention-mask: packing always resets positions and isolates samples"
+        problems.append(
+            "--no-load-rng: a resume always restores the RNG states (they are what makes it exact); to "
+            "start a new run from a checkpoint's weights use --finetune"
         )

@@ -23,7 +23,7 @@ class DataConfig:
     test_data_path: list[str] = field(default_factory=list)
     finetune_hf_dataset: str | None = None
     finetune_hf_dataset_split: str = "train"
-    seq_length: int | None = 4096  # None only in a RunConfig whose command gave no --seq-length (inference)
+    seq_length: int | None = None  # the packed length; None: nothing is packed (generation, MMLU, conversion)
     max_sample_length: int | None = None  # longest conversation kept whole (default: seq_length)
     split: str = DEFAULT_SPLIT
     seed: int = 1234
@@ -91,8 +91,20 @@ class DataConfig:
     def problems(self, require_data: bool = True) -> list[str]:
         """Every problem of these settings, each naming its flag (require_data: a run that trains needs data)."""
         problems = self._source_problems(require_data)
-        if self.seq_length is None:  # nothing is packed: generation, MMLU, conversion
-            return problems
+        if self.seq_length is not None:  # None: nothing is packed (generation, MMLU, conversion)
+            problems += self._length_problems()
+        if self.data_format not in DATA_FORMATS:
+            problems.append(f"--data-format {self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
+        if self.packing_algorithm not in PACKING_ALGORITHMS:
+            problems.append(f"packing algorithm {self.packing_algorithm!r} is not one of {PACKING_ALGORITHMS}")
+        try:
+            parse_split(self.split)
+        except UserError as e:
+            problems.append(str(e))
+        return problems
+
+    def _length_problems(self) -> list[str]:
+        problems = []
         cap = self.max_sample_length
         if cap is not None and not 2 <= cap <= self.seq_length:
             problems.append(f"--max-sample-length {cap} must be between 2 and --seq-length {self.seq_length}")
@@ -106,14 +118,6 @@ class DataConfig:
                 f"--seq-length ({self.seq_length}) must be a multiple of 2 x --context-parallel-size ({m}); "
                 f"use {self.seq_length // m * m or m}"
             )
-        if self.data_format not in DATA_FORMATS:
-            problems.append(f"--data-format {self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
-        if self.packing_algorithm not in PACKING_ALGORITHMS:
-            problems.append(f"packing algorithm {self.packing_algorithm!r} is not one of {PACKING_ALGORITHMS}")
-        try:
-            parse_split(self.split)
-        except UserError as e:
-            problems.append(str(e))
         return problems
 
     def _source_problems(self, require_data: bool) -> list[str]:

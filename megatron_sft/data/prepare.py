@@ -25,6 +25,7 @@ from megatron_sft.data.packing import PACKER_VERSION, fill, pack, padded_sizes
 from megatron_sft.data.pipeline import CHUNK_RECORDS, ChunkProcessor
 from megatron_sft.data.sources import Source, iter_chunks, parse_sources
 from megatron_sft.data.stats import DataStats
+from megatron_sft.data.tokenizer import pad_token_id
 from megatron_sft.data.workers import chunk_mapper
 from megatron_sft.errors import UserError
 
@@ -103,14 +104,6 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
     with open(os.path.join(out_dir, "metadata.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
-
-
-def pad_token_id(tokenizer) -> int:
-    """The id of padding at the end of packs: the tokenizer's pad token, else its eos (never trained on)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise UserError("the tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token")
-    return int(pad)
 
 
 def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progress: bool, counts: list):

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.errors import UserError
 
 DEFAULT_PROMPTS = (
@@ -29,7 +30,7 @@ class Prompt:
     reference: str | None = None
 
 
-def load_prompts(cfg) -> list[Prompt]:
+def load_prompts(cfg: RunConfig) -> list[Prompt]:
     """--prompt values first, then --prompts-file; the built-in defaults when neither is given."""
     given = cfg.inference.prompt or []
     prompts = [Prompt([{"role": "user", "content": p}], f"--prompt #{i + 1}") for i, p in enumerate(given)]

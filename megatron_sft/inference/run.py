@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.errors import UserError
 from megatron_sft.inference.mmlu_data import load_mmlu
 from megatron_sft.inference.prompts import Prompt, load_prompts, render_prompt
@@ -21,7 +22,7 @@ def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def prepare(cfg):
+def prepare(cfg: RunConfig):
     """Logging, device, process groups and parallel state for inference; returns the config as resolved."""
     from megatron_sft.runtime.distributed import init_from_args
     from megatron_sft.runtime.log import setup_logging
@@ -44,17 +45,19 @@ def prepare(cfg):
     return cfg
 
 
-def generation_options(cfg, tokenizer):
+def generation_options(cfg: RunConfig, tokenizer):
+    from megatron_sft.data.tokenizer import pad_token_id
     from megatron_sft.inference.generate import GenerationOptions
-    from megatron_sft.inference.tokens import assets_dir, pad_token_id, real_vocab_size, stop_token_ids
+    from megatron_sft.inference.tokens import real_vocab_size, stop_token_ids
+    from megatron_sft.loading import tokenizer_source
 
-    directory = assets_dir(cfg)
+    directory = Path(tokenizer_source(cfg))
     return GenerationOptions(
         max_new_tokens=cfg.inference.max_new_tokens,
         vocab_size=real_vocab_size(tokenizer, directory),
         stop_ids=tuple(stop_token_ids(tokenizer, directory)),
         pad_id=pad_token_id(tokenizer),
-        sampling=SamplingSettings.from_args(cfg),
+        sampling=SamplingSettings.from_config(cfg),
         use_cache=not cfg.inference.no_kv_cache,
         batch_size=cfg.inference.inference_batch_size,
         device="cuda" if cfg.runtime.device == "cuda" else "cpu",
@@ -62,7 +65,7 @@ def generation_options(cfg, tokenizer):
     )
 
 
-def generate_records(cfg, chunks: list, tokenizer, prompts: list[Prompt]) -> list[dict]:
+def generate_records(cfg: RunConfig, chunks: list, tokenizer, prompts: list[Prompt]) -> list[dict]:
     """Generate for every prompt; one JSON-ready record each (same on every rank)."""
     from megatron_sft.inference.generate import generate
 
@@ -100,25 +103,24 @@ def emit_records(records: list[dict], output: str | None) -> None:
         log.info("wrote %d completions to %s", len(records), output)
 
 
-def generate_main(cfg) -> None:
+def generate_main(cfg: RunConfig) -> None:
     prompts = load_prompts(cfg)  # a bad prompts file fails before the model loads
-    SamplingSettings.from_args(cfg)  # bad sampling flags fail here, before the model loads
+    SamplingSettings.from_config(cfg)  # bad sampling flags fail here, before the model loads
     if cfg.inference.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {cfg.inference.max_new_tokens}: must be >= 1")
     cfg = prepare(cfg)
-    from megatron_sft.checkpointing.convert import build_and_load
-    from megatron_sft.inference.tokens import load_tokenizer
+    from megatron_sft.loading import build_and_load, load_run_tokenizer
     from megatron_sft.runtime.distributed import shutdown
 
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_run_tokenizer(cfg)
     records = generate_records(cfg, build_and_load(cfg), tokenizer, prompts)
     emit_records(records, cfg.inference.output)
     shutdown()
 
 
-def mmlu_options(cfg, tokenizer):
+def mmlu_options(cfg: RunConfig, tokenizer):
+    from megatron_sft.data.tokenizer import pad_token_id
     from megatron_sft.inference.mmlu import MMLUOptions
-    from megatron_sft.inference.tokens import pad_token_id
 
     return MMLUOptions(
         few_shot=cfg.inference.few_shot, fraction=cfg.inference.fraction, seed=cfg.training.seed,
@@ -129,7 +131,7 @@ def mmlu_options(cfg, tokenizer):
     )
 
 
-def mmlu_report(cfg, chunks: list, tokenizer, data: tuple | None = None) -> dict:
+def mmlu_report(cfg: RunConfig, chunks: list, tokenizer, data: tuple | None = None) -> dict:
     """Evaluate on --mmlu-dataset (or on `data`, its (test, dev) questions already loaded)."""
     from megatron_sft.inference.mmlu import evaluate
 
@@ -141,19 +143,18 @@ def mmlu_report(cfg, chunks: list, tokenizer, data: tuple | None = None) -> dict
     return report
 
 
-def mmlu_main(cfg) -> None:
+def mmlu_main(cfg: RunConfig) -> None:
     if not 0.0 < cfg.inference.fraction <= 1.0:
         raise UserError(f"--fraction {cfg.inference.fraction}: must be in (0, 1]")
     if cfg.inference.few_shot < 0:
         raise UserError(f"--few-shot {cfg.inference.few_shot}: must be >= 0")
     data = load_mmlu(cfg.inference.mmlu_dataset)  # a missing directory or bad file fails before the model loads
     cfg = prepare(cfg)
-    from megatron_sft.checkpointing.convert import build_and_load
     from megatron_sft.inference.mmlu_report import format_table
-    from megatron_sft.inference.tokens import load_tokenizer
+    from megatron_sft.loading import build_and_load, load_run_tokenizer
     from megatron_sft.runtime.distributed import shutdown
 
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_run_tokenizer(cfg)
     report = mmlu_report(cfg, build_and_load(cfg), tokenizer, data)
     rank0 = _is_rank0()
     if rank0:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.errors import UserError
 
 
@@ -31,7 +32,7 @@ class SamplingSettings:
             raise UserError(f"--top-p {self.top_p}: must be in (0, 1] (or left out)")
 
     @classmethod
-    def from_args(cls, cfg) -> SamplingSettings:
+    def from_config(cls, cfg: RunConfig) -> SamplingSettings:
         settings = cls(temperature=float(cfg.inference.temperature), top_k=cfg.inference.top_k,
                        top_p=cfg.inference.top_p, seed=int(cfg.training.seed))
         settings.check()

@@ -16,27 +16,6 @@ log = logging.getLogger(__name__)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
-def assets_dir(cfg) -> Path:
-    """Directory with the tokenizer (and usually config.json / generation_config.json) for --load."""
-    from megatron_sft.checkpointing.loading import hf_assets_source
-
-    source = cfg.tokenizer.tokenizer_model or hf_assets_source(cfg)
-    if source is None:
-        raise UserError(f"--load {cfg.checkpoint.load}: the checkpoint has no hf_assets/ with a tokenizer; pass "
-                        "--tokenizer-model (or --pretrained-model-path) with the Hugging Face directory it came from")
-    return Path(source)
-
-
-def load_tokenizer(cfg):
-    from transformers import AutoTokenizer
-
-    path = assets_dir(cfg)
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot load a tokenizer ({str(err).splitlines()[0]})") from None
-
-
 def _as_list(value) -> list[int]:
     if value is None:
         return []
@@ -72,10 +51,3 @@ def real_vocab_size(tokenizer, directory: Path) -> int:
             return int(vocab)
     return len(tokenizer)
 
-
-def pad_token_id(tokenizer) -> int:
-    """Any real id will do: padded positions are masked (left) or after the last read position (right)."""
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0

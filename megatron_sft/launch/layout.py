@@ -61,6 +61,16 @@ def read_layout(s: Settings, forced: dict[str, int] | None = None) -> Layout:
     return layout
 
 
+def torchrun_args(nproc_per_node: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
+                  master_port: int | None = None) -> list[str]:
+    """torchrun's arguments for this many processes: --standalone on one node (unless a port is given), else a
+    rendezvous at master_addr:master_port (29500 by default). The one place the launch line is built."""
+    if nnodes == 1 and master_port is None:
+        return ["--standalone", f"--nproc_per_node={nproc_per_node}"]
+    return [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={nproc_per_node}",
+            f"--master_addr={master_addr or '127.0.0.1'}", f"--master_port={master_port or 29500}"]
+
+
 def launcher(s: Settings, layout: Layout) -> list[str]:
     """LAUNCH_SCRIPT, else python (one process), torchrun --standalone (one node) or torchrun's rendezvous."""
     custom = s.given("LAUNCH_SCRIPT")
@@ -74,11 +84,10 @@ def launcher(s: Settings, layout: Layout) -> list[str]:
         if not rank.isdigit() or int(rank) >= layout.nnodes:
             raise LaunchError(f"NNODES={layout.nnodes}: set NODE_RANK to this node's rank, 0 .. {layout.nnodes - 1} "
                               f"(got '{rank}')")
-        command = ["torchrun", f"--nnodes={layout.nnodes}", f"--node_rank={rank}",
-                   f"--nproc_per_node={layout.nproc // layout.nnodes}", f"--master_addr={master}",
-                   f"--master_port={s.given('MASTER_PORT') or 29500}"]
+        command = ["torchrun", *torchrun_args(layout.nproc // layout.nnodes, layout.nnodes, int(rank), master,
+                                              int(s.given("MASTER_PORT") or 29500))]
     elif layout.nproc > 1:
-        command = ["torchrun", "--standalone", f"--nproc_per_node={layout.nproc}"]
+        command = ["torchrun", *torchrun_args(layout.nproc)]
     else:
         command = ["python"]
     s.note("launcher", " ".join(command))

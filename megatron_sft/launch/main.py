@@ -1,9 +1,15 @@
-"""Plan a script's launch, print the settings block, check the command with the entry's own parser, exec it."""
+"""Plan a script's launch, print the settings block, check the command with the entry's own parser, exec it.
+
+    python -m megatron_sft.launch [--checkout DIR] SCRIPT MODEL
+
+The shell scripts pass their own checkout (conf/ and examples/ live there, not in an installed package);
+without --checkout, the checkout the package was imported from (an editable install or a source tree)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import REPO_DIR, read_conf
@@ -18,6 +24,7 @@ Every script also reads:
   NPROC_PER_NODE      if set: the processes one node runs; the layout must fill NNODES x NPROC_PER_NODE exactly
   LAUNCH_SCRIPT       replaces the launcher (default: python for one process, torchrun for more)
   MLM_WORK_DIR        where default outputs go (default /tmp/megatron_workspace)
+Flags after MODEL (examples/finetune.sh tiny --train-iters 2) are appended last, after MLM_EXTRA_ARGS.
 Each value comes from the environment, else from the model's conf (CONF_<NAME> in conf/<MODEL>.sh), else from
 the default; the settings block printed before launch shows which.
 """
@@ -30,7 +37,7 @@ def _parser_groups(script: str) -> list:
 
     if script == "mmlu":
         return [add_inference_args]
-    from megatron_sft.inference.flags import add_generation_extra_args
+    from megatron_sft.arguments.inference import add_generation_extra_args
 
     return [add_inference_args, add_generation_extra_args]
 
@@ -46,32 +53,43 @@ def check_command(script: str, plan: Plan) -> None:
         check_not_converting_in_place(args)
 
 
-def plan_launch(script: str, model: str, env: dict[str, str]) -> tuple[Settings, Plan]:
+def plan_launch(script: str, model: str, env: dict[str, str], checkout: Path = REPO_DIR,
+                extra: list[str] | None = None) -> tuple[Settings, Plan]:
+    """`extra`: flags given after MODEL on the command line, appended last (after MLM_EXTRA_ARGS), so they win."""
     s = Settings(env, {})
     work = s.setting("MLM_WORK_DIR", "/tmp/megatron_workspace")
-    conf = read_conf(model, work, script=f"{script}.sh")
+    conf = read_conf(model, work, conf_dir=checkout / "conf", script=f"{script}.sh")
     s.conf = dict(conf.defaults)
     plan = SCRIPTS[script](s, conf, work)
+    if extra:
+        plan.flags += extra
+        s.note("arguments", " ".join(extra), "command line, after MODEL: appended last")
     check_command(script, plan)
     return s, plan
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    checkout = REPO_DIR
+    if argv[:1] == ["--checkout"] and len(argv) > 1:
+        checkout, argv = Path(argv[1]), argv[2:]
     if not argv or argv[0] not in SCRIPTS:
-        sys.exit(f"usage: python -m megatron_sft.launch {{{','.join(SCRIPTS)}}} MODEL [--help]")
+        sys.exit(f"usage: python -m megatron_sft.launch [--checkout DIR] {{{','.join(SCRIPTS)}}} MODEL [FLAGS ...] | "
+                 "--help")
     script, rest = argv[0], argv[1:]
     if rest and rest[0] in ("-h", "--help"):
         print(SCRIPTS[script].__doc__ + COMMON_HELP)
         return
     model = rest[0] if rest else ""
+    if not (checkout / "conf").is_dir():
+        sys.exit(f"{script}.sh: error: no conf/ in {checkout}; run examples/{script}.sh from a megatron_sft checkout")
     try:
-        s, plan = plan_launch(script, model, dict(os.environ))
+        s, plan = plan_launch(script, model, dict(os.environ), checkout, rest[1:])
     except UserError as err:
         for line in str(err).splitlines():
             print(f"{script}.sh: error: {line}", file=sys.stderr)
         sys.exit(2)
-    command = [*plan.launch, str(REPO_DIR / plan.entry), *plan.flags]
+    command = [*plan.launch, str(checkout / plan.entry), *plan.flags]
     print(f"== {script}.sh {model} (conf/{model}.sh)")
     for line in s.lines:
         print(f"  {line}")

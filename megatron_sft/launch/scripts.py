@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_sft.arguments.run_config import field_default
 from megatron_sft.checkpointing.layout import TRAIN_STATE, latest_checkpoint_dir
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
@@ -105,8 +106,8 @@ def _peft(s: Settings) -> tuple[str, list[str]]:
     for name in ("MLM_DATA_ARGS", "MLM_OPTIM_ARGS"):
         if s.conf.get(f"CONF_LORA_{name}"):
             s.conf[f"CONF_{name}"] = s.conf[f"CONF_LORA_{name}"]
-    rank = s.positive_int("LORA_RANK", s.setting("LORA_RANK", "16"))
-    alpha = s.setting("LORA_ALPHA", "32")
+    rank = s.positive_int("LORA_RANK", s.setting("LORA_RANK", str(field_default("lora_rank"))))
+    alpha = s.setting("LORA_ALPHA", f"{field_default('lora_alpha'):g}")
     return "1.0e-4", ["--peft", "lora", "--lora-rank", str(rank), "--lora-alpha", alpha]
 
 

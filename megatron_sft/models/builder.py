@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 from megatron_sft.errors import UserError
 from megatron_sft.models.specs import decoder_block_spec
 
+if TYPE_CHECKING:
+    from megatron_sft.arguments.run_config import RunConfig
+
 log = logging.getLogger(__name__)
 
 
-def padded_vocab_size(cfg, tokenizer_vocab: int | None = None) -> int:
+def padded_vocab_size(cfg: RunConfig, tokenizer_vocab: int | None = None) -> int:
     """The checkpoint's vocab_size when weights come from HF; otherwise Megatron's rounding."""
     if cfg.model.padded_vocab_size:
         return int(cfg.model.padded_vocab_size)
@@ -23,7 +27,7 @@ def padded_vocab_size(cfg, tokenizer_vocab: int | None = None) -> int:
     return int(math.ceil(tokenizer_vocab / multiple) * multiple)
 
 
-def build_gpt_model(cfg, config, vocab_size: int, vp_stage: int | None = None):
+def build_gpt_model(cfg: RunConfig, config, vocab_size: int, vp_stage: int | None = None):
     """One GPTModel chunk for this rank's pipeline stage (and virtual stage)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
@@ -50,7 +54,7 @@ def build_gpt_model(cfg, config, vocab_size: int, vp_stage: int | None = None):
     )
 
 
-def build_model_chunks(cfg, config, vocab_size: int) -> list:
+def build_model_chunks(cfg: RunConfig, config, vocab_size: int) -> list:
     """All model chunks of this rank: one, or one per virtual pipeline stage."""
     from megatron.core.enums import ModelType
 
@@ -60,3 +64,10 @@ def build_model_chunks(cfg, config, vocab_size: int) -> list:
     for chunk in chunks:
         chunk.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
     return chunks
+
+
+def unwrap(chunk):
+    """The GPTModel inside a DDP / Float16Module wrapper."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk

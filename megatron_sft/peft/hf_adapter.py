@@ -110,7 +110,7 @@ def save_peft_adapter(chunks: list, spec: LoraSpec, out_dir: str | Path, base: s
     from safetensors.torch import save_file
 
     _require_one_process()
-    from megatron_sft.training.setup import unwrap
+    from megatron_sft.models.builder import unwrap
 
     tensors, modules, parameters = peft_state(chunks, unwrap(chunks[0]).config)
     out = Path(out_dir)
@@ -142,7 +142,7 @@ def load_peft_adapter(chunks: list, adapter_dir: str | Path, spec: LoraSpec) -> 
     """Fill the attached adapters from a PEFT folder (the inverse of save_peft_adapter)."""
     from safetensors.torch import load_file
 
-    from megatron_sft.training.setup import unwrap
+    from megatron_sft.models.builder import unwrap
 
     where = Path(adapter_dir) / WEIGHTS
     tensors, used = load_file(str(where)), set()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 from megatron.core.utils import get_pg_rank, get_pg_size
 
 from megatron_sft.errors import UserError
+
+if TYPE_CHECKING:
+    from megatron_sft.arguments.run_config import RunConfig
 
 DEFAULT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 COLUMN_TARGETS = ("linear_qkv", "linear_fc1")
@@ -47,7 +51,7 @@ class LoraSpec:
         return self.alpha / self.rank
 
     @classmethod
-    def from_args(cls, cfg) -> LoraSpec:
+    def from_config(cls, cfg: RunConfig) -> LoraSpec:
         return cls(rank=cfg.lora.lora_rank, alpha=float(cfg.lora.lora_alpha), dropout=float(cfg.lora.lora_dropout),
                    targets=tuple(cfg.lora.lora_target_modules), seed=cfg.training.seed)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from megatron_sft.checkpointing.megatron_ckpt import load_model_weights
 from megatron_sft.errors import UserError
 from megatron_sft.peft import record
 from megatron_sft.peft.lora import LoraSpec, attach_lora, is_lora_key
+
+if TYPE_CHECKING:
+    from megatron_sft.arguments.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ class LoraModel:
     iteration: int | None
 
 
-def _base(cfg) -> tuple[record.Base, Path | None, int | None]:
+def _base(cfg: RunConfig) -> tuple[record.Base, Path | None, int | None]:
     """(base, LoRA checkpoint dir or None, its iteration)."""
     if cfg.checkpoint.load_format == "megatron":
         ckpt_dir, iteration = layout.latest_checkpoint_dir(cfg.checkpoint.load, cfg.checkpoint.ckpt_step, deep=True)
@@ -44,7 +48,7 @@ def _base(cfg) -> tuple[record.Base, Path | None, int | None]:
     raise UserError("--peft lora needs a base model: --load a Hugging Face directory or a Megatron checkpoint")
 
 
-def lora_base(cfg) -> record.Base:
+def lora_base(cfg: RunConfig) -> record.Base:
     """The base of the LoRA checkpoint in --load, as its lora.json names it (not re-hashed)."""
     saved = record.read_record(cfg.checkpoint.load_iteration_dir) if cfg.checkpoint.load_format == "megatron" else None
     if saved is None:
@@ -64,9 +68,9 @@ def _load_base(base: record.Base, chunks: list, dtype: torch.dtype) -> None:
     load_model_weights(ckpt_dir, chunks)
 
 
-def build_lora_model(cfg, chunks: list, dtype: torch.dtype, load_adapters: bool = True) -> LoraModel:
+def build_lora_model(cfg: RunConfig, chunks: list, dtype: torch.dtype, load_adapters: bool = True) -> LoraModel:
     """Load the base into `chunks`, freeze it, attach adapters and fill them (unless a resume will)."""
-    spec = LoraSpec.from_args(cfg)
+    spec = LoraSpec.from_config(cfg)
     base, ckpt_dir, iteration = _base(cfg)
     _load_base(base, chunks, dtype)
     count = attach_lora(chunks, spec)

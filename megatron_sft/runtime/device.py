@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from megatron_sft.errors import UserError
 from megatron_sft.runtime import cpu_mode
+
+if TYPE_CHECKING:
+    from megatron_sft.arguments.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ def resolve_transformer_impl(requested: str | None, device: str, training: bool 
     return requested
 
 
-def setup_device(cfg, training: bool = False):
+def setup_device(cfg: RunConfig, training: bool = False):
     """The config with its device and layer spec resolved; switches CPU mode on if needed."""
     device = resolve_device(cfg.runtime.device or "auto")
     cfg = cfg.replace(device=device,

@@ -6,9 +6,13 @@ import datetime
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from megatron_sft.arguments.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ def init_parallel_state(
     torch.manual_seed(seed) if torch.cuda.is_available() else torch.default_generator.manual_seed(seed)
 
 
-def init_from_args(cfg, training: bool = False):
+def init_from_args(cfg: RunConfig, training: bool = False):
     """Device, layer spec, process group and parallel state for a run; returns the config with the device and
     the layer spec resolved."""
     from megatron_sft.runtime.device import setup_device

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.data.batch import attention_mask_from_cu_seqlens, join_rows, split_for_context_parallel
 
 
@@ -30,7 +31,7 @@ class PackedLayout:
         return (seq_length * micro_batch_size, 1) if self.thd else (seq_length, micro_batch_size)
 
     @classmethod
-    def from_args(cls, cfg) -> PackedLayout:
+    def from_config(cls, cfg: RunConfig) -> PackedLayout:
         from megatron.core import parallel_state as ps
 
         return cls(thd=cfg.runtime.attention_backend == "auto", cp_size=ps.get_context_parallel_world_size(),

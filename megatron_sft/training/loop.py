@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.checkpointing import layout, space
 from megatron_sft.checkpointing.integrity import checkpoint_size
-from megatron_sft.checkpointing.loading import hf_assets_source
 from megatron_sft.errors import UserError
+from megatron_sft.loading import hf_assets_source, load_run_tokenizer
 from megatron_sft.models.builder import padded_vocab_size
 from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, save_loss_curve, training_flops
 from megatron_sft.training.progress import Progress
@@ -35,7 +36,7 @@ class TrainingDiverged(UserError):
     """NaN/Inf loss or gradient norm: the run stops, the last good checkpoint stays the latest."""
 
 
-def resolve_epochs(cfg, packs_per_epoch: int):
+def resolve_epochs(cfg: RunConfig, packs_per_epoch: int):
     """--train-epochs N: N passes over the training split, in iterations (the last one may reach a little
     past the N-th pass); the LR schedule decays over them unless --lr-decay-iters says otherwise."""
     epochs = cfg.training.train_epochs
@@ -53,20 +54,20 @@ def resolve_epochs(cfg, packs_per_epoch: int):
     return cfg
 
 
-def _log_batch(cfg, train) -> None:
+def _log_batch(cfg: RunConfig, train) -> None:
     per_pack = (train.conversations_per_epoch or 0) / train.packs_per_epoch
     log.info("batch: %d packed sequences per step x %.2f conversations per pack = ~%.1f conversations per step "
              "(%d micro-batches of %d per data-parallel rank)", cfg.training.global_batch_size, per_pack,
              cfg.training.global_batch_size * per_pack, cfg.training.num_microbatches, cfg.training.micro_batch_size)
 
 
-def total_iterations(cfg) -> int:
+def total_iterations(cfg: RunConfig) -> int:
     if cfg.training.train_iters is not None:
         return cfg.training.train_iters
     return math.ceil(cfg.training.train_samples / cfg.training.global_batch_size)
 
 
-def _batch_counts(batches: list[dict], cfg) -> torch.Tensor:
+def _batch_counts(batches: list[dict], cfg: RunConfig) -> torch.Tensor:
     """[real tokens, supervised tokens, FLOPs] of this rank's micro-batches, summed over DP."""
     from megatron.core import parallel_state as ps
 
@@ -77,7 +78,7 @@ def _batch_counts(batches: list[dict], cfg) -> torch.Tensor:
     return counts
 
 
-def _check_finite(result, iteration: int, cfg, last_save: str | None) -> None:
+def _check_finite(result, iteration: int, cfg: RunConfig, last_save: str | None) -> None:
     if not cfg.training.check_for_nan_in_loss_and_grad:
         return
     bad = [name for name, v in (("loss", result.loss), ("grad norm", result.grad_norm))
@@ -89,33 +90,24 @@ def _check_finite(result, iteration: int, cfg, last_save: str | None) -> None:
         )
 
 
-def _load_tokenizer(cfg):
-    from transformers import AutoTokenizer
-
-    source = cfg.tokenizer.tokenizer_model or hf_assets_source(cfg)
-    if source is None:
-        raise UserError("no tokenizer: pass --tokenizer-model (a Hugging Face directory or name)")
-    return AutoTokenizer.from_pretrained(str(source))
-
-
-def _build_data(cfg, tokenizer, consumed_samples: int):
+def _build_data(cfg: RunConfig, tokenizer, consumed_samples: int):
     from megatron.core import parallel_state as ps
 
-    from megatron_sft.data import DataConfig, build_sft_datasets
+    from megatron_sft.data import build_sft_datasets
 
-    return build_sft_datasets(DataConfig.from_args(cfg), tokenizer, dp_rank=ps.get_data_parallel_rank(),
+    return build_sft_datasets(cfg.data, tokenizer, dp_rank=ps.get_data_parallel_rank(),
                               dp_size=ps.get_data_parallel_world_size(), consumed_samples=consumed_samples)
 
 
 class Trainer:
     """Holds what one run needs; each phase of a step is a named method."""
 
-    def __init__(self, cfg, files: RunFiles | None = None):
+    def __init__(self, cfg: RunConfig, files: RunFiles | None = None):
         from megatron_sft.training.setup import build_training_model
 
         self.cfg = cfg
         self.files = files if files is not None else RunFiles(cfg.checkpoint.save)
-        self.tokenizer = _load_tokenizer(cfg)
+        self.tokenizer = load_run_tokenizer(cfg)
         resume = resume_point(cfg)
         self.state = resume[1] if resume is not None else TrainState()
         # Data first: --train-epochs sizes the run (and the LR schedule) from the training split.
@@ -268,12 +260,11 @@ class Trainer:
                  tokens / secs, supervised / secs, self.last_save or "not saved (no --save)")
 
 
-def start_training(cfg, files: RunFiles | None = None) -> Trainer:
+def start_training(cfg: RunConfig, files: RunFiles | None = None) -> Trainer:
     """The one start-up sequence of a training run: finetune.py, sft(), the tests' workers and tools/bench_*.
     Device, layer spec and process groups, the notices, then data, model and resume inside the Trainer."""
-    from megatron_sft.runtime.distributed import init_from_args
-
     from megatron_sft.arguments.resolve import describe_sources
+    from megatron_sft.runtime.distributed import init_from_args
 
     cfg = init_from_args(cfg, training=True)
     for line in describe_sources(cfg):
@@ -283,7 +274,7 @@ def start_training(cfg, files: RunFiles | None = None) -> Trainer:
     return Trainer(cfg, files)
 
 
-def finetune(cfg) -> Trainer:
+def finetune(cfg: RunConfig) -> Trainer:
     """Train as `cfg` says; returns the Trainer (its history is what tests and tools read)."""
     files = RunFiles(cfg.checkpoint.save)  # training.log gets the start-up lines too
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def sample_lengths(batch: dict) -> list[int]:
     return lengths
 
 
-def training_flops(lengths: list[int], cfg) -> float:
+def training_flops(lengths: list[int], cfg: RunConfig) -> float:
     """Megatron's causal FLOPs (forward + backward = 3x forward) for samples of these lengths."""
     h, layers = cfg.model.hidden_size, cfg.model.num_layers
     q = cfg.model.num_attention_heads * cfg.model.kv_channels
@@ -53,7 +54,7 @@ def training_flops(lengths: list[int], cfg) -> float:
 class Reporters:
     """TensorBoard and wandb, only on the rank that logs, only when asked for."""
 
-    def __init__(self, cfg, is_logging_rank: bool):
+    def __init__(self, cfg: RunConfig, is_logging_rank: bool):
         self.tb = self.wandb = None
         if not is_logging_rank:
             return

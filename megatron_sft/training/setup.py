@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from megatron_sft.checkpointing.loading import import_dtype, load_weights
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.config import ddp_config, optimizer_config, transformer_config
+from megatron_sft.loading import load_weights
 from megatron_sft.models.builder import build_model_chunks
 from megatron_sft.training.inputs import PackedLayout
 
@@ -24,14 +25,7 @@ class TrainingModel:
     lora: object | None = None  # peft.model.LoraModel of a LoRA run: checkpoints hold its adapters only
 
 
-def unwrap(chunk):
-    """The GPTModel inside a DDP / Float16Module wrapper."""
-    while hasattr(chunk, "module"):
-        chunk = chunk.module
-    return chunk
-
-
-def scheduler_steps(cfg) -> dict:
+def scheduler_steps(cfg: RunConfig) -> dict:
     """Warmup / decay lengths in samples, as Megatron-LM counts them (1 iteration = GBS samples)."""
     gbs = cfg.training.global_batch_size
     if cfg.training.train_samples is not None:
@@ -47,7 +41,7 @@ def scheduler_steps(cfg) -> dict:
     return {"lr_warmup_steps": warmup, "lr_decay_steps": decay, "wsd_decay_steps": wsd}
 
 
-def build_scheduler(cfg, optimizer):
+def build_scheduler(cfg: RunConfig, optimizer):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     steps = scheduler_steps(cfg)
@@ -68,7 +62,7 @@ def build_scheduler(cfg, optimizer):
     )
 
 
-def _wrap_ddp(cfg, config, chunks: list) -> list:
+def _wrap_ddp(cfg: RunConfig, config, chunks: list) -> list:
     from megatron.core.distributed import DistributedDataParallel
 
     ddp_cfg = ddp_config(cfg)
@@ -86,7 +80,7 @@ def _hook_schedules(config, ddp_chunks: list, optimizer) -> None:
     config.grad_scale_func = optimizer.scale_loss
 
 
-def build_training_model(cfg, resume: bool) -> TrainingModel:
+def build_training_model(cfg: RunConfig, resume: bool) -> TrainingModel:
     """Weights are loaded before the optimizer exists, so its fp32 main params copy them.
 
     On a full resume the weights come later, together with the optimizer state.
@@ -95,19 +89,12 @@ def build_training_model(cfg, resume: bool) -> TrainingModel:
 
     config = transformer_config(cfg)
     chunks = build_model_chunks(cfg, config, cfg.model.padded_vocab_size)
-    lora = None
-    if cfg.lora.peft == "lora":  # the frozen base is loaded now even on a resume: checkpoints do not hold it
-        from megatron_sft.peft.model import build_lora_model
-
-        lora = build_lora_model(cfg, chunks, import_dtype(cfg), load_adapters=not resume)
-        loaded_iteration = lora.iteration
-    else:
-        loaded_iteration = None if resume else load_weights(cfg, chunks)
+    loaded = load_weights(cfg, chunks, resume=resume)
     ddp_chunks = _wrap_ddp(cfg, config, chunks)
     optimizer = get_megatron_optimizer(optimizer_config(cfg), ddp_chunks)
     _hook_schedules(config, ddp_chunks, optimizer)
     scheduler = build_scheduler(cfg, optimizer)
     n_params = sum(p.numel() for c in chunks for p in c.parameters())
     log.info("model built: %.2fM parameters on this rank", n_params / 1e6)
-    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded_iteration, PackedLayout.from_args(cfg),
-                         lora)
+    return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded.iteration, PackedLayout.from_config(cfg),
+                         loaded.lora)

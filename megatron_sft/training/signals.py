@@ -7,11 +7,13 @@ import time
 
 import torch
 
+from megatron_sft.arguments.run_config import RunConfig
+
 
 class ExitController:
     """SIGTERM (a scheduler's preemption notice) asks for a clean save-and-exit at the next step end."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: RunConfig):
         self.exit_interval = cfg.training.exit_interval
         minutes = cfg.training.exit_duration_in_mins
         self.deadline = time.time() + 60 * minutes if minutes else None

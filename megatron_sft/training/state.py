@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.checkpointing import layout
 from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sharded_state_dict, save_checkpoint
 from megatron_sft.errors import UserError
@@ -68,7 +69,7 @@ def _adapters_only(model):
 
 def _training_sharded_state(model, is_loading: bool, with_rng: bool) -> dict:
     """Model, optimizer (and RNG) sharded state; the optimizer's keys refer to the model's."""
-    from megatron_sft.training.setup import unwrap
+    from megatron_sft.models.builder import unwrap
 
     state = model_sharded_state_dict([unwrap(c) for c in model.chunks], _adapters_only(model))
     flat_model = {k: v for chunk_state in state.values() for k, v in chunk_state.items()}
@@ -96,7 +97,7 @@ def estimated_checkpoint_bytes(model) -> int:
     adapters) in its dtype, plus Adam's two fp32 moments and, below fp32, its fp32 main copy."""
     from megatron.core import parallel_state as ps
 
-    from megatron_sft.training.setup import unwrap
+    from megatron_sft.models.builder import unwrap
 
     owns_dense = ps.get_data_parallel_rank(with_context_parallel=True) == 0
     owns_experts = ps.get_expert_data_parallel_rank() == 0
@@ -157,7 +158,7 @@ def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
     """Restore everything saved by save_training_checkpoint into a freshly built model."""
     from megatron.core import dist_checkpointing
 
-    from megatron_sft.training.setup import unwrap
+    from megatron_sft.models.builder import unwrap
 
     saved, now = state.layout, _layout()
     saved.setdefault("cp", 1)  # checkpoints from before context parallelism existed
@@ -188,7 +189,7 @@ def _set_rng(state: dict) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def resume_point(cfg) -> tuple[Path, TrainState] | None:
+def resume_point(cfg: RunConfig) -> tuple[Path, TrainState] | None:
     """The checkpoint to resume fully, or None when starting fresh (HF import, --finetune, weights-only)."""
     if cfg.checkpoint.load_format != "megatron":
         return None

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from megatron_sft.arguments import add_inference_args, build_parser
-from megatron_sft.inference.flags import add_generation_extra_args
+from megatron_sft.arguments.inference import add_generation_extra_args
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DEFINITIONS = {REPO / "megatron_sft" / "arguments" / "run_config.py",

@@ -55,7 +55,7 @@ def save_logits(chunks, tokens, path: Path) -> None:
 
 
 def run_layouts(models: Path, out: Path, tokens) -> None:
-    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.loading import build_and_load
 
     for name, (tp, pp, ep) in LAYOUTS[int(os.environ["WORLD_SIZE"])].items():
         for family in FAMILIES:
@@ -67,7 +67,8 @@ def run_layouts(models: Path, out: Path, tokens) -> None:
 
 def run_checkpoint_roundtrip(models: Path, out: Path, tokens) -> None:
     """Save at TP=2; reload at TP=1 (DP=2) and at PP=2; export to HF from PP=2."""
-    from megatron_sft.checkpointing.convert import build_and_load, hf_to_megatron, megatron_to_hf
+    from megatron_sft.conversion import hf_to_megatron, megatron_to_hf
+    from megatron_sft.loading import build_and_load
 
     for family in FAMILIES:
         ckpt = out / "ckpt" / family
@@ -85,7 +86,7 @@ def run_packing(models: Path, out: Path, data: Path) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.loading import build_and_load
     from megatron_sft.data import SFTDataset
     from megatron_sft.data.batch import attention_mask_from_cu_seqlens
     from megatron_sft.inference.logits import forward_logits
@@ -161,7 +162,7 @@ def run_packed_attention(models: Path, out: Path, data: Path) -> None:
     import torch
     from megatron.core import parallel_state as ps
 
-    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.loading import build_and_load
     from megatron_sft.data.batch import collate, join_rows
 
     for name, (family, extra, n_packs) in PACKED_LAYOUTS[int(os.environ["WORLD_SIZE"])].items():

@@ -34,7 +34,7 @@ def flags(load, tp: int, pp: int, ep: int, spec: dict) -> list[str]:
 
 def setup(argv: list[str]):
     from megatron_sft.arguments import add_inference_args, parse_args
-    from megatron_sft.inference.flags import add_generation_extra_args
+    from megatron_sft.arguments.inference import add_generation_extra_args
     from megatron_sft.runtime.device import setup_device
     from megatron_sft.runtime.distributed import init_parallel_state, init_process_group
 
@@ -82,8 +82,8 @@ def mmlu_runs(args, chunks, tokenizer) -> dict:
 def check_layout(load, family: str, layout: str, tp: int, pp: int, ep: int, spec: dict, out: Path) -> None:
     from megatron.core import parallel_state as ps
 
-    from megatron_sft.checkpointing.convert import build_and_load
-    from megatron_sft.inference.tokens import load_tokenizer
+    from megatron_sft.loading import build_and_load
+    from megatron_sft.loading import load_run_tokenizer as load_tokenizer
 
     args = setup(flags(load, tp, pp, ep, spec))
     chunks = build_and_load(args)
@@ -121,7 +121,7 @@ def main() -> None:
             if layout in MOE_LAYOUTS if family == "qwen3_moe" else ep == 1:
                 check_layout(path, family, layout, tp, pp, ep, spec, cli.out)
     if world == 2:
-        from megatron_sft.checkpointing.convert import hf_to_megatron
+        from megatron_sft.conversion import hf_to_megatron
 
         ckpt = cli.out / "ckpt_qwen3"
         hf_to_megatron(setup(flags(spec["models"]["qwen3"], 2, 1, 1, spec) + ["--save", str(ckpt)]))

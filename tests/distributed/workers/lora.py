@@ -57,7 +57,7 @@ def logits(flags: str, name: str, cli) -> None:
     from megatron.core import parallel_state as ps
 
     from megatron_sft.arguments import parse_args
-    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.loading import build_and_load
     from megatron_sft.inference.logits import forward_logits
     from megatron_sft.runtime.distributed import init_from_args
 
@@ -71,7 +71,7 @@ def logits(flags: str, name: str, cli) -> None:
 
 def convert(flags: str) -> None:
     from megatron_sft.arguments import parse_args
-    from megatron_sft.checkpointing.convert import convert as run
+    from megatron_sft.conversion import convert as run
     from megatron_sft.runtime.distributed import init_from_args
 
     args = parse_args(shlex.split(f"{flags} --device cpu --distributed-timeout-minutes 3"))
@@ -102,7 +102,7 @@ def base_unchanged(trainer, family: str, cli) -> float:
     from megatron_sft.config import transformer_config
     from megatron_sft.models.builder import build_model_chunks
     from megatron_sft.peft.lora import is_lora_key
-    from megatron_sft.training.setup import unwrap
+    from megatron_sft.models.builder import unwrap
 
     trained = [unwrap(c) for c in trainer.model.chunks]
     fresh = build_model_chunks(trainer.cfg, transformer_config(trainer.cfg), trainer.cfg.padded_vocab_size)

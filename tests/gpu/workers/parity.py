@@ -34,7 +34,7 @@ def packed_checks(model: Path, dtype_flags: list[str]) -> dict:
     import torch
 
     from megatron_sft.arguments import parse_args
-    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.loading import build_and_load
     from megatron_sft.data.batch import join_rows
     from megatron_sft.inference.logits import forward_logits
     from megatron_sft.training.inputs import thd_params
@@ -62,7 +62,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from megatron_sft.arguments import parse_args
-    from megatron_sft.checkpointing.convert import build_and_load
+    from megatron_sft.loading import build_and_load
     from megatron_sft.inference.logits import forward_logits
     from megatron_sft.runtime.device import transformer_engine_available
     from megatron_sft.runtime.distributed import init_from_args

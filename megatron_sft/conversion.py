@@ -6,27 +6,18 @@ import logging
 import time
 from pathlib import Path
 
+from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.checkpointing import layout
 from megatron_sft.checkpointing.hf import export_hf_weights
-from megatron_sft.checkpointing.loading import hf_assets_source, load_weights
 from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
-from megatron_sft.config import dtype_from_name, params_dtype, transformer_config
+from megatron_sft.config import dtype_from_name
 from megatron_sft.errors import UserError
-from megatron_sft.models.builder import build_model_chunks, padded_vocab_size
+from megatron_sft.loading import build_and_load, hf_assets_source
 
 log = logging.getLogger(__name__)
 
 
-def build_and_load(cfg) -> list:
-    """Model chunks for this rank's layout, with the weights --load points at."""
-    chunks = build_model_chunks(cfg, transformer_config(cfg, skip_init=True), padded_vocab_size(cfg))
-    load_weights(cfg, chunks)
-    for chunk in chunks:
-        chunk.eval()
-    return chunks
-
-
-def hf_to_megatron(cfg) -> Path:
+def hf_to_megatron(cfg: RunConfig) -> Path:
     """Import an HF directory and save it as a weights-only `release` Megatron checkpoint."""
     import modelopt.torch.export  # noqa: F401  (loaded before the clock starts: module loading is not conversion)
 
@@ -41,7 +32,7 @@ def hf_to_megatron(cfg) -> Path:
     return path
 
 
-def megatron_to_hf(cfg) -> Path:
+def megatron_to_hf(cfg: RunConfig) -> Path:
     """Export a Megatron checkpoint (loaded at TP=1, any saved layout) to an HF directory."""
     if cfg.parallel.tensor_model_parallel_size != 1:
         raise UserError("export to Hugging Face runs at --tensor-model-parallel-size 1; the checkpoint "
@@ -51,9 +42,8 @@ def megatron_to_hf(cfg) -> Path:
         raise UserError(f"{cfg.checkpoint.load}: the checkpoint has no {layout.HF_ASSETS}/config.json and no "
                         "--pretrained-model-path was given; pass the HF directory it came from")
     chunks = build_and_load(cfg)
-    name = cfg.checkpoint.export_dtype
-    dtype = dtype_from_name(name) if name else params_dtype(cfg)
-    if cfg.lora.peft == "lora":
+    dtype = dtype_from_name(cfg.checkpoint.export_dtype)  # derived: the run's dtype unless given
+    if cfg.is_lora:
         from megatron_sft.peft.lora import unload_lora
 
         if not cfg.lora.merge_lora:
@@ -62,17 +52,17 @@ def megatron_to_hf(cfg) -> Path:
     return export_hf_weights(chunks, source, cfg.checkpoint.save, dtype)
 
 
-def _export_adapter(cfg, chunks: list, dtype) -> Path:
+def _export_adapter(cfg: RunConfig, chunks: list, dtype) -> Path:
     from megatron_sft.peft.hf_adapter import save_peft_adapter
     from megatron_sft.peft.lora import LoraSpec
     from megatron_sft.peft.model import lora_base
 
     base = lora_base(cfg)  # named in adapter_config.json when PEFT can load it (a Hugging Face directory)
-    return save_peft_adapter(chunks, LoraSpec.from_args(cfg), cfg.checkpoint.save,
+    return save_peft_adapter(chunks, LoraSpec.from_config(cfg), cfg.checkpoint.save,
                              base.path if base.format == "hf" else None, dtype)
 
 
-def convert(cfg) -> Path:
+def convert(cfg: RunConfig) -> Path:
     if not cfg.checkpoint.save:
         raise UserError("--save is required: the output directory of the conversion")
     if cfg.checkpoint.load_format == "hf":
