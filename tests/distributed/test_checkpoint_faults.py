@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import REPO, WORKERS, free_port
 from tests.distributed.test_training import write_reversal_data
+from tests.workflow.helpers import run_script, script_env
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -141,6 +142,13 @@ def test_rerunning_a_finished_run_trains_nothing_and_changes_no_byte(base):
     assert digests(save / f"iter_{ITERS:07d}") == before
     assert sorted(p.name for p in save.iterdir() if p.name.startswith(("iter_", "."))) == [
         "iter_0000002", "iter_0000004", "iter_0000006"]
+    # and generate.sh still loads the model and its tokenizer from it
+    prompts = base["out"] / "prompts.txt"
+    prompts.write_text("reverse: abc\n")
+    env = script_env(base["out"], MLM_MODEL_CKPT=str(save), PROMPTS_PATH=str(prompts),
+                     MLM_EXTRA_ARGS="--max-new-tokens 4")
+    proc = run_script("generate", "tiny", env)
+    assert f"iter_{ITERS:07d}" in proc.stdout + proc.stderr and "reverse: abc" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_truncated_shard_is_named_and_the_resume_falls_back_exactly(base):
