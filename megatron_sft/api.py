@@ -106,7 +106,8 @@ def _flags(o: dict, seq_length: int) -> list[str]:
     """The Megatron-LM flags of one call (see the module docstring for the batch rules)."""
     data = (["--train-data-path", *_paths(o["data_path"]), "--valid-data-path", *_paths(o["valid_data_path"])]
             if o["valid_data_path"] else ["--data-path", *_paths(o["data_path"]), "--split", "100,0,0"])
-    start = o["ckpt_output_dir"] if o["resume"] and _holds_training_checkpoint(o["ckpt_output_dir"]) else o["model_path"]
+    resume = o["resume"] and _holds_training_checkpoint(o["ckpt_output_dir"])
+    start = o["ckpt_output_dir"] if resume else o["model_path"]
     flags = [
         "--load", str(start), "--save", str(o["ckpt_output_dir"]), *data,
         "--train-epochs", str(o["num_epochs"]), "--lr", str(o["learning_rate"]), "--min-lr", "0",
@@ -161,7 +162,7 @@ def _launcher(nproc: int, nnodes: int, node_rank: int, addr: str, port: int | No
 
     if nproc * nnodes == 1:
         return [sys.executable, "-m", "megatron_sft.run_finetune"]
-    return [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, nnodes, node_rank, addr, port),
+    return [sys.executable, "-m", "megatron_sft.launch.torchrun", *torchrun_args(nproc, nnodes, node_rank, addr, port),
             "-m", "megatron_sft.run_finetune"]
 
 

@@ -8,8 +8,9 @@ Adam's fp32 main copy and two moments, 14 bytes a parameter (about 8.4 GB). Thre
   full       megatron_sft's save as it runs: the same plus fsync of every file and directory
   load       dist_checkpointing.load of the plain save, against the deep-checked load (sizes + checksums)
 
-Prints the best seconds of --rounds interleaved repetitions and the ratios to plain. fsync waits for the disk; the plain save only fills the page cache, so
-the full ratio says what durability costs on this disk, the manifest ratio what the checksums cost.
+Prints the best seconds of --rounds interleaved repetitions and the ratios to plain. fsync waits for the disk; the
+plain save only fills the page cache, so the full ratio says what durability costs on this disk, the manifest ratio
+what the checksums cost.
 
     python tools/bench_checkpoint.py [--workdir DIR] [--scale 0.25]
 """
@@ -129,8 +130,8 @@ def main() -> None:
 
     loads = {"plain": [], "checked": []}
     for _ in range(args.rounds):
-        for name, fn in (("plain", lambda: dist_checkpointing.load(state, str(layout.iteration_dir(work / "plain", 1)))),
-                         ("checked", checked_load)):
+        plain_dir = str(layout.iteration_dir(work / "plain", 1))
+        for name, fn in (("plain", lambda: dist_checkpointing.load(state, plain_dir)), ("checked", checked_load)):
             drop_page_cache()
             loads[name].append(timed(fn))
     plain, manifest, full = (min(saves[k]) for k in ("plain", "manifest", "full"))

@@ -49,7 +49,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
+        shown = action.default is not None and action.default is not False and action.default != []
+        if shown and action.default is not argparse.SUPPRESS and "default" not in text:
             text += " (default: %(default)s)"
         return text
 

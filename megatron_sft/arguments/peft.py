@@ -38,7 +38,9 @@ def add_peft_args(parser: ArgumentParser) -> None:
 
 
 # Flag -> its name in lora.json. These flags default to None (not given) and are resolved in resolve_peft.
-LORA_RECORDED = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_target_modules": "targets"}
+LORA_RECORDED = {
+    "lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_target_modules": "targets",
+}
 
 
 def resolve_peft(args, problems: list[str]) -> None:

@@ -94,7 +94,7 @@ def resolve_architecture(args: Namespace, options: dict[str, str]) -> list[str]:
         problem = tokenizer_problem(args.tokenizer_model)
         if problem:
             problems.append(problem)
-    source = find_source(args)
+    source = resolve_source(args)
     args.arch_sources = {}
     for key, default in MEGATRON_DEFAULTS.items():
         given = getattr(args, key)
@@ -138,7 +138,7 @@ def derive_architecture(args: Namespace, options: dict[str, str]) -> None:
         args.moe_ffn_hidden_size = args.ffn_hidden_size
 
 
-def find_source(args: Namespace) -> Source | None:
+def resolve_source(args: Namespace) -> Source | None:
     """The checkpoint record behind --load / --pretrained-model-path; sets load_format and hf_model_path."""
     args.load_format, args.hf_model_path, args.load_iteration_dir = None, None, None
     for attr in ("model_family", "hf_architecture", "checkpoint_vocab_size", "checkpoint_vocab_file"):

@@ -113,7 +113,8 @@ def write_manifest(ckpt_dir: Path) -> int:
     if dist is None or dist.get_rank() == 0:
         tmp = ckpt_dir / (MANIFEST + ".tmp")
         with open(tmp, "w") as f:
-            json.dump({"format": 2, "sample_bytes": SAMPLE, "max_samples": MAX_SAMPLES, "files": files}, f, indent=0, sort_keys=True)
+            manifest = {"format": 2, "sample_bytes": SAMPLE, "max_samples": MAX_SAMPLES, "files": files}
+            json.dump(manifest, f, indent=0, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, ckpt_dir / MANIFEST)

@@ -58,7 +58,9 @@ def saved_iterations(root: str | os.PathLike) -> list[int]:
     return sorted((int(n) for n in found if n.isdigit()), reverse=True)
 
 
-def latest_checkpoint_dir(root: str | os.PathLike, step: int | None = None, deep: bool = False) -> tuple[Path, int | None]:
+def latest_checkpoint_dir(
+    root: str | os.PathLike, step: int | None = None, deep: bool = False
+) -> tuple[Path, int | None]:
     """The checkpoint to load: iteration `step` (--ckpt-step), else the one the tracker names; checked
     against its manifest (`deep`: checksums too, collective under torch.distributed).
 

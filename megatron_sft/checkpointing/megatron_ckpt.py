@@ -6,9 +6,12 @@ and so on, because every rank states which slice of each global tensor it holds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -66,12 +69,33 @@ def _all_ok(ok: bool) -> bool:
     return flag.item() == 0
 
 
+@contextlib.contextmanager
+def _sigterm_deferred():
+    """SIGTERM waits while dist_checkpointing runs, and the helper processes it spawns ignore it.
+
+    torchrun forwards a preemption notice to each worker's whole process group (os.killpg); the helpers of the
+    save are in it, and killed they leave the next save hanging. A process started while SIGTERM is ignored keeps
+    ignoring it (an ignored disposition survives exec). The worker itself loses nothing: the signal is blocked
+    meanwhile, so Linux keeps it pending and delivers it to the worker's handler once the save returns."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _write_files(staging: Path, sharded_state: dict, args_record: dict, hf_assets_src, chat_template,
                  extra_files: dict, write_extras) -> None:
     """Everything of one checkpoint but its manifest, into the staging directory."""
     from megatron.core import dist_checkpointing
 
-    dist_checkpointing.save(sharded_state, str(staging))
+    with _sigterm_deferred():
+        dist_checkpointing.save(sharded_state, str(staging))
     if _is_rank0():
         layout.write_run_args(staging, args_record)
         layout.copy_hf_assets(hf_assets_src, staging, chat_template)
@@ -116,6 +140,8 @@ def save_checkpoint(
     if not _all_ok(error is None):
         if _is_rank0():
             shutil.rmtree(staging, ignore_errors=True)
+        if error is not None and not isinstance(error, (OSError, CheckpointException)) and not _io_like(error):
+            raise error  # a bug, not the disk: keep its traceback (the other ranks say the save failed)
         raise SaveFailed(_failure_line(root, final, error))
     if _is_rank0():
         layout.publish(staging, final)
@@ -154,8 +180,10 @@ def load_sharded(sharded: dict, ckpt_dir: str | Path) -> dict:
 
 
 def _io_like(err: BaseException) -> bool:
+    """An error that reports damaged or unwritable files (dist_checkpointing wraps the OSError in its own)."""
     text = str(err)
-    return any(s in text for s in ("EOF", "unpickl", "PytorchStreamReader", "corrupt", "truncated"))
+    return any(s in text for s in ("EOF", "unpickl", "PytorchStreamReader", "corrupt", "truncated", "No space left",
+                                   "unexpected pos", "Errno", "Worker failure", "Input/output"))
 
 
 @torch.no_grad()

@@ -61,6 +61,10 @@ def read_layout(s: Settings, forced: dict[str, int] | None = None) -> Layout:
     return layout
 
 
+# torchrun, with a user error kept to its one line (launch/torchrun.py).
+TORCHRUN = ("python", "-m", "megatron_sft.launch.torchrun")
+
+
 def torchrun_args(nproc_per_node: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
                   master_port: int | None = None) -> list[str]:
     """torchrun's arguments for this many processes: --standalone on one node (unless a port is given), else a
@@ -84,10 +88,10 @@ def launcher(s: Settings, layout: Layout) -> list[str]:
         if not rank.isdigit() or int(rank) >= layout.nnodes:
             raise LaunchError(f"NNODES={layout.nnodes}: set NODE_RANK to this node's rank, 0 .. {layout.nnodes - 1} "
                               f"(got '{rank}')")
-        command = ["torchrun", *torchrun_args(layout.nproc // layout.nnodes, layout.nnodes, int(rank), master,
-                                              int(s.given("MASTER_PORT") or 29500))]
+        command = [*TORCHRUN, *torchrun_args(layout.nproc // layout.nnodes, layout.nnodes, int(rank), master,
+                                             int(s.given("MASTER_PORT") or 29500))]
     elif layout.nproc > 1:
-        command = ["torchrun", *torchrun_args(layout.nproc)]
+        command = [*TORCHRUN, *torchrun_args(layout.nproc)]
     else:
         command = ["python"]
     s.note("launcher", " ".join(command))

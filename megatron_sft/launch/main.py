@@ -22,7 +22,8 @@ Every script also reads:
                       processes = TP x PP x CP x DP, and EP x ETP must divide TP x CP x DP
   NNODES NODE_RANK MASTER_ADDR MASTER_PORT   multi-node torchrun rendezvous (default: one node)
   NPROC_PER_NODE      if set: the processes one node runs; the layout must fill NNODES x NPROC_PER_NODE exactly
-  LAUNCH_SCRIPT       replaces the launcher (default: python for one process, torchrun for more)
+  LAUNCH_SCRIPT       replaces the launcher (default: python for one process, else torchrun through
+                      python -m megatron_sft.launch.torchrun, which keeps a user error to its one line)
   MLM_WORK_DIR        where default outputs go (default /tmp/megatron_workspace)
 Flags after MODEL (examples/finetune.sh tiny --train-iters 2) are appended last, after MLM_EXTRA_ARGS.
 Each value comes from the environment, else from the model's conf (CONF_<NAME> in conf/<MODEL>.sh), else from

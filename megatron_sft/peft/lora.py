@@ -33,18 +33,19 @@ from megatron_sft.errors import UserError
 if TYPE_CHECKING:
     from megatron_sft.arguments.run_config import RunConfig
 
-DEFAULT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 COLUMN_TARGETS = ("linear_qkv", "linear_fc1")
 ROW_TARGETS = ("linear_proj", "linear_fc2")
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    seed: int = 1234
+    """The adapters of a run, from its RunConfig (whose fields hold the defaults)."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    seed: int
 
     @property
     def scaling(self) -> float:

@@ -208,7 +208,8 @@ def test_settings_block_and_launch_line(sandbox):
     assert "MLM_OPTIM_ARGS  --lr 3e-3" in block and "(conf)" in block
     assert proc.stderr == ""
     [call] = launched(sandbox)
-    assert call.startswith(f"torchrun --standalone --nproc_per_node=2 {REPO}/examples/finetune.py ")
+    assert call.startswith(f"python -m megatron_sft.launch.torchrun --standalone --nproc_per_node=2 "
+                           f"{REPO}/examples/finetune.py ")
     args = call.split()
     assert args[args.index("--tensor-model-parallel-size") + 1] == "2"
     assert args[args.index("--load") + 1].endswith("/tiny/hf") and "--finetune" in args
@@ -243,7 +244,8 @@ def test_multi_node_rendezvous_line(sandbox):
     assert proc.returncode == 0, proc.stderr
     [call] = launched(sandbox)
     assert call.startswith(
-        "torchrun --nnodes=2 --node_rank=1 --nproc_per_node=2 --master_addr=node-a --master_port=6000 "
+        "python -m megatron_sft.launch.torchrun --nnodes=2 --node_rank=1 --nproc_per_node=2 --master_addr=node-a "
+        "--master_port=6000 "
     )
 
 
@@ -285,4 +287,5 @@ def test_slurm_example_starts_one_torchrun_per_node(sandbox):
         DATASET=str(hf / "config.json"),
     )
     assert node.returncode == 0, node.stderr
-    assert launched(sandbox)[-1].startswith("torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 ")
+    assert launched(sandbox)[-1].startswith(
+        "python -m megatron_sft.launch.torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 ")

@@ -36,7 +36,15 @@ def test_training_reuses_the_cache_prepare_data_built(tiny_models, tmp_path):
 @pytest.mark.parametrize("script", ["tools/prepare_data.py", "tools/inspect_data.py"])
 def test_data_tools_report_a_missing_tokenizer_in_one_line(tmp_path, script):
     data = write_reversal_data(tmp_path / "chat.jsonl", 4, seed=5)
-    proc = run(script, "--tokenizer-model", "/nonexistent/tok", "--data-path", data)
+    proc = run(script, "--tokenizer-model", "/nonexistent/tok", "--data-path", data, "--seq-length", "64")
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "--tokenizer-model /nonexistent/tok" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_data_tools_need_the_packed_length(tmp_path):
+    """--seq-length has no default (as in training): a cache packed at a length nobody chose would be useless."""
+    data = write_reversal_data(tmp_path / "chat.jsonl", 4, seed=5)
+    proc = run("tools/prepare_data.py", "--tokenizer-model", "tiny:qwen3", "--data-path", data)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --seq-length is required: the packed sequence length, as training's (e.g. --seq-length 4096)"]
