@@ -77,6 +77,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_durably(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically and durably: a temporary file, fsynced, renamed over it, and the
+    directory fsynced. A reader sees the old contents or the new, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def _listed_files(ckpt_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(ckpt_dir)) for p in ckpt_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -111,14 +124,9 @@ def write_manifest(ckpt_dir: Path) -> int:
     files = _digests(ckpt_dir, _listed_files(ckpt_dir), fsync=True)
     dist = _distributed()
     if dist is None or dist.get_rank() == 0:
-        tmp = ckpt_dir / (MANIFEST + ".tmp")
-        with open(tmp, "w") as f:
-            manifest = {"format": 2, "sample_bytes": SAMPLE, "max_samples": MAX_SAMPLES, "files": files}
-            json.dump(manifest, f, indent=0, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, ckpt_dir / MANIFEST)
-        for sub in [ckpt_dir, *(p for p in ckpt_dir.rglob("*") if p.is_dir())]:
+        manifest = {"format": 2, "sample_bytes": SAMPLE, "max_samples": MAX_SAMPLES, "files": files}
+        write_durably(ckpt_dir / MANIFEST, json.dumps(manifest, indent=0, sort_keys=True))
+        for sub in (p for p in ckpt_dir.rglob("*") if p.is_dir()):
             fsync_dir(sub)
     return sum(v["size"] for v in files.values())
 

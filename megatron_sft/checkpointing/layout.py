@@ -111,14 +111,7 @@ def is_megatron_checkpoint(path: str | os.PathLike) -> bool:
 
 def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
     """Atomically mark `iteration` as the latest complete checkpoint."""
-    root = Path(root)
-    tmp = root / (TRACKER + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("release" if iteration is None else str(iteration))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / TRACKER)
-    integrity.fsync_dir(root)
+    integrity.write_durably(Path(root) / TRACKER, "release" if iteration is None else str(iteration))
 
 
 def staging_dir(final: Path) -> Path:

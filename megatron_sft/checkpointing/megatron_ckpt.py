@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_sft.checkpointing import integrity, layout, space
 from megatron_sft.errors import UserError
+from megatron_sft.runtime.distributed import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,6 @@ def _barrier() -> None:
 
 class SaveFailed(UserError):
     """A save that could not be completed (disk full, I/O error); its partial directory is gone."""
-
-
-def _all_ok(ok: bool) -> bool:
-    """Whether every rank succeeded (so every rank takes the same branch next)."""
-    if not dist.is_initialized():
-        return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() == 0
 
 
 @contextlib.contextmanager
@@ -137,7 +129,7 @@ def save_checkpoint(
         size = integrity.write_manifest(staging)
     except (OSError, RuntimeError, CheckpointException) as err:  # a writer's OSError arrives wrapped in these
         error = err
-    if not _all_ok(error is None):
+    if any_rank(error is not None):
         if _is_rank0():
             shutil.rmtree(staging, ignore_errors=True)
         if error is not None and not isinstance(error, (OSError, CheckpointException)) and not _io_like(error):

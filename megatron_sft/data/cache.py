@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_sft.checkpointing.integrity import file_checksums
+from megatron_sft.checkpointing.integrity import file_checksums, write_durably
 from megatron_sft.data.config import DataConfig
 from megatron_sft.data.packing import PACKER_VERSION
 from megatron_sft.data.prepare import build_cache, read_chat_template
@@ -146,12 +146,7 @@ def _seal(path: str, meta: dict) -> None:
     files = sorted(p for p in Path(path).iterdir() if p.name != "metadata.json")
     crcs = file_checksums(files, fsync=True)
     meta["files"] = {p.name: {"size": p.stat().st_size, "crc32": crcs[p]} for p in files}
-    tmp = os.path.join(path, "metadata.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(path, "metadata.json"))
+    write_durably(Path(path) / "metadata.json", json.dumps(meta, indent=1))
 
 
 def _check(path: str) -> str | None:
@@ -164,15 +159,15 @@ def _check(path: str) -> str | None:
             files = json.load(f)["files"]
     except (ValueError, KeyError, TypeError, OSError) as err:
         return f"{meta_path} is unreadable ({type(err).__name__})"
-    for name, want in sorted(files.items()):
-        file = Path(path) / name
+    listed = {Path(path) / name: want for name, want in sorted(files.items())}
+    for file, want in listed.items():
         if not file.is_file():
             return f"{file} is missing"
         if file.stat().st_size != want["size"]:
             return f"{file} has {file.stat().st_size} bytes, its metadata says {want['size']}"
-        if file_checksums([file])[file] != want["crc32"]:
-            return f"{file} does not match its checksum in metadata.json"
-    return None
+    crcs = file_checksums(list(listed))
+    bad = [file for file, want in listed.items() if crcs[file] != want["crc32"]]
+    return f"{bad[0]} does not match its checksum in metadata.json" if bad else None
 
 
 @contextlib.contextmanager

@@ -83,6 +83,15 @@ def init_from_args(cfg: RunConfig, training: bool = False):
     return cfg
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank (every rank gets the same answer, so all take the same branch)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def shutdown() -> None:
     from megatron.core import parallel_state
 

@@ -16,6 +16,7 @@ from megatron_sft.checkpointing.integrity import checkpoint_size
 from megatron_sft.errors import UserError
 from megatron_sft.loading import hf_assets_source, load_run_tokenizer
 from megatron_sft.models.builder import padded_vocab_size
+from megatron_sft.runtime.distributed import any_rank
 from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, save_loss_curve, training_flops
 from megatron_sft.training.progress import Progress
 from megatron_sft.training.runlog import RunFiles
@@ -191,9 +192,7 @@ class Trainer:
         else:
             need, basis = estimated_checkpoint_bytes(self.model), "estimated from the parameters and optimizer"
         problem = space.shortfall(self.cfg.checkpoint.save, need, basis)
-        flag = torch.tensor([problem is not None], dtype=torch.int32)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item():
+        if any_rank(problem is not None):
             last = f"; last intact checkpoint: {self.last_save}" if self.last_save else ""
             raise UserError(f"not enough disk space {when}: {problem or 'too little on another rank'}{last}")
 
