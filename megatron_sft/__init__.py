@@ -10,10 +10,10 @@ The package is layered; a module imports only from its own layer or the layers b
 imports included (tests/unit/test_layering.py enforces LAYERS and the absence of import cycles):
 
     errors, cli            user errors, the entry-point wrapper
-    runtime, tiny          devices, process groups, the CPU mode; tiny test models and tokenizers
+    runtime, tiny, tasks   devices, process groups, the CPU mode; tiny test models and tokenizers; demo tasks
     models                 model families, layer specs, GPTModel construction, unwrap
     config                 RunConfig -> Megatron-Core's TransformerConfig, DDP and optimizer configs
-    checkpointing          checkpoint layout, integrity, dist-checkpoint save/load, HF weights (no LoRA)
+    checkpointing          checkpoint layout, integrity, dist-checkpoint save/load, HF weights (no LoRA), GGUF
     peft                   LoRA adapters, their record and the PEFT folders
     data                   rendering, tokenizer, sources, packing, cache, batches
     arguments              the flags, resolved against checkpoints, validated, frozen into a RunConfig
@@ -28,7 +28,7 @@ __all__ = ["sft", "lora_sft", "SFTResult", "SFTError"]
 
 LAYERS = (
     ("errors", "cli"),
-    ("runtime", "tiny"),
+    ("runtime", "tiny", "tasks"),
     ("models",),
     ("config",),
     ("checkpointing",),

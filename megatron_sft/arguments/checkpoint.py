@@ -11,11 +11,18 @@ def add_checkpoint_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("checkpointing")
     g.add_argument(
         "--load",
-        help="a Hugging Face model directory or a Megatron checkpoint; its architecture is used",
+        help="a Hugging Face model directory, a .gguf file (dequantized once into a cached Hugging Face directory, "
+        "see --gguf-cache-dir) or a Megatron checkpoint; its architecture is used",
     )
     g.add_argument(
         "--pretrained-model-path",
-        help="Hugging Face directory to import weights from when --load holds no checkpoint yet",
+        help="Hugging Face directory (or .gguf file) to import weights from when --load holds no checkpoint yet",
+    )
+    g.add_argument(
+        "--gguf-cache-dir",
+        metavar="DIR",
+        help="where a .gguf --load / --pretrained-model-path is dequantized to, once per file content "
+        "(default: $MLM_WORK_DIR/gguf, /tmp/megatron_workspace/gguf without MLM_WORK_DIR)",
     )
     g.add_argument("--save", help="directory for Megatron checkpoints, training.log and metrics.jsonl")
     g.add_argument("--save-interval", type=int, help="save every N iterations (and at the end)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_sft.arguments.run_config import field_default
+from megatron_sft.checkpointing.gguf import hf_dir_from_gguf, is_gguf
 from megatron_sft.checkpointing.layout import (
     RUN_ARGS,
     TRACKER,
@@ -143,6 +144,7 @@ def resolve_source(args: Namespace) -> Source | None:
     args.load_format, args.hf_model_path, args.load_iteration_dir = None, None, None
     for attr in ("model_family", "hf_architecture", "checkpoint_vocab_size", "checkpoint_vocab_file"):
         setattr(args, attr, None)
+    _gguf_to_hf(args)
     pretrained = Path(args.pretrained_model_path) if args.pretrained_model_path else None
     if pretrained is not None:
         check_hf_dir(pretrained, "--pretrained-model-path")
@@ -165,6 +167,16 @@ def resolve_source(args: Namespace) -> Source | None:
     if args.tokenizer_model is None:
         args.tokenizer_model = args.hf_model_path
     return source
+
+
+def _gguf_to_hf(args: Namespace) -> None:
+    """A .gguf --load / --pretrained-model-path stands for its cached Hugging Face directory from here on."""
+    for attr, flag in (("load", "--load"), ("pretrained_model_path", "--pretrained-model-path")):
+        value = getattr(args, attr)
+        if is_gguf(value):
+            hf_dir = hf_dir_from_gguf(value, args.gguf_cache_dir, flag)
+            setattr(args, attr, str(hf_dir))
+            args.notices.append(f"{flag} {value}: the GGUF is read from its Hugging Face form {hf_dir}")
 
 
 def _bad_load_message(flag_value: str, load: Path, pretrained: Path | None) -> str:

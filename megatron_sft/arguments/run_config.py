@@ -154,6 +154,7 @@ class CheckpointConfig:
 
     load: str | None = None
     pretrained_model_path: str | None = None
+    gguf_cache_dir: str | None = None  # where a .gguf --load is dequantized (default $MLM_WORK_DIR/gguf)
     save: str | None = None
     save_interval: int | None = None
     keep_last: int | None = None  # keep only the newest N iterations (older ones deleted after a verified save)

@@ -61,6 +61,7 @@ def plan_launch(script: str, model: str, env: dict[str, str], checkout: Path = R
     work = s.setting("MLM_WORK_DIR", "/tmp/megatron_workspace")
     conf = read_conf(model, work, conf_dir=checkout / "conf", script=f"{script}.sh")
     s.conf = dict(conf.defaults)
+    s.command_line = list(extra or [])
     plan = SCRIPTS[script](s, conf, work)
     if extra:
         plan.flags += extra

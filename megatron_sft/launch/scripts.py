@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_sft.arguments.run_config import field_default
+from megatron_sft.checkpointing.gguf import is_gguf
 from megatron_sft.checkpointing.layout import TRAIN_STATE, latest_checkpoint_dir
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
 from megatron_sft.launch.layout import Layout, launcher, read_layout
-from megatron_sft.launch.settings import LaunchError, Settings, drop_run_length, has_flag, words
+from megatron_sft.launch.settings import (
+    RUN_LENGTH_SETTERS,
+    LaunchError,
+    Settings,
+    drop_run_length,
+    has_flag,
+    words,
+)
 
 DEFAULT_DATASET = "Magpie-Align/Magpie-Llama-3.1-Pro-MT-300K-Filtered"
 FINETUNE_DEFAULTS = {
@@ -42,6 +51,11 @@ def _complete_checkpoint(path: str) -> Path | None:
 
 
 def _check_hf_dir(name: str, path: str) -> None:
+    """A Hugging Face directory, or a .gguf file (the entry script's parse dequantizes it, once)."""
+    if is_gguf(path):
+        if not Path(path).is_file():
+            raise LaunchError(f"{name}={path}: no such GGUF file")
+        return
     if not Path(path).exists():
         raise LaunchError(f"{name}={path}: no such directory")
     if not (Path(path) / "config.json").is_file():
@@ -59,7 +73,8 @@ def _check_checkpoint(name: str, path: str) -> None:
 def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     """Fine-tune MODEL (a config in conf/) on chat data: examples/finetune.sh Qwen/Qwen3-0.6B
 
-  HF_MODEL_CKPT   the Hugging Face model to start from (imported on the fly)
+  HF_MODEL_CKPT   the Hugging Face model to start from (imported on the fly); a .gguf file is dequantized once
+                  into $MLM_WORK_DIR/gguf
   MLM_MODEL_CKPT  or a Megatron checkpoint to start from (its weights; a new run)
   MLM_MODEL_SAVE  where checkpoints go (default $MLM_WORK_DIR/<MODEL>_sft). When it already holds a complete
                   training checkpoint, the run resumes from it (optimizer, schedule, data position);
@@ -78,6 +93,7 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     launch = launcher(s, layout)
     lr, peft_flags = _peft(s)
     data = s.setting("MLM_DATA_ARGS", FINETUNE_DEFAULTS["MLM_DATA_ARGS"])
+    data = _user_run_length(s, data)
     epochs = s.given("EPOCHS")
     if epochs:
         s.positive_int("EPOCHS", epochs)
@@ -96,6 +112,17 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
              "--distributed-timeout-minutes", "30", *_dataset(s, data, extra, work), *peft_flags, *keep_flags,
              *words(data), *(w for g in groups for w in words(g)), *words(extra)]
     return Plan("examples/finetune.py", launch, flags, layout)
+
+
+def _user_run_length(s: Settings, data: str) -> str:
+    """A run length in MLM_EXTRA_ARGS or after MODEL replaces the default's or the conf's (not MLM_DATA_ARGS's from
+    the environment: two run lengths the user gave are refused by the entry script)."""
+    user = shlex.join([*words(s.given("MLM_EXTRA_ARGS")), *s.command_line])
+    if s.lookup("MLM_DATA_ARGS")[1] == "env" or not any(has_flag(f, user) for f in RUN_LENGTH_SETTERS):
+        return data
+    data = drop_run_length(data)
+    s.note("note", f"the run length given replaces MLM_DATA_ARGS's: it becomes '{data}'")
+    return data
 
 
 def _peft(s: Settings) -> tuple[str, list[str]]:

@@ -18,6 +18,7 @@ class Settings:
     def __init__(self, env: Mapping[str, str], conf: Mapping[str, str]):
         self.env, self.conf = env, dict(conf)
         self.lines: list[str] = []
+        self.command_line: list[str] = []  # flags given after MODEL (appended last)
 
     def lookup(self, name: str, default: str = "") -> tuple[str, str]:
         """(value, origin): origin is env, conf or default. An empty variable counts as unset, as in bash."""
@@ -64,6 +65,7 @@ def has_flag(flag: str, *texts: str) -> bool:
     return any(w == flag or w.startswith(flag + "=") for text in texts for w in words(text))
 
 
+RUN_LENGTH_SETTERS = ("--train-iters", "--train-samples", "--train-epochs")
 RUN_LENGTH_FLAGS = ("--train-iters", "--train-samples", "--lr-decay-iters", "--lr-decay-samples",
                     "--lr-warmup-samples")
 

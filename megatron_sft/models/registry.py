@@ -33,6 +33,7 @@ class ModelFamily:
     qk_layernorm: bool = False
     qkv_bias: bool = False  # q/k/v biases hard-coded by the HF model (Qwen2)
     moe: bool = False
+    gguf_architecture: str | None = None  # `general.architecture` of its GGUF files (llama.cpp's name)
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -53,18 +54,25 @@ def supported_architectures() -> list[str]:
     return [f.hf_architecture for f in FAMILIES.values()]
 
 
+def family_for_gguf(gguf_architecture: str) -> ModelFamily | None:
+    return next((f for f in FAMILIES.values() if f.gguf_architecture == gguf_architecture), None)
+
+
 register(ModelFamily(
     "qwen3", "Qwen3ForCausalLM", {**_HF_COMMON, "num_key_value_heads": 32, "head_dim": 128}, qk_layernorm=True,
+    gguf_architecture="qwen3",
 ))
 register(ModelFamily(
     "qwen3_moe", "Qwen3MoeForCausalLM",
     {**_HF_COMMON, "num_key_value_heads": 4, "num_experts": 128, "moe_intermediate_size": 768,
      "num_experts_per_tok": 8, "norm_topk_prob": False, "router_aux_loss_coef": 0.001,
      "decoder_sparse_step": 1, "mlp_only_layers": []},
-    qk_layernorm=True, moe=True,
+    qk_layernorm=True, moe=True, gguf_architecture="qwen3moe",
 ))
-register(ModelFamily("qwen2", "Qwen2ForCausalLM", {**_HF_COMMON, "num_key_value_heads": 32}, qkv_bias=True))
+register(ModelFamily("qwen2", "Qwen2ForCausalLM", {**_HF_COMMON, "num_key_value_heads": 32}, qkv_bias=True,
+                     gguf_architecture="qwen2"))
 register(ModelFamily(
     "llama", "LlamaForCausalLM",
     {**_HF_COMMON, "num_key_value_heads": None, "max_position_embeddings": 2048, "mlp_bias": False},
+    gguf_architecture="llama",
 ))

@@ -135,3 +135,30 @@ def test_a_conf_sees_the_users_environment(tmp_path, monkeypatch):
     conf = read_conf("org/m", "/w", conf_dir=tmp_path)
     assert conf.defaults == {"CONF_HF_MODEL_CKPT": "/home/someone/models/m"}
     assert conf.model_args == ["--seq-length", "64"]
+
+
+@pytest.mark.parametrize("where", ["command_line", "MLM_EXTRA_ARGS"])
+def test_a_run_length_given_replaces_the_default_one(tmp_path, where):
+    """--train-iters after MODEL (or in MLM_EXTRA_ARGS) is the run length: the default --train-samples and its
+    decay/warmup in samples go, instead of a refusal of two run lengths."""
+    model = "Qwen/Qwen3-0.6B"
+    hf_dir = _fake_hf_dir(FACT_MODELS[model], tmp_path / "hf")
+    env = {"MLM_WORK_DIR": str(tmp_path), "HF_MODEL_CKPT": str(hf_dir), "DATASET": str(hf_dir / "config.json")}
+    flags = ["--train-iters", "7", "--lr-warmup-iters", "1"]
+    if where == "MLM_EXTRA_ARGS":
+        env["MLM_EXTRA_ARGS"] = " ".join(flags)
+    settings, plan = plan_launch("finetune", model, env, extra=flags if where == "command_line" else None)
+    assert "--train-samples" not in plan.flags and "--lr-decay-samples" not in plan.flags
+    assert plan.flags[plan.flags.index("--train-iters") + 1] == "7"
+    assert any("the run length given replaces MLM_DATA_ARGS's" in line for line in settings.lines)
+
+
+def test_two_run_lengths_the_user_gave_are_still_refused(tmp_path):
+    from megatron_sft.errors import ConfigErrors
+
+    model = "Qwen/Qwen3-0.6B"
+    hf_dir = _fake_hf_dir(FACT_MODELS[model], tmp_path / "hf")
+    env = {"MLM_WORK_DIR": str(tmp_path), "HF_MODEL_CKPT": str(hf_dir), "DATASET": str(hf_dir / "config.json"),
+           "MLM_DATA_ARGS": "--train-samples 64"}
+    with pytest.raises(ConfigErrors, match="not --train-iters and --train-samples"):
+        plan_launch("finetune", model, env, extra=["--train-iters", "7"])
