@@ -47,6 +47,13 @@ def add_training_args(parser: ArgumentParser) -> None:
         help="train on through a NaN/Inf loss or gradient norm instead of stopping",
     )
     g.add_argument(
+        "--lm-head-chunk-size",
+        type=int,
+        metavar="N",
+        help="training and validation loss: the output layer and cross-entropy run only on supervised tokens, N at "
+        "a time, so at most N x vocab/TP logits exist (0: full logits of every token, Megatron's own path)",
+    )
+    g.add_argument(
         "--recompute-granularity",
         choices=["full", "selective"],
         help="activation recomputation: full layers, or selective (attention core only)",

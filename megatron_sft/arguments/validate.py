@@ -247,6 +247,8 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
         )
     if args.recompute_granularity != "full" and args.recompute_method is not None:
         problems.append("--recompute-method applies only with --recompute-granularity full")
+    if args.lm_head_chunk_size < 0:
+        problems.append(f"--lm-head-chunk-size {args.lm_head_chunk_size} must be 0 (full logits) or more")
     if args.keep_last is not None and args.keep_last < 1:
         problems.append(f"--keep-last {args.keep_last} must be at least 1 (leave it out to keep every checkpoint)")
     if args.ckpt_step is not None and args.load_format != "megatron":

@@ -263,8 +263,15 @@ def start_training(cfg: RunConfig, files: RunFiles | None = None) -> Trainer:
     """The one start-up sequence of a training run: finetune.py, sft(), the tests' workers and tools/bench_*.
     Device, layer spec and process groups, the notices, then data, model and resume inside the Trainer."""
     from megatron_sft.arguments.resolve import describe_sources
+    from megatron_sft.errors import ConfigErrors
     from megatron_sft.runtime.distributed import init_from_args
 
+    t = cfg.training
+    missing = [] if t.lr is not None else ["--lr is required to train: the peak learning rate, e.g. --lr 1e-5"]
+    if t.train_iters is None and t.train_samples is None and t.train_epochs is None:
+        missing.append("give the run length: --train-iters, --train-samples or --train-epochs")
+    if missing:  # inference shares the parser, so these are required here, before anything starts
+        raise ConfigErrors(missing)
     cfg = init_from_args(cfg, training=True)
     for line in describe_sources(cfg):
         log.info("%s", line)

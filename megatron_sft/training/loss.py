@@ -27,6 +27,16 @@ def masked_loss_func(loss_mask: torch.Tensor):
     return loss_func
 
 
+def summed_loss_func(loss_mask: torch.Tensor):
+    """`loss_func` for a loss the model step already summed over supervised tokens (training/lm_head.py)."""
+
+    def loss_func(loss_sum: torch.Tensor):
+        count = loss_mask.float().sum().to(loss_sum.device)
+        return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach().float(), count])}
+
+    return loss_func
+
+
 def reduce_loss_reports(reports: list[dict], group=None) -> float:
     """Token-weighted mean of 'lm loss' reports over micro-batches and the given (DP×CP) group.
 

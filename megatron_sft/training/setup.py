@@ -23,6 +23,7 @@ class TrainingModel:
     loaded_iteration: int | None  # iteration of the Megatron checkpoint the weights came from
     layout: PackedLayout  # THD stream or explicit mask, and this rank's context-parallel share
     lora: object | None = None  # peft.model.LoraModel of a LoRA run: checkpoints hold its adapters only
+    lm_head_chunk_size: int = 0  # supervised tokens per output-layer chunk in the loss (0: full logits)
 
 
 def scheduler_steps(cfg: RunConfig) -> dict:
@@ -97,4 +98,4 @@ def build_training_model(cfg: RunConfig, resume: bool) -> TrainingModel:
     n_params = sum(p.numel() for c in chunks for p in c.parameters())
     log.info("model built: %.2fM parameters on this rank", n_params / 1e6)
     return TrainingModel(ddp_chunks, optimizer, scheduler, config, loaded.iteration, PackedLayout.from_config(cfg),
-                         loaded.lora)
+                         loaded.lora, cfg.training.lm_head_chunk_size)

@@ -8,19 +8,29 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_sft.models.builder import unwrap
 from megatron_sft.training.inputs import PackedLayout, model_inputs
-from megatron_sft.training.loss import masked_loss_func, reduce_loss_reports
+from megatron_sft.training.lm_head import hidden_states_instead_of_logits, supervised_loss_sum
+from megatron_sft.training.loss import masked_loss_func, reduce_loss_reports, summed_loss_func
 
 
-def make_forward_step(layout: PackedLayout):
-    """Megatron's forward_step_func: per-token losses from the model, masked-sum loss function."""
+def make_forward_step(layout: PackedLayout, lm_head_chunk_size: int = 0, sequence_parallel: bool = False):
+    """Megatron's forward_step_func. On the last pipeline stage with a chunk size, the loss comes from the
+    supervised tokens' hidden states (training/lm_head.py); otherwise the model's per-token losses are masked."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def forward_step(data_iterator, model):
         b = model_inputs(next(data_iterator), layout, device)
-        per_token_loss = model(b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"],
-                               packed_seq_params=b["packed_seq_params"])
-        return per_token_loss, masked_loss_func(b["loss_mask"])
+        args = (b["tokens"], b["position_ids"], b["attention_mask"])
+        gpt = unwrap(model)
+        if not (lm_head_chunk_size and gpt.post_process):
+            per_token_loss = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
+            return per_token_loss, masked_loss_func(b["loss_mask"])
+        with hidden_states_instead_of_logits(gpt) as output_layer:
+            hidden = model(*args, packed_seq_params=b["packed_seq_params"])
+        loss_sum = supervised_loss_sum(hidden, output_layer["weight"], b["labels"], b["loss_mask"],
+                                       lm_head_chunk_size, sequence_parallel)
+        return loss_sum, summed_loss_func(b["loss_mask"])
 
     return forward_step
 
@@ -58,7 +68,7 @@ def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, f
 
     seq_length, micro_batch_size = model.layout.schedule_shape(seq_length, micro_batch_size)
     return get_forward_backward_func()(
-        forward_step_func=make_forward_step(model.layout),
+        forward_step_func=make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel),
         data_iterator=_data_iterators(batches, len(model.chunks)),
         model=model.chunks,
         num_microbatches=len(batches),

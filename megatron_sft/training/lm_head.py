@@ -1,0 +1,103 @@
+"""The training loss with logits only where the loss is: supervised tokens, a chunk at a time.
+
+Megatron's GPTModel computes the output layer on every token and returns the per-token cross-entropy, so a
+[tokens x vocab/TP] fp32 logits tensor (and the softmax the loss keeps for backward) exists for every token,
+including the system and user turns and the padding whose loss is masked out. For a 150k vocabulary that is
+0.6 MB per token, far more than the layers' activations.
+
+Here the model runs up to its final norm (the output layer's forward is swapped for a pass-through while
+the model runs, so no logits are made), the hidden states of the supervised positions are picked out, and
+for each chunk of them the output layer's own weight and Megatron's `vocab_parallel_cross_entropy` give the
+loss and, in the same pass, the chunk's gradients with respect to the hidden states and the weight: the loss
+is the last node of the graph, so its gradient is known up to the one scalar Megatron scales it by, which
+backward applies. The chunk's logits are freed before the next chunk, and no recomputation is needed.
+
+Tensor parallelism: the hidden states are identical on every TP rank (gathered first under sequence
+parallelism), each rank holds a vocabulary shard of the weight, and the partial hidden-state gradients are
+summed over TP in backward, as in ColumnParallelLinear. Under context parallelism each rank has its own
+tokens; a rank (or micro-batch) with no supervised token returns a zero loss that still carries gradients.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+
+@contextmanager
+def hidden_states_instead_of_logits(gpt_model):
+    """Inside, GPTModel's output layer returns its input: the model returns its final hidden states [b, s, h]
+    (the transpose of [s, b, h]) and the weight it would have used (the shared embedding when tied)."""
+    layer = gpt_model.output_layer
+    seen = {}
+
+    def pass_through(hidden_states, weight=None, runtime_gather_output=None):
+        seen["weight"] = layer.weight if weight is None else weight
+        return hidden_states, None
+
+    layer.forward = pass_through
+    try:
+        yield seen
+    finally:
+        del layer.forward  # back to the class's forward
+
+
+class _ChunkedVocabParallelCE(torch.autograd.Function):
+    """sum_t weight_t * CE(h_t @ W^T, target_t) over the selected tokens, gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, token_weights, chunk_size, need_hidden_grad, need_weight_grad):
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight_grad else None
+        w = weight.detach().requires_grad_(need_weight_grad)
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            h = hidden[start:end].detach().to(weight.dtype).requires_grad_(need_hidden_grad)
+            with torch.enable_grad():
+                logits = F.linear(h, w)  # [chunk, vocab/TP]: this rank's shard
+                loss = (vocab_parallel_cross_entropy(logits[:, None], targets[start:end, None])[:, 0].float()
+                        * token_weights[start:end]).sum()
+                wanted = [t for t, need in ((h, need_hidden_grad), (w, need_weight_grad)) if need]
+                grads = torch.autograd.grad(loss, wanted) if wanted else ()
+            total += loss.detach()
+            grads = list(grads)
+            if need_hidden_grad:
+                grad_hidden[start:end] = grads.pop(0)
+            if need_weight_grad:
+                grad_weight += grads.pop(0)
+            del logits, loss, grads
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        dh = None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype)
+        dw = None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype)
+        return dh, dw, None, None, None, None, None
+
+
+def supervised_loss_sum(hidden_bsh: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                        loss_mask: torch.Tensor, chunk_size: int, sequence_parallel: bool) -> torch.Tensor:
+    """Sum of loss_mask-weighted token losses, from the model's final hidden states ([b, s, h] as GPTModel
+    returns them; under sequence parallelism the sequence is this TP rank's share)."""
+    from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region
+
+    hidden = hidden_bsh.transpose(0, 1).contiguous()  # [s, b, h], the layout of the sequence-parallel split
+    if sequence_parallel:  # every TP rank needs every token; backward reduce-scatters the partial gradients
+        hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
+    else:  # identical on TP ranks; backward all-reduces the partial gradients
+        hidden = copy_to_tensor_model_parallel_region(hidden)
+    mask = loss_mask.transpose(0, 1).reshape(-1)
+    positions = mask.nonzero().squeeze(1)
+    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+    targets = labels.transpose(0, 1).reshape(-1).index_select(0, positions)
+    need = torch.is_grad_enabled()
+    return _ChunkedVocabParallelCE.apply(selected, weight, targets, mask.index_select(0, positions).float(),
+                                         chunk_size, need and selected.requires_grad, need and weight.requires_grad)
