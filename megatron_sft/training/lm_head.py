@@ -45,7 +45,12 @@ def hidden_states_instead_of_logits(gpt_model):
 
 
 class _ChunkedVocabParallelCE(torch.autograd.Function):
-    """sum_t weight_t * CE(h_t @ W^T, target_t) over the selected tokens, gradients computed in forward."""
+    """sum_t weight_t * CE(h_t @ W^T, target_t) over the selected tokens, gradients computed in forward.
+
+    Per chunk: the logits (this rank's vocabulary shard), Megatron's vocab_parallel_cross_entropy and its own
+    backward for d(loss)/d(logits); then the two matmuls of the linear layer's backward, accumulated in place,
+    so no [vocab x hidden] gradient is allocated per chunk.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, token_weights, chunk_size, need_hidden_grad, need_weight_grad):
@@ -54,23 +59,20 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight_grad else None
-        w = weight.detach().requires_grad_(need_weight_grad)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
-            h = hidden[start:end].detach().to(weight.dtype).requires_grad_(need_hidden_grad)
+            h = hidden[start:end].to(weight.dtype)
+            logits = F.linear(h, weight).requires_grad_(need_hidden_grad or need_weight_grad)
             with torch.enable_grad():
-                logits = F.linear(h, w)  # [chunk, vocab/TP]: this rank's shard
-                loss = (vocab_parallel_cross_entropy(logits[:, None], targets[start:end, None])[:, 0].float()
-                        * token_weights[start:end]).sum()
-                wanted = [t for t, need in ((h, need_hidden_grad), (w, need_weight_grad)) if need]
-                grads = torch.autograd.grad(loss, wanted) if wanted else ()
+                losses = vocab_parallel_cross_entropy(logits[:, None], targets[start:end, None])[:, 0]
+                loss = (losses.float() * token_weights[start:end]).sum()
+                dlogits = torch.autograd.grad(loss, logits)[0] if logits.requires_grad else None
             total += loss.detach()
-            grads = list(grads)
-            if need_hidden_grad:
-                grad_hidden[start:end] = grads.pop(0)
+            if need_hidden_grad:  # partial over the vocabulary shard; summed over TP in backward
+                grad_hidden[start:end] = dlogits @ weight
             if need_weight_grad:
-                grad_weight += grads.pop(0)
-            del logits, loss, grads
+                grad_weight.addmm_(dlogits.t().float(), h.float())
+            del logits, losses, loss, dlogits
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total
@@ -78,9 +80,11 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
-        dh = None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype)
-        dw = None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype)
-        return dh, dw, None, None, None, None, None
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad_output).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def supervised_loss_sum(hidden_bsh: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
