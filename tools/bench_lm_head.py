@@ -6,7 +6,7 @@ Each case trains a randomly initialised Qwen3-shape model from examples/finetune
 steps twice, with --lm-head-chunk-size 0 (Megatron's output layer on every token, then the masked
 cross-entropy) and with the default chunk size, each in its own process so peak RSS is its own. Chat data with
 about two thirds of the tokens supervised (short user turns, long answers), packed, micro-batch 1, fp32, CPU,
-one process. Prints peak RSS, RSS growth during the steps (activations, logits, gradients) and the median
+one process (Qwen3-0.6B with full activation recomputation, to fit 24 GB). Prints peak RSS, RSS growth during the steps (activations, logits, gradients) and the median
 step time (the first step is left out), with new / today ratios.
 
 Shapes: `small` is Qwen3 with the real Qwen vocabulary (151,936), hidden 512, 4 layers (8 heads of 64 in 4
@@ -35,6 +35,8 @@ SHAPES = {
 COMMON = dict(vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=True,
               rope_parameters={"rope_type": "default", "rope_theta": 1e6})
 CASES = {"small-2048": ("small", 2048), "small-8192": ("small", 8192), "qwen3-0.6b-4096": ("qwen3-0.6b", 4096)}
+# 28 layers of activations at 4096 tokens do not fit next to fp32 Adam state in 24 GB: recompute them (both paths).
+RECOMPUTE = {"qwen3-0.6b": "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1"}
 
 
 def make_model(out: Path, shape: str) -> Path:
@@ -86,14 +88,15 @@ def run_case(case: str, work: Path, steps: int) -> dict[str, dict]:
     data = work / "data.jsonl"
     flags = (f"--load {model} --data-path {data} --data-cache-dir {work / 'cache'} --device cpu "
              f"--seq-length {seq} --micro-batch-size 1 --global-batch-size 1 --train-iters {steps} --lr 1e-5 "
-             "--log-interval 1000 --split 100,0,0 --eval-iters 0")
+             f"--log-interval 1000 --split 100,0,0 --eval-iters 0 {RECOMPUTE.get(shape, '')}")
     out = {}
     for name, chunk in (("today", "0"), ("chunked", None)):
         extra = f" --lm-head-chunk-size {chunk}" if chunk else ""
         proc = subprocess.run([sys.executable, __file__, "--one", flags + extra], capture_output=True, text=True,
                               env={"OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore"})
         if proc.returncode != 0:
-            sys.exit(f"{case} {name} failed:\n{proc.stderr[-3000:]}")
+            sys.exit(f"{case} {name} failed (exit {proc.returncode}; -9: killed, e.g. out of memory):\n"
+                     f"{proc.stderr[-3000:]}")
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 

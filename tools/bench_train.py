@@ -42,7 +42,8 @@ def bare_iteration(model, batches, seq_length: int, mbs: int) -> None:
         chunk.zero_grad_buffer()
     model.optimizer.zero_grad()
     seq_length, mbs = model.layout.schedule_shape(seq_length, mbs)
-    get_forward_backward_func()(forward_step_func=make_forward_step(model.layout), data_iterator=iter(batches),
+    get_forward_backward_func()(forward_step_func=make_forward_step(
+        model.layout, model.lm_head_chunk_size, model.config.sequence_parallel), data_iterator=iter(batches),
                                 model=model.chunks, num_microbatches=len(batches), seq_length=seq_length,
                                 micro_batch_size=mbs, forward_only=False)
     model.optimizer.step()

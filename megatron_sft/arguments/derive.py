@@ -16,6 +16,10 @@ def derive_values(args: Namespace, options: dict[str, str]) -> None:
     _batch(args)
     _schedule(args)
     args.params_dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    if args.fp16 and args.lm_head_chunk_size:
+        # d(loss)/d(logits) is formed before the loss scale is known; in fp16 its small entries would underflow.
+        args.lm_head_chunk_size = 0
+        args.notices.append("--lm-head-chunk-size: full logits with --fp16 (the chunked head needs bf16 or fp32)")
     args.export_dtype = args.export_dtype or args.params_dtype
     args.import_dtype = args.import_dtype or args.params_dtype
     args.padded_vocab_size = args.checkpoint_vocab_size  # None: the model code pads the tokenizer's vocabulary

@@ -113,7 +113,7 @@ class TrainingConfig:
     params_dtype: str = "fp32"  # derived from bf16 / fp16
     gradient_accumulation_fusion: bool = True
     check_for_nan_in_loss_and_grad: bool = True
-    lm_head_chunk_size: int = 256  # supervised tokens per output-layer chunk (0: full logits)
+    lm_head_chunk_size: int = 128  # supervised tokens per output-layer chunk (0: full logits)
     recompute_granularity: str | None = None
     recompute_method: str | None = None
     recompute_num_layers: int | None = None

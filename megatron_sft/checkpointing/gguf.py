@@ -23,6 +23,7 @@ from megatron_sft.models.registry import FAMILIES, family_for_gguf
 
 DEFAULT_WORK_DIR = "/tmp/megatron_workspace"  # the launcher's MLM_WORK_DIR default
 SOURCE_RECORD = "gguf_source.json"
+CONVERTER = 1  # bump when the conversion changes: older cache entries are then converted again
 
 
 def is_gguf(path: str | os.PathLike | None) -> bool:
@@ -34,12 +35,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLM_WORK_DIR") or DEFAULT_WORK_DIR) / "gguf"
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
+def _digest(path: Path, cache: Path) -> str:
+    """sha256 of the file, remembered per (path, size, mtime) so a multi-GB GGUF is read once, not per launch."""
+    stat = path.stat()
+    # ctime and inode change with any rewrite, even one that restores the mtime (cp -p, rsync -t)
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
+    memo_file = cache / ".digests.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+        memo[key] = h.hexdigest()
+        staged = memo_file.with_name(f".digests.{os.getpid()}.tmp")
+        staged.write_text(json.dumps(memo))
+        os.replace(staged, memo_file)  # readers see the old memo or the new one, never half of one
+    return memo[key]
 
 
 _SPECIAL_TOKENS = ("bos", "eos", "unk", "pad")
@@ -81,26 +96,31 @@ def hf_dir_from_gguf(path: str | os.PathLike, cache_dir: str | os.PathLike | Non
         raise UserError(f"{flag} {path}: no such GGUF file")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{path.stem}-{_digest(path)[:16]}"
+    target = cache / f"{path.stem}-{_digest(path, cache)[:16]}"
     with open(cache / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another rank may be converting the same file: wait for it
-        if (target / SOURCE_RECORD).is_file():
+        if _converted_by_this_version(target):
             return target
         header = read_gguf_header(path, flag)
         arch = header["architecture"]
-        start = time.monotonic()
-        print(f"{path.name}: dequantizing the GGUF ({arch}) into a Hugging Face directory, {target} ...",
-              file=sys.stderr, flush=True)
+        start = time.monotonic()  # transformers shows its own progress bars meanwhile
         staging = cache / f".{target.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)  # a conversion killed earlier
         _convert(path, staging, header["special_tokens"], flag)
-        (staging / SOURCE_RECORD).write_text(json.dumps({"gguf": str(path), "size": path.stat().st_size, **header},
-                                                        indent=1))
+        (staging / SOURCE_RECORD).write_text(json.dumps(
+            {"gguf": str(path), "size": path.stat().st_size, "converter": CONVERTER, **header}, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
-        print(f"{path.name}: Hugging Face directory ready in {time.monotonic() - start:.0f} s: {target}",
-              file=sys.stderr, flush=True)
+        print(f"{path.name}: dequantized the GGUF ({arch}) into a Hugging Face directory in "
+              f"{time.monotonic() - start:.0f} s: {target} (reused from now on)", file=sys.stderr, flush=True)
     return target
+
+
+def _converted_by_this_version(target: Path) -> bool:
+    try:
+        return json.loads((target / SOURCE_RECORD).read_text()).get("converter") == CONVERTER
+    except (OSError, ValueError):
+        return False
 
 
 def _convert(path: Path, out: Path, special_tokens: dict[str, str], flag: str) -> None:
@@ -111,11 +131,16 @@ def _convert(path: Path, out: Path, special_tokens: dict[str, str], flag: str) -
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
-    except (ValueError, KeyError, OSError, RuntimeError) as err:
-        raise UserError(f"{flag} {path}: transformers cannot read this GGUF ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - unsupported quantization types raise NotImplementedError, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{flag} {path}: transformers cannot read this GGUF ({reason})") from None
     # transformers 5.14.1 mislabels the special tokens of some GGUFs (SmolLM2's eos comes out as <|im_start|>,
     # id 1, where the file says 2, <|im_end|>): the ids the GGUF itself records are the truth.
     for name, token in special_tokens.items():
         setattr(tokenizer, f"{name}_token", token)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot write its Hugging Face form to {out.parent} ({err.strerror or err}); "
+                        "free space there or set --gguf-cache-dir / MLM_WORK_DIR elsewhere") from None

@@ -48,8 +48,8 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
     """sum_t weight_t * CE(h_t @ W^T, target_t) over the selected tokens, gradients computed in forward.
 
     Per chunk: the logits (this rank's vocabulary shard), Megatron's vocab_parallel_cross_entropy and its own
-    backward for d(loss)/d(logits); then the two matmuls of the linear layer's backward, accumulated in place,
-    so no [vocab x hidden] gradient is allocated per chunk.
+    backward for d(loss)/d(logits); then the two matmuls of the linear layer's backward, accumulated in place
+    (the weight's into main_grad), so no [vocab x hidden] gradient is allocated per chunk or kept for backward.
     """
 
     @staticmethod
@@ -58,7 +58,12 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
 
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight_grad else None
+        # Under Megatron's DDP the weight gradient goes straight into the fp32 main_grad, as Megatron's own
+        # linear layers do with gradient accumulation fusion: no [vocab x hidden] buffer lives until backward.
+        in_main_grad = need_weight_grad and hasattr(weight, "main_grad") and hasattr(weight, "grad_added_to_main_grad")
+        grad_weight = None
+        if need_weight_grad:
+            grad_weight = weight.main_grad if in_main_grad else torch.zeros_like(weight, dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:end].to(weight.dtype)
@@ -69,12 +74,14 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
                 dlogits = torch.autograd.grad(loss, logits)[0] if logits.requires_grad else None
             total += loss.detach()
             if need_hidden_grad:  # partial over the vocabulary shard; summed over TP in backward
-                grad_hidden[start:end] = dlogits @ weight
-            if need_weight_grad:
-                grad_weight.addmm_(dlogits.t().float(), h.float())
+                grad_hidden[start:end] = dlogits.to(weight.dtype) @ weight
+            if need_weight_grad and weight.dtype == torch.float32:
+                grad_weight.addmm_(dlogits.t(), h)  # in place: no [vocab x hidden] temporary
+            elif need_weight_grad:  # the product in the weight's dtype (tensor cores on GPU), summed in fp32
+                grad_weight.add_(dlogits.t().to(weight.dtype) @ h)
             del logits, losses, loss, dlogits
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, None if in_main_grad else grad_weight)
+        ctx.weight, ctx.in_main_grad = weight, in_main_grad
         return total
 
     @staticmethod
@@ -82,9 +89,26 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_hidden is not None:
             grad_hidden = grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
-        if grad_weight is not None:
-            grad_weight = grad_weight.mul_(grad_output).to(ctx.weight_dtype)
+        if ctx.in_main_grad:
+            # Added in forward as if grad_output were 1, which it is: Megatron's per-token loss is not divided
+            # by micro-batches, and only fp16 (where this head is off) scales the loss.
+            if float(grad_output) != 1.0:
+                raise RuntimeError(f"lm_head: loss gradient {float(grad_output)} != 1 was already applied as 1; "
+                                   "run with --lm-head-chunk-size 0")
+            grad_weight = _placeholder(ctx.weight)
+        elif grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad_output).to(ctx.weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _placeholder(weight):
+    """What backward returns for a weight whose gradient is already in main_grad (DDP's hook skips it)."""
+    if getattr(weight, "zero_out_wgrad", False):
+        # The tied embedding on this stage (Megatron marks it): the lookup's gradient still reaches the weight,
+        # and the DDP hook adds that one to main_grad, so nothing is returned here.
+        return None
+    weight.grad_added_to_main_grad = True
+    return torch.empty_like(weight)  # its pages are never touched
 
 
 def supervised_loss_sum(hidden_bsh: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

@@ -163,7 +163,7 @@ def test_fine_tuning_from_the_gguf_changes_held_out_answers(smollm2_gguf, smollm
                      MLM_MODEL_SAVE=str(save), PEFT=peft, MLM_EXTRA_ARGS=flags)
     proc = run_script("finetune", MODEL, env, timeout=900)
     assert "the GGUF is read from its Hugging Face form" in proc.stdout + proc.stderr
-    assert "dequantizing" not in proc.stdout + proc.stderr, "the cached Hugging Face directory was not reused"
+    assert "dequantized the GGUF" not in proc.stdout + proc.stderr, "the cached Hugging Face directory was not reused"
 
     after = _heldout_answers(smollm2_work, save, capitals["heldout"], smollm2_gguf)
     exact = sum(score(c, r)[1] for c, r in after)

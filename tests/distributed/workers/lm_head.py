@@ -17,7 +17,7 @@ import os
 import shlex
 from pathlib import Path
 
-CHUNKS = (7, 1024)  # 7: several chunks per micro-batch and a partial last one; 1024: the default, one chunk
+CHUNKS = (7, 1024)  # 7: several chunks per micro-batch and a partial last one; 1024: one chunk
 # name -> (world size, family, flags, how the batch is altered)
 LAYOUTS = {
     "tp1": (1, "qwen3", "", None),
