@@ -3,14 +3,15 @@
 Megatron's GPTModel computes the output layer on every token and returns the per-token cross-entropy, so a
 [tokens x vocab/TP] fp32 logits tensor (and the softmax the loss keeps for backward) exists for every token,
 including the system and user turns and the padding whose loss is masked out. For a 150k vocabulary that is
-0.6 MB per token, far more than the layers' activations.
+0.6 MB per token, often more than the layers' activations.
 
 Here the model runs up to its final norm (the output layer's forward is swapped for a pass-through while
 the model runs, so no logits are made), the hidden states of the supervised positions are picked out, and
 for each chunk of them the output layer's own weight and Megatron's `vocab_parallel_cross_entropy` give the
 loss and, in the same pass, the chunk's gradients with respect to the hidden states and the weight: the loss
-is the last node of the graph, so its gradient is known up to the one scalar Megatron scales it by, which
-backward applies. The chunk's logits are freed before the next chunk, and no recomputation is needed.
+is the last node of the graph, so its gradient is known up to the one scalar Megatron scales it by (1 outside
+fp16, where this head is off). The weight's gradient goes into Megatron's fp32 main_grad right away; the hidden
+states' waits for backward. The chunk's logits are freed before the next chunk, and nothing is recomputed.
 
 Tensor parallelism: the hidden states are identical on every TP rank (gathered first under sequence
 parallelism), each rank holds a vocabulary shard of the weight, and the partial hidden-state gradients are
