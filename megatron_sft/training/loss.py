@@ -15,23 +15,21 @@ import torch
 
 def masked_loss_func(loss_mask: torch.Tensor):
     """Returns Megatron's `loss_func(output_tensor)` for per-token losses [B, S]."""
+    summed = summed_loss_func(loss_mask)
 
     def loss_func(per_token_loss: torch.Tensor):
         mask = loss_mask.to(per_token_loss.device).float()
-        loss_sum = (per_token_loss.float() * mask).sum()
-        num_tokens = mask.sum().to(torch.int)
-        # Reported as [sum, count]: micro-batches and ranks are added before dividing.
-        report = torch.stack([loss_sum.detach(), mask.sum()])
-        return loss_sum, num_tokens, {"lm loss": report}
+        return summed((per_token_loss.float() * mask).sum())
 
     return loss_func
 
 
 def summed_loss_func(loss_mask: torch.Tensor):
-    """`loss_func` for a loss the model step already summed over supervised tokens (training/lm_head.py)."""
+    """`loss_func` for a loss already summed over supervised tokens (training/lm_head.py sums it itself)."""
 
     def loss_func(loss_sum: torch.Tensor):
         count = loss_mask.float().sum().to(loss_sum.device)
+        # Reported as [sum, count]: micro-batches and ranks are added before dividing.
         return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach().float(), count])}
 
     return loss_func
