@@ -34,6 +34,20 @@ def add_checkpoint_args(parser: ArgumentParser) -> None:
         "verified (default: keep all)",
     )
     g.add_argument(
+        "--save-hf",
+        nargs="?",
+        const="all",
+        choices=["all", "final"],
+        help="also write a Hugging Face directory beside each checkpoint, iter_N/hf/ (safetensors, config, "
+        "tokenizer; a LoRA run: the PEFT adapter), checked against the model's logits (iter_N/hf/parity.json); "
+        "'--save-hf final': for the last checkpoint only",
+    )
+    g.add_argument(
+        "--save-hf-dtype",
+        choices=DTYPES,
+        help="dtype of the --save-hf weights (default bf16; fp32 keeps an fp32 run's weights exactly)",
+    )
+    g.add_argument(
         "--ckpt-step",
         type=int,
         metavar="N",

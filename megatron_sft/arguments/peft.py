@@ -33,7 +33,7 @@ def add_peft_args(parser: ArgumentParser) -> None:
         "--merge-lora",
         action="store_true",
         help="tools/convert.py on a LoRA checkpoint: write a full Hugging Face model with the adapters "
-        "merged (default: a PEFT adapter folder)",
+        "merged (default: a PEFT adapter folder); with --save-hf: the merged model too, in iter_N/hf/merged/",
     )
 
 

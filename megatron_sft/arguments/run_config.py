@@ -158,6 +158,8 @@ class CheckpointConfig:
     gguf_cache_dir: str | None = None  # where a .gguf --load is dequantized (default $MLM_WORK_DIR/gguf)
     save: str | None = None
     save_interval: int | None = None
+    save_hf: str | None = None  # "all": an HF directory beside every checkpoint (iter_N/hf), "final": the last
+    save_hf_dtype: str = "bf16"
     keep_last: int | None = None  # keep only the newest N iterations (older ones deleted after a verified save)
     ckpt_step: int | None = None  # load this iteration instead of the one the tracker names
     finetune: bool = False  # weights only: iteration, optimizer and RNG start fresh

@@ -117,6 +117,10 @@ def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]
             f"{ep_flag} {ep} must divide --num-experts {experts}{_origin(args, 'num_experts')}; "
             f"use {divisors_text(experts)}"
         )
+    if experts and args.tensor_model_parallel_size > 1 and not args.sequence_parallel and is_training(args):
+        problems.append(f"training a mixture-of-experts model at --tensor-model-parallel-size "
+                        f"{args.tensor_model_parallel_size} needs --sequence-parallel (Megatron-Core refuses it "
+                        "without)")
     if experts and args.moe_router_topk > experts:
         problems.append(f"--moe-router-topk {args.moe_router_topk} is more than --num-experts {experts}")
     if etp < 1:
@@ -251,6 +255,8 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
         problems.append(f"--lm-head-chunk-size {args.lm_head_chunk_size} must be 0 (full logits) or more")
     if args.keep_last is not None and args.keep_last < 1:
         problems.append(f"--keep-last {args.keep_last} must be at least 1 (leave it out to keep every checkpoint)")
+    if args.save_hf and not args.save:
+        problems.append("--save-hf writes iter_N/hf/ beside each checkpoint: give --save DIR too")
     if args.ckpt_step is not None and args.load_format != "megatron":
         problems.append(
             f"--ckpt-step {args.ckpt_step} selects an iteration of a Megatron checkpoint; --load "

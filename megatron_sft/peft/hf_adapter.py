@@ -9,7 +9,8 @@ Megatron fuses what Hugging Face keeps apart, so one Megatron adapter maps to se
     experts' linear_fc1 / linear_fc2 -> mlp.experts.gate_up_proj / down_proj, through PEFT's
         target_parameters: A [E*r, in] (expert-major rows), B [out, r*E] (expert-minor columns)
 
-Runs on one process (TP=PP=EP=1): the checkpoint is resharded on load, whatever layout saved it.
+Written at any layout (each adapter gathered over tensor parallelism, collected on rank 0: adapters are small);
+read on one process (TP=PP=EP=1: the checkpoint is resharded on load, whatever layout saved it).
 """
 
 from __future__ import annotations
@@ -32,15 +33,6 @@ _DENSE = {"linear_qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "linear_p
           "linear_fc1": ("mlp", ("gate_proj", "up_proj")), "linear_fc2": ("mlp", ("down_proj",))}
 _EXPERT_PARAM = {"linear_fc1": "gate_up_proj", "linear_fc2": "down_proj"}
 _NAME = re.compile(r"decoder\.layers\.(\d+)\.(?:.*\.local_experts\.(\d+)\.)?.*?(linear_\w+)$")
-
-
-def _require_one_process() -> None:
-    from megatron.core import parallel_state as ps
-
-    if ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size() * \
-            ps.get_expert_model_parallel_world_size() != 1:
-        raise UserError("PEFT adapters are exported and loaded with the whole model on one process; run with "
-                        "TP=PP=EP=1 (the checkpoint is resharded on load)")
 
 
 def _split_qkv(b: torch.Tensor, config) -> list[torch.Tensor]:
@@ -74,11 +66,42 @@ def _expert_key(layer: int, param: str, targeted: list[str]) -> str:
     return f"{_PREFIX}.{layer}.mlp.experts.{'base_layer.' * depth}"
 
 
-def peft_state(chunks: list, config) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+def gathered_factors(chunks: list) -> list[tuple] | None:
+    """(global layer, global expert or None, Megatron layer name, A, B) of every adapter, whole and fp32, on
+    rank 0 (None elsewhere); each adapter is gathered over its tensor-parallel group and sent by one rank."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.checkpointing.hf_tensors import full_tensor
+    from megatron_sft.models.builder import unwrap
+
+    dense = ps.get_data_parallel_rank(with_context_parallel=True) == 0
+    experts = ps.get_expert_data_parallel_rank() == 0
+    writes = {False: dense and ps.get_tensor_model_parallel_rank() == 0,
+              True: experts and ps.get_expert_tensor_parallel_rank() == 0}
+    mine = []
+    for chunk in chunks:
+        for layer in unwrap(chunk).decoder.layers:
+            for name, m in layer.named_modules():
+                if not hasattr(m, "lora_A") or not (experts if m.is_expert else dense):
+                    continue  # another replica sends this one
+                if ".shared_experts." in name:
+                    raise UserError(f"{name}: no Hugging Face PEFT name is known for this adapter")
+                a, b = full_tensor(m.lora_A, torch.float32), full_tensor(m.lora_B, torch.float32, m.lora_gated)
+                if writes[m.is_expert]:
+                    local = re.search(r"local_experts\.(\d+)\.", name)
+                    expert = None if local is None else layer.mlp.local_expert_indices[int(local.group(1))]
+                    mine.append((layer.layer_number - 1, expert, name.rsplit(".", 1)[-1], a, b))
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return mine
+    everyone = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None
+    torch.distributed.gather_object(mine, everyone, dst=0)
+    return None if everyone is None else [f for part in everyone for f in part]
+
+
+def peft_state(factors: list[tuple], config) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """PEFT tensors (fp32, contiguous, no shared storage), target_modules and target_parameters."""
     tensors, modules, experts = {}, set(), defaultdict(dict)
-    for layer, expert, kind, m in _factors(chunks):
-        a, b = m.lora_A.detach().float(), m.lora_B.detach().float()
+    for layer, expert, kind, a, b in factors:
         if expert is not None:
             experts[(layer, _EXPERT_PARAM[kind])][expert] = (a, b)
             continue
@@ -107,13 +130,16 @@ def adapter_config(spec: LoraSpec, modules: list[str], parameters: list[str], ba
 
 
 def save_peft_adapter(chunks: list, spec: LoraSpec, out_dir: str | Path, base: str | None, dtype) -> Path:
+    """Write the PEFT folder from rank 0, at any layout (every rank must call this)."""
     from safetensors.torch import save_file
 
-    _require_one_process()
     from megatron_sft.models.builder import unwrap
 
-    tensors, modules, parameters = peft_state(chunks, unwrap(chunks[0]).config)
+    factors = gathered_factors(chunks)
     out = Path(out_dir)
+    if factors is None:
+        return out
+    tensors, modules, parameters = peft_state(factors, unwrap(chunks[0]).config)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(dtype) for k, v in tensors.items()}, str(out / WEIGHTS), metadata={"format": "pt"})
     (out / CONFIG).write_text(json.dumps(adapter_config(spec, modules, parameters, base), indent=1))

@@ -130,6 +130,9 @@ class Trainer:
         self.eval_history: list[tuple[int, float]] = []
         self.last_save: str | None = None
         self.saved_iteration: int | None = None
+        self.resumed_from = resume[0] if resume is not None else None
+        self.hf_path: str | None = None  # the last --save-hf directory
+        self.hf_iteration: int | None = None
         self.exit = ExitController(cfg)
         self.reporters = Reporters(cfg, torch.distributed.get_rank() == 0)
         self.peak_flops = gpu_peak_flops()
@@ -209,16 +212,30 @@ class Trainer:
         self.checkpoint_bytes = checkpoint_size(path) or self.checkpoint_bytes
         if layout.hf_assets_dir(path).is_dir():
             self.assets = layout.hf_assets_dir(path)
+        if cfg.checkpoint.save_hf == "all":
+            self.export_hf(path, self.state.iteration)
         if cfg.checkpoint.keep_last and rank0:
             for old in layout.prune(Path(cfg.checkpoint.save), cfg.checkpoint.keep_last, self.state.iteration):
                 log.info("--keep-last %d: deleted %s", cfg.checkpoint.keep_last, old)
         torch.distributed.barrier()
+
+    def export_hf(self, ckpt_dir: Path, iteration: int) -> None:
+        """--save-hf: the Hugging Face directory beside the checkpoint just saved (training/hf_output.py)."""
+        from megatron_sft.config import dtype_from_name
+        from megatron_sft.training.hf_output import HfOutput, save_hf
+
+        cfg = self.cfg
+        spec = HfOutput(dtype_from_name(cfg.checkpoint.save_hf_dtype), cfg.lora.merge_lora, self.model.lora)
+        path = save_hf(self.model.chunks, ckpt_dir, spec)
+        self.hf_path, self.hf_iteration = str(path), iteration
+        self.checkpoint_bytes = (self.checkpoint_bytes or 0) + (checkpoint_size(path) or 0)
 
     def run(self) -> None:
         cfg, total = self.cfg, total_iterations(self.cfg)
         if self.state.iteration >= total:  # a finished run started again: nothing to do, nothing to rewrite
             log.info("already at iteration %d of %d; nothing to train (the checkpoint stays as it is)",
                      self.state.iteration, total)
+            self._export_missing_hf()
             return
         progress = Progress(self.state.iteration, total, cfg.logging.log_interval)
         reason = None
@@ -243,6 +260,9 @@ class Trainer:
             self.maybe_evaluate(force=True)  # as Megatron-LM, validate once more at the end of training
         if self.cfg.checkpoint.save and self.saved_iteration != self.state.iteration:
             self.save()
+        if self.cfg.checkpoint.save_hf and self.saved_iteration is not None and \
+                self.hf_iteration != self.saved_iteration:  # --save-hf final, or the last save was periodic
+            self.export_hf(Path(self.last_save), self.saved_iteration)
         self.reporters.close()
         self.summary()
         self.files.close()
@@ -254,9 +274,24 @@ class Trainer:
         last = self.history[-1][1] if self.history else math.nan
         epochs = self.state.consumed_samples / self.data.train.packs_per_epoch
         log.info("done: %d iterations, %d samples consumed (%.2f epochs) | loss %.4f -> %.4f | %.0f tokens (%.0f "
-                 "supervised) in %.1f s: %.1f tokens/s, %.1f supervised tokens/s | checkpoint: %s",
+                 "supervised) in %.1f s: %.1f tokens/s, %.1f supervised tokens/s | checkpoint: %s%s",
                  self.state.iteration, self.state.consumed_samples, epochs, first, last, tokens, supervised, secs,
-                 tokens / secs, supervised / secs, self.last_save or "not saved (no --save)")
+                 tokens / secs, supervised / secs, self.last_save or "not saved (no --save)",
+                 f" | Hugging Face: {self.hf_path}" if self.hf_path else "")
+
+    def _export_missing_hf(self) -> None:
+        """A finished run started again with --save-hf: its last checkpoint gets the HF directory it lacks."""
+        from megatron_sft.training.hf_output import hf_dir
+
+        done = self.resumed_from
+        if not self.cfg.checkpoint.save_hf or done is None:
+            return
+        if any_rank(not hf_dir(done).is_dir()):
+            log.info("--save-hf: %s has no Hugging Face directory yet; writing it", done)
+            self.export_hf(Path(done), self.state.iteration)
+        else:
+            self.hf_path = str(hf_dir(done))
+        log.info("Hugging Face: %s", self.hf_path)
 
 
 def start_training(cfg: RunConfig, files: RunFiles | None = None) -> Trainer:

@@ -1,0 +1,179 @@
+"""--save-hf: a Hugging Face directory beside a checkpoint, `iter_N/hf/`, written by the training run itself.
+
+    iter_N/hf/          full fine-tuning: config.json, generation_config.json, tokenizer files, safetensors
+                        (one file per layer and writer, model.safetensors.index.json); LoRA: the PEFT adapter
+                        (adapter_config.json, adapter_model.safetensors) and the tokenizer files
+      merged/           LoRA with --merge-lora: the full model with the adapters merged
+      parity.json       the self-check: logits of fixed tokens, transformers vs the Megatron model
+      manifest.json     sizes and checksums (integrity.py), written last
+
+Atomic like the checkpoint: written into `iter_N/.hf.saving/`, renamed to `iter_N/hf/` once its parity holds.
+A killed export leaves only the hidden staging directory (removed by the next export of that iteration); a
+failed parity check leaves `iter_N/hf.rejected/` and stops the run with one line. The Megatron checkpoint is
+published before the export starts, so nothing the export does can cost it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_sft.checkpointing import integrity, layout
+from megatron_sft.checkpointing.hf_tensors import LayerExporter
+from megatron_sft.errors import UserError
+from megatron_sft.models.builder import unwrap
+from megatron_sft.runtime.distributed import any_rank
+from megatron_sft.training.hf_parity import PARITY, check_parity
+
+log = logging.getLogger(__name__)
+HF_DIR, MERGED = "hf", "merged"
+_NOT_COPIED = ("config.json", "gguf_source.json")  # config.json is written for the export's dtype
+
+
+@dataclass(frozen=True)
+class HfOutput:
+    """What the export needs besides the model: its dtype and, for LoRA, the adapters' spec and base."""
+
+    dtype: torch.dtype
+    merge_lora: bool = False
+    lora: object | None = None  # peft.model.LoraModel of a LoRA run
+
+
+def hf_dir(ckpt_dir: str | os.PathLike) -> Path:
+    return Path(ckpt_dir) / HF_DIR
+
+
+def _rank0() -> bool:
+    return dist.get_rank() == 0
+
+
+def _sync_params(chunks: list) -> None:
+    """With --overlap-param-gather the updated weights reach the model at the next forward: fetch them now."""
+    for chunk in chunks:
+        ddp = getattr(chunk, "ddp_config", None)
+        if ddp is not None and ddp.overlap_param_gather:
+            chunk.start_param_sync(force_sync=True)
+
+
+def _write_weights(models: list, out: Path, assets: Path, dtype: torch.dtype, merge: bool) -> int:
+    """Every writer rank saves its pieces (one file per layer) under temporary names; rank 0 names them in
+    Hugging Face's `model-0000i-of-0000n.safetensors` order and writes the index. Returns the bytes."""
+    from safetensors.torch import save_file
+
+    config = json.loads((assets / "config.json").read_text())
+    arch, vocab = config["architectures"][0], config["vocab_size"]
+    mine = []
+    for model in models:
+        for piece in LayerExporter(model, arch, dtype, vocab, merge).pieces():
+            name = f".part-{dist.get_rank()}-{len(mine)}.safetensors"
+            save_file(piece.tensors, str(out / name), metadata={"format": "pt"})
+            mine.append((piece.order, name, sorted(piece.tensors),
+                         sum(t.numel() * t.element_size() for t in piece.tensors.values())))
+            del piece  # one layer at a time
+    everyone = [None] * dist.get_world_size() if _rank0() else None
+    dist.gather_object(mine, everyone, dst=0)
+    if not _rank0():
+        return 0
+    files = sorted(f for part in everyone for f in part)
+    weight_map, total = {}, sum(f[3] for f in files)
+    for i, (_, tmp, names, _) in enumerate(files):
+        final = "model.safetensors" if len(files) == 1 else f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
+        os.replace(out / tmp, out / final)
+        weight_map.update({n: final for n in names})
+    if len(files) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return total
+
+
+def _write_side_files(out: Path, assets: Path, dtype: torch.dtype, full_model: bool) -> None:
+    """Tokenizer files (and chat template) from the checkpoint's hf_assets; for a full model also config.json
+    in the export's dtype and generation_config.json."""
+    from transformers import AutoConfig, GenerationConfig
+
+    for path in assets.iterdir():
+        if path.is_file() and path.name not in _NOT_COPIED and (full_model or path.name != "generation_config.json"):
+            shutil.copy2(path, out / path.name)
+    if not full_model:
+        return
+    config = AutoConfig.from_pretrained(assets)
+    config.dtype = dtype
+    config.save_pretrained(out)
+    if not (out / "generation_config.json").is_file():
+        GenerationConfig.from_model_config(config).save_pretrained(out)
+
+
+def _export_into(out: Path, chunks: list, assets: Path, spec: HfOutput) -> dict:
+    """The files of `hf/` (and `hf/merged/`), then their parity checks. Returns parity.json's content."""
+    models = [unwrap(c) for c in chunks]
+    vocab = json.loads((assets / "config.json").read_text())["vocab_size"]
+    reports = {}
+    if spec.lora is None:
+        _write_weights(models, out, assets, spec.dtype, merge=False)
+        if _rank0():
+            _write_side_files(out, assets, spec.dtype, full_model=True)
+        reports["model"] = check_parity(chunks, out, spec.dtype, vocab)
+        return reports
+    from megatron_sft.peft.hf_adapter import save_peft_adapter
+
+    base = spec.lora.base.path if spec.lora.base.format == "hf" else None
+    save_peft_adapter(models, spec.lora.spec, out, base, spec.dtype)
+    if _rank0():
+        _write_side_files(out, assets, spec.dtype, full_model=False)
+    reports["adapter"] = check_parity(chunks, out, spec.dtype, vocab, adapter_base=base, lora=True)
+    if spec.merge_lora:
+        merged = out / MERGED
+        if _rank0():
+            merged.mkdir()
+        dist.barrier()
+        _write_weights(models, merged, assets, spec.dtype, merge=True)
+        if _rank0():
+            _write_side_files(merged, assets, spec.dtype, full_model=True)
+        reports["merged"] = check_parity(chunks, merged, spec.dtype, vocab)
+    return reports
+
+
+def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
+    """Write `ckpt_dir/hf/` from the live model (collective: every rank calls it). Returns its path."""
+    ckpt_dir = Path(ckpt_dir)
+    final, staging = hf_dir(ckpt_dir), ckpt_dir / f".{HF_DIR}.saving"
+    assets = layout.hf_assets_dir(ckpt_dir)
+    if not (assets / "config.json").is_file():
+        raise UserError(f"--save-hf: {assets}/config.json is missing, so there is no Hugging Face config to write; "
+                        "train from a Hugging Face model (or a checkpoint that has its hf_assets)")
+    t0 = time.perf_counter()
+    if _rank0():
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed export
+        staging.mkdir()
+    dist.barrier()
+    _sync_params(chunks)
+    reports = _export_into(staging, chunks, assets, spec)
+    failed = _rank0() and any(not r["ok"] for r in reports.values())
+    if _rank0():
+        (staging / PARITY).write_text(json.dumps(reports, indent=1))
+    if any_rank(failed):
+        if _rank0():
+            rejected = ckpt_dir / f"{HF_DIR}.rejected"
+            shutil.rmtree(rejected, ignore_errors=True)
+            os.replace(staging, rejected)
+        worst = "; ".join(f"{k}: {r['metric']} {r['value']:.3g} > {r['bound']:.3g}" for k, r in reports.items()
+                          if not r["ok"]) if reports else "see rank 0"
+        raise UserError(f"--save-hf: the Hugging Face export of {ckpt_dir} does not reproduce the model's logits "
+                        f"({worst}); kept as {ckpt_dir / (HF_DIR + '.rejected')} with {PARITY}; the Megatron "
+                        "checkpoint itself is intact (convert.sh exports it another way)")
+    size = integrity.write_manifest(staging)
+    if _rank0():
+        layout.publish(staging, final)
+    dist.barrier()
+    summary = ", ".join(f"{k} {r['metric']} {r['value']:.2g}" for k, r in reports.items()) if _rank0() else ""
+    log.info("saved Hugging Face %s %s (%.1f MB, %.1f s; parity: %s)",
+             "adapter" if spec.lora is not None else "model", final, size / 1e6, time.perf_counter() - t0, summary)
+    return final

@@ -1,0 +1,93 @@
+"""The self-check of an exported Hugging Face directory: the logits of fixed tokens, computed by transformers from
+the files just written (rank 0, on the CPU, in fp32) and by the Megatron model that wrote them (at its own layout).
+
+The metric is the relative RMS error, ||hf - megatron|| / ||megatron||. The bound is 1e-4 when the model and the
+export are both fp32 (the two implementations agree to ~1e-6 there); otherwise 5e-2, which the rounding of the
+weights to bf16 stays well inside (tiny Qwen3, bf16 export of an fp32 run: ~4e-3), while a wrong mapping (a q/k
+swap, a missing norm, gate and up exchanged) gives errors of order 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_sft.models.builder import unwrap
+
+log = logging.getLogger(__name__)
+PARITY = "parity.json"
+TOKENS = 16
+
+
+def fixed_tokens(vocab: int) -> torch.Tensor:
+    """[1, 16] token ids spread over the vocabulary (the same for every export of a model)."""
+    return torch.tensor([[(7 + 7919 * i) % vocab for i in range(TOKENS)]])
+
+
+def _megatron_logits(chunks: list, tokens: torch.Tensor) -> torch.Tensor | None:
+    """The model's logits [1, S, padded vocab] on rank 0 (collective), in eval mode, training mode restored."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.inference.logits import forward_logits
+
+    models = [unwrap(c) for c in chunks]
+    was_training = [m.training for m in models]
+    device = next(models[0].parameters()).device
+    for m in models:
+        m.eval()
+    try:
+        logits = forward_logits(models, tokens.to(device))
+    finally:
+        for m, mode in zip(models, was_training):
+            m.train(mode)
+    sender = logits is not None and ps.get_tensor_model_parallel_rank() == 0 and \
+        ps.get_data_parallel_rank(with_context_parallel=True) == 0
+    mine = logits.cpu() if sender else None
+    everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(mine, everyone, dst=0)
+    return None if everyone is None else next(t for t in everyone if t is not None)
+
+
+def _hf_logits(path: Path, tokens: torch.Tensor, adapter_base: str | None) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    if adapter_base is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(adapter_base, dtype=torch.float32),
+                                          path)
+    model.eval()
+    with torch.no_grad():
+        return model(tokens).logits.float()
+
+
+def check_parity(chunks: list, path: Path, dtype: torch.dtype, vocab: int, adapter_base: str | None = None,
+                 lora: bool = False) -> dict | None:
+    """Compare (collective; `vocab`: the Hugging Face config's); the report (parity.json's entry) on rank 0,
+    None on the other ranks. `lora` with no
+    `adapter_base`: the base is not a Hugging Face directory, so the adapter cannot be loaded alone."""
+    config = unwrap(chunks[0]).config
+    tokens = fixed_tokens(vocab)
+    reference = _megatron_logits(chunks, tokens)
+    if dist.get_rank() != 0:
+        return None
+    if lora and adapter_base is None:
+        log.warning("--save-hf: the LoRA base is not a Hugging Face directory, so %s was not checked by loading "
+                    "it in transformers", path)
+        return {"ok": True, "metric": "not checked (the base is not a Hugging Face directory)", "value": 0.0,
+                "bound": 0.0}
+    hf = _hf_logits(path, tokens, adapter_base)
+    reference = reference[..., : hf.shape[-1]]  # Megatron's vocabulary may be padded
+    diff = hf - reference
+    value = (diff.norm() / reference.norm().clamp_min(1e-12)).item()
+    fp32 = dtype == torch.float32 and config.params_dtype == torch.float32
+    bound = 1e-4 if fp32 else 5e-2
+    return {"ok": value <= bound, "metric": "relative RMS error", "value": value, "bound": bound,
+            "max_abs_diff": diff.abs().max().item(), "tokens": tokens[0].tolist(),
+            "top1_agreement": (hf.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+            "loaded_with": "transformers" + (" + peft" if adapter_base else "")}

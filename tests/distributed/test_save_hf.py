@@ -1,0 +1,124 @@
+"""--save-hf: the Hugging Face directory a run writes beside each checkpoint, at TP=2, PP=2 and EP=2, against
+independent references: transformers (and peft) loading it, the checkpoint's own logits reloaded at TP=1 by
+dist_checkpointing, and the files convert.py (convert.sh's function, modelopt's exporter) writes from the
+same checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import WORKERS, torchrun
+from tests.distributed.test_training import write_reversal_data
+from tests.distributed.workers.save_hf import runs
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
+RUNS = runs()
+ITER = "iter_0000003"
+
+
+@pytest.fixture(scope="module")
+def out(tiny_models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("save_hf")
+    torch.manual_seed(0)
+    torch.save(torch.randint(0, 400, (2, 24)), out / "tokens.pt")
+    data = write_reversal_data(out / "data.jsonl", 64, seed=0)
+    for world_size in (2, 1):  # 1 reads what 2 saved
+        torchrun(WORKERS / "save_hf.py", world_size, ["--models", tiny_models["qwen3"].parent, "--data", data,
+                                                      "--out", out], timeout=900)
+    return out
+
+
+def _hf_logits(model, out: Path) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(torch.load(out / "tokens.pt")).logits.float()
+
+
+def _checkpoint_logits(out: Path, name: str, vocab: int) -> torch.Tensor:
+    return torch.load(out / "logits" / f"{name}.pt")[..., :vocab]
+
+
+def _tensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    found = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        found.update(load_file(path))
+    assert found, f"no safetensors in {directory}"
+    return found
+
+
+FULL = [n for n in RUNS if not n.startswith("lora")]
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_hf_directory_gives_the_checkpoint_logits(out, tiny_models, name):
+    from transformers import AutoModelForCausalLM
+
+    hf = out / "ckpt" / name / ITER / "hf"
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    ref = _checkpoint_logits(out, name, model.config.vocab_size)
+    untrained = _hf_logits(AutoModelForCausalLM.from_pretrained(tiny_models[RUNS[name][0]], dtype=torch.float32), out)
+    assert (ref - untrained).abs().max() > 1e-3, "3 steps changed nothing: the test could not tell"
+    got = _hf_logits(model, out)
+    if name.startswith("bf16"):  # the weights are rounded to bf16 on export: parity.json's bound, relative RMS
+        rel = ((got - ref).norm() / ref.norm()).item()
+        assert rel <= 5e-2, f"{name}: relative RMS logit error {rel:.3g} > 5e-2"
+        return
+    diff = (got - ref).abs().max().item()
+    assert diff <= 1e-4, f"{name}: max |logit difference| {diff:.3g} > 1e-4"
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_hf_tensors_are_bitwise_those_convert_writes(out, name):
+    ours, theirs = _tensors(out / "ckpt" / name / ITER / "hf"), _tensors(out / "convert" / name)
+    assert ours.keys() == theirs.keys(), sorted(set(ours) ^ set(theirs))[:6]
+    for key, t in theirs.items():
+        assert ours[key].dtype == t.dtype and torch.equal(ours[key], t), key
+    want = torch.bfloat16 if name.startswith("bf16") else torch.float32
+    assert {t.dtype for t in ours.values()} == {want}
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_hf_directory_is_complete_and_checked(out, name):
+    hf = out / "ckpt" / name / ITER / "hf"
+    for file in ("config.json", "generation_config.json", "tokenizer_config.json", "parity.json", "manifest.json"):
+        assert (hf / file).is_file(), file
+    parity = json.loads((hf / "parity.json").read_text())["model"]
+    assert parity["ok"] and parity["value"] <= parity["bound"]
+    assert not list((out / "ckpt" / name / ITER).glob(".hf*")), "a staging directory was left behind"
+
+
+def test_periodic_save_gets_its_own_hf_directory(out):
+    """qwen3_tp2 saves at iteration 2 (--save-interval 2) and at the end: both have hf/, with different weights."""
+    ckpt = out / "ckpt" / "qwen3_tp2"
+    first, last = _tensors(ckpt / "iter_0000002" / "hf"), _tensors(ckpt / ITER / "hf")
+    assert any(not torch.equal(first[k], last[k]) for k in last)
+
+
+@pytest.mark.parametrize("name", ["lora_tp2", "lora_pp2"])
+def test_lora_adapter_loads_with_peft_and_gives_the_checkpoint_logits(out, tiny_models, name):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    hf = out / "ckpt" / name / ITER / "hf"
+    assert (hf / "adapter_config.json").is_file() and (hf / "adapter_model.safetensors").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    ref = _checkpoint_logits(out, name, base.config.vocab_size)
+    assert (ref - _hf_logits(base, out)).abs().max() > 1e-3, "the adapters did not train: the test could not tell"
+    diff = (_hf_logits(PeftModel.from_pretrained(base, hf), out) - ref).abs().max().item()
+    assert diff <= 1e-4, f"{name}: max |logit difference| {diff:.3g}"
+
+
+def test_lora_merged_model_loads_and_equals_convert_merge_lora(out):
+    from transformers import AutoModelForCausalLM
+
+    merged = out / "ckpt" / "lora_tp2" / ITER / "hf" / "merged"
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    diff = (_hf_logits(model, out) - _checkpoint_logits(out, "lora_tp2", model.config.vocab_size)).abs().max()
+    assert diff <= 1e-4, diff
+    ours, theirs = _tensors(merged), _tensors(out / "convert" / "lora_tp2")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

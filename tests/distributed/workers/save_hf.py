@@ -1,0 +1,102 @@
+"""--save-hf runs (world size 2) and their references (world size 1), one launch per world size.
+
+    torchrun --nproc_per_node=2 save_hf.py --models DIR --data FILE --out DIR   trains, writing iter_N/hf/
+    torchrun --nproc_per_node=1 save_hf.py --models DIR --data FILE --out DIR   convert.py's export of each
+                                                    checkpoint and the checkpoint's logits, loaded at TP=1
+
+OUT/tokens.pt (written by the test) are the tokens of every logits check. World size 1 writes
+OUT/convert/<name>/ (the function behind convert.sh) and OUT/logits/<name>.pt; the test compares them with
+OUT/ckpt/<name>/iter_0000003/hf/ loaded by transformers and peft.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+
+FAMILIES = ("qwen3", "qwen3_moe", "llama3", "qwen2")
+MOE = "--moe-aux-loss-coeff 0"
+LAYOUTS = {"tp2": "--tensor-model-parallel-size 2", "pp2": "--pipeline-model-parallel-size 2",
+           "ep2": "--expert-model-parallel-size 2"}
+LORA = "--peft lora --lora-rank 4 --lora-alpha 8"
+
+
+def runs() -> dict[str, tuple[str, str]]:
+    """name -> (family, flags): each family at TP=2 and PP=2, the MoE also at EP=2; LoRA; the bf16 default."""
+    out = {}
+    for family in FAMILIES:
+        for name, flags in LAYOUTS.items():
+            if name != "ep2" or family == "qwen3_moe":
+                extra = f" {MOE}" if family == "qwen3_moe" else ""
+                extra += " --sequence-parallel" if family == "qwen3_moe" and name == "tp2" else ""
+                out[f"{family}_{name}"] = (family, f"{flags} --save-hf-dtype fp32{extra}")
+    out["lora_tp2"] = ("qwen3", f"{LAYOUTS['tp2']} {LORA} --merge-lora --save-hf-dtype fp32")
+    out["lora_pp2"] = ("qwen3", f"{LAYOUTS['pp2']} {LORA} --save-hf-dtype fp32")
+    out["bf16_tp2"] = ("qwen3", LAYOUTS["tp2"])  # the default export dtype
+    only = os.environ.get("SAVE_HF_ONLY")  # debugging: a comma-separated subset
+    return {k: v for k, v in out.items() if k in only.split(",")} if only else out
+
+
+def common(model: Path, cli) -> str:
+    return (f"--load {model} --data-path {cli.data} --data-cache-dir {cli.out / 'cache'} --device cpu "
+            "--seq-length 64 --global-batch-size 4 --lr 1e-2 --min-lr 1e-3 --lr-decay-style cosine "
+            "--log-interval 1000 --split 100,0,0 --seed 7 --distributed-timeout-minutes 3")
+
+
+def with_runtime(flags: str):
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.runtime.distributed import init_from_args
+
+    return init_from_args(parse_args(shlex.split(f"{flags} --device cpu --distributed-timeout-minutes 3")))
+
+
+def train_all(cli) -> None:
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.training.loop import start_training
+
+    for name, (family, flags) in runs().items():
+        save = cli.out / "ckpt" / name
+        interval = "--save-interval 2" if name == "qwen3_tp2" else ""  # a periodic save gets hf/ too
+        start_training(parse_args(shlex.split(
+            f"{common(cli.models / family, cli)} {flags} --train-iters 3 --save {save} --save-hf {interval}"))).run()
+
+
+def references(cli) -> None:
+    """The checkpoint's own logits (dist_checkpointing resharded to TP=1) and convert.py's export of it."""
+    import torch
+
+    from megatron_sft.conversion import convert
+    from megatron_sft.inference.logits import forward_logits
+    from megatron_sft.loading import build_and_load
+
+    tokens = torch.load(cli.out / "tokens.pt")
+    for name, (family, flags) in runs().items():
+        ckpt = cli.out / "ckpt" / name
+        (cli.out / "logits").mkdir(exist_ok=True)
+        torch.save(forward_logits(build_and_load(with_runtime(f"--load {ckpt}")), tokens),
+                   cli.out / "logits" / f"{name}.pt")
+        if name.startswith("lora_pp2"):
+            continue
+        merge = "--merge-lora" if name.startswith("lora") else ""
+        convert(with_runtime(f"--load {ckpt} --save {cli.out / 'convert' / name} --export-dtype "
+                             f"{'bf16' if name.startswith('bf16') else 'fp32'} {merge}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("--models", "--data", "--out"):
+        parser.add_argument(flag, type=Path, required=True)
+    cli = parser.parse_args()
+    if int(os.environ["WORLD_SIZE"]) == 2:
+        train_all(cli)
+    else:
+        references(cli)
+    from megatron_sft.runtime.distributed import shutdown
+
+    shutdown()
+
+
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file
+    main()
