@@ -4,7 +4,8 @@
 # 1. builds a tiny Qwen3 with a character-level tokenizer and a synthetic chat task (reverse a string of up
 #    to 6 letters) under $MLM_WORK_DIR/tiny (tools/make_embedded_default.py);
 # 2. answers the held-out prompts with the untrained model (generate.sh);
-# 3. fine-tunes it through finetune.sh (conf/tiny.sh: 1000 iterations, about 2 minutes on 2 CPU cores);
+# 3. fine-tunes it through finetune.sh (conf/tiny.sh: 1000 iterations, about 2 minutes on 2 CPU cores), writing a
+#    Hugging Face directory beside the last checkpoint (SAVE_HF=final; SAVE_HF=0 skips it);
 # 4. answers the same prompts again and prints both answers side by side, with the exact-match rates.
 #
 # The environment works as for the scripts it calls, e.g. MLM_DATA_ARGS="--train-iters 40" for a shorter run,
@@ -29,7 +30,8 @@ CP=1 OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/h
 echo "answers written to $TINY/before.jsonl"
 
 echo "== 3/4 fine-tune (OMP_NUM_THREADS=$THREADS)"
-OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_SAVE="$TINY/sft" MLM_RESUME=0 "$EXAMPLES_DIR/finetune.sh" tiny
+OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_SAVE="$TINY/sft" MLM_RESUME=0 SAVE_HF="${SAVE_HF:-final}" \
+    "$EXAMPLES_DIR/finetune.sh" tiny
 
 echo "== 4/4 held-out prompts, after fine-tuning"
 CP=1 OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/sft" PROMPTS_PATH="$TINY/heldout.jsonl" \
@@ -39,3 +41,7 @@ CP=1 OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/s
 python "$REPO_DIR/tools/make_embedded_default.py" report --before "$TINY/before.jsonl" \
     --after "$TINY/after.jsonl" --min-exact "${DEMO_MIN_EXACT:-0.9}"
 echo "demo done in ${SECONDS} s; fine-tuned checkpoint: $TINY/sft"
+LAST="$TINY/sft/iter_$(printf %07d "$(cat "$TINY/sft/latest_checkpointed_iteration.txt")")"
+if [ -d "$LAST/hf" ]; then
+    echo "Hugging Face model (transformers, vLLM): $LAST/hf"
+fi

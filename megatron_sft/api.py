@@ -41,6 +41,7 @@ class SFTResult:
     metrics: dict = field(default_factory=dict)  # the last training record of metrics.jsonl
     validation: dict | None = None  # the last validation record, if any
     log_file: str = ""
+    hf_path: str | None = None  # with save_hf: the Hugging Face directory of the last checkpoint (iter_N/hf)
 
 
 def sft(
@@ -69,6 +70,7 @@ def sft(
     drop_long_samples: bool = False,
     data_cache_dir: str | None = None,
     keep_last: int | None = None,
+    save_hf: bool | str = False,
     resume: bool = True,
     extra_args: list[str] | None = None,
     quiet: bool = False,
@@ -78,7 +80,8 @@ def sft(
     Returns where the checkpoint is and the last logged figures; raises SFTError with the one-line
     message for bad input. When `ckpt_output_dir` already holds a training checkpoint, the call continues
     that run (`resume=False`: start over from `model_path`), so calling it again after it finished trains
-    and writes nothing. `keep_last` keeps only the newest N checkpoints. `extra_args` are more Megatron-LM
+    and writes nothing. `keep_last` keeps only the newest N checkpoints. `save_hf=True` writes a Hugging Face
+    directory beside every checkpoint (`"final"`: the last only) and the result's `hf_path` names the last one. `extra_args` are more Megatron-LM
     flags, appended last (e.g. ["--bf16", "--save-interval", "500"]).
     """
     seq_length = max_tokens_per_gpu or max_seq_len
@@ -95,7 +98,7 @@ def sft(
         flags += ["--global-batch-size", str(_global_batch(flags, effective_batch_size, world // layout, world))]
     command = _launcher(nproc_per_node, nnodes, node_rank, master_addr, master_port) + flags
     _run(command, quiet)
-    return _result(Path(ckpt_output_dir))
+    return _result(Path(ckpt_output_dir), bool(save_hf))
 
 
 def _paths(value) -> list[str]:
@@ -125,6 +128,8 @@ def _flags(o: dict, seq_length: int) -> list[str]:
         flags += ["--data-cache-dir", str(o["data_cache_dir"])]
     if o["keep_last"]:
         flags += ["--keep-last", str(o["keep_last"])]
+    if o["save_hf"]:
+        flags += ["--save-hf"] + (["final"] if o["save_hf"] == "final" else [])
     if o["valid_data_path"]:
         flags += ["--eval-iters", "1000000000"]  # each validation reads the whole split once
     return flags + list(o["extra_args"] or [])
@@ -182,15 +187,23 @@ def _run(command: list[str], quiet: bool) -> None:
         raise SFTError(f"training exited with code {proc.returncode}; its last lines:\n{''.join(tail)}")
 
 
-def _result(save: Path) -> SFTResult:
+def _result(save: Path, save_hf: bool = False) -> SFTResult:
     records = []
     if (save / "metrics.jsonl").is_file():
         records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     valid = [r for r in records if r["kind"] == "validation"]
     last = train[-1] if train else {}
+    hf = None
+    if save_hf:
+        from megatron_sft.checkpointing.layout import latest_checkpoint_dir
+
+        hf = latest_checkpoint_dir(save)[0] / "hf"
+        if not hf.is_dir():
+            raise SFTError(f"save_hf: the run ended without writing {hf}; see {save / 'training.log'}")
     return SFTResult(checkpoint=str(save), iterations=int(last.get("iteration", 0)), final_loss=last.get("loss"),
-                     metrics=last, validation=valid[-1] if valid else None, log_file=str(save / "training.log"))
+                     metrics=last, validation=valid[-1] if valid else None, log_file=str(save / "training.log"),
+                     hf_path=None if hf is None else str(hf))
 
 
 def lora_sft(

@@ -87,6 +87,8 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
   EPOCHS          this many passes over the training data (--train-epochs); replaces the run length of the
                   default or the conf
   KEEP_LAST       keep only the newest N checkpoints in MLM_MODEL_SAVE (--keep-last; default: keep all)
+  SAVE_HF         1: a Hugging Face directory beside every checkpoint, iter_N/hf/ (--save-hf; LoRA: the PEFT
+                  adapter); final: for the last checkpoint only; 0 (default): none (convert.sh exports later)
   MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (MLM_EXTRA_ARGS last: it wins)
 """
     layout = read_layout(s)
@@ -108,6 +110,8 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     keep = s.given("KEEP_LAST")
     keep_flags = ["--keep-last", str(s.positive_int("KEEP_LAST", keep))] if keep else []
     s.note("KEEP_LAST", keep)
+    save_hf = s.choice("SAVE_HF", "0", {"1": "every checkpoint", "final": "the last checkpoint", "0": "none"})
+    keep_flags += {"0": [], "1": ["--save-hf"], "final": ["--save-hf", "final"]}[save_hf]
     flags = [*conf.model_args, *conf.train_args, *layout.flags(), *_start(s, conf.name, work),
              "--distributed-timeout-minutes", "30", *_dataset(s, data, extra, work), *peft_flags, *keep_flags,
              *words(data), *(w for g in groups for w in words(g)), *words(extra)]

@@ -165,7 +165,7 @@ def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
             shutil.rmtree(rejected, ignore_errors=True)
             os.replace(staging, rejected)
         worst = "; ".join(f"{k}: {r['metric']} {r['value']:.3g} > {r['bound']:.3g}" for k, r in reports.items()
-                          if not r["ok"]) if reports else "see rank 0"
+                          if not r["ok"]) if _rank0() else "see rank 0's log"
         raise UserError(f"--save-hf: the Hugging Face export of {ckpt_dir} does not reproduce the model's logits "
                         f"({worst}); kept as {ckpt_dir / (HF_DIR + '.rejected')} with {PARITY}; the Megatron "
                         "checkpoint itself is intact (convert.sh exports it another way)")

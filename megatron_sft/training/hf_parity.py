@@ -3,7 +3,7 @@ the files just written (rank 0, on the CPU, in fp32) and by the Megatron model t
 
 The metric is the relative RMS error, ||hf - megatron|| / ||megatron||. The bound is 1e-4 when the model and the
 export are both fp32 (the two implementations agree to ~1e-6 there); otherwise 5e-2, which the rounding of the
-weights to bf16 stays well inside (tiny Qwen3, bf16 export of an fp32 run: ~4e-3), while a wrong mapping (a q/k
+weights to bf16 stays well inside (tiny Qwen3, bf16 export of an fp32 run: 7e-4), while a wrong mapping (a q/k
 swap, a missing norm, gate and up exchanged) gives errors of order 1.
 """
 
@@ -22,9 +22,11 @@ PARITY = "parity.json"
 TOKENS = 16
 
 
-def fixed_tokens(vocab: int) -> torch.Tensor:
-    """[1, 16] token ids spread over the vocabulary (the same for every export of a model)."""
-    return torch.tensor([[(7 + 7919 * i) % vocab for i in range(TOKENS)]])
+def fixed_tokens(vocab: int, multiple: int = 1) -> torch.Tensor:
+    """[1, 16] token ids spread over the vocabulary (the same for every export of a model); longer if need be to
+    be a `multiple` (context parallelism cuts a sample into 2 x CP chunks)."""
+    n = -(-TOKENS // multiple) * multiple
+    return torch.tensor([[(7 + 7919 * i) % vocab for i in range(n)]])
 
 
 def _megatron_logits(chunks: list, tokens: torch.Tensor) -> torch.Tensor | None:
@@ -36,19 +38,47 @@ def _megatron_logits(chunks: list, tokens: torch.Tensor) -> torch.Tensor | None:
     models = [unwrap(c) for c in chunks]
     was_training = [m.training for m in models]
     device = next(models[0].parameters()).device
+    cp = ps.get_context_parallel_world_size()
+    inputs = {"tokens": tokens} if cp == 1 else _context_parallel_share(tokens, cp, ps.get_context_parallel_rank())
     for m in models:
         m.eval()
     try:
-        logits = forward_logits(models, tokens.to(device))
+        logits = forward_logits(models, **{k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()})
     finally:
         for m, mode in zip(models, was_training):
             m.train(mode)
+    if logits is not None and cp > 1:
+        logits = _gather_context_parallel(logits, tokens.shape[1], cp)
     sender = logits is not None and ps.get_tensor_model_parallel_rank() == 0 and \
         ps.get_data_parallel_rank(with_context_parallel=True) == 0
     mine = logits.cpu() if sender else None
     everyone = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(mine, everyone, dst=0)
     return None if everyone is None else next(t for t in everyone if t is not None)
+
+
+def _context_parallel_share(tokens: torch.Tensor, cp: int, rank: int) -> dict:
+    """This rank's tokens of one THD sample, as training cuts them (chunks r and 2*CP-1-r)."""
+    from megatron_sft.data.batch import context_parallel_indices
+    from megatron_sft.training.inputs import thd_params
+
+    n = tokens.shape[1]
+    bounds = torch.tensor([0, n])
+    index = context_parallel_indices(bounds, cp, rank)
+    return {"tokens": tokens[:, index], "position_ids": index[None], "packed_seq_params": thd_params(bounds, bounds, n)}
+
+
+def _gather_context_parallel(logits: torch.Tensor, n: int, cp: int) -> torch.Tensor:
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.data.batch import context_parallel_indices
+
+    parts = [torch.empty_like(logits) for _ in range(cp)]
+    dist.all_gather(parts, logits.contiguous(), group=ps.get_context_parallel_group())
+    full = logits.new_empty((logits.shape[0], n, logits.shape[-1]))
+    for rank, part in enumerate(parts):
+        full[:, context_parallel_indices(torch.tensor([0, n]), cp, rank)] = part
+    return full
 
 
 def _hf_logits(path: Path, tokens: torch.Tensor, adapter_base: str | None) -> torch.Tensor:
@@ -71,8 +101,10 @@ def check_parity(chunks: list, path: Path, dtype: torch.dtype, vocab: int, adapt
     """Compare (collective; `vocab`: the Hugging Face config's); the report (parity.json's entry) on rank 0,
     None on the other ranks. `lora` with no
     `adapter_base`: the base is not a Hugging Face directory, so the adapter cannot be loaded alone."""
+    from megatron.core import parallel_state as ps
+
     config = unwrap(chunks[0]).config
-    tokens = fixed_tokens(vocab)
+    tokens = fixed_tokens(vocab, 2 * ps.get_context_parallel_world_size())
     reference = _megatron_logits(chunks, tokens)
     if dist.get_rank() != 0:
         return None

@@ -122,3 +122,13 @@ def test_lora_merged_model_loads_and_equals_convert_merge_lora(out):
     assert diff <= 1e-4, diff
     ours, theirs = _tensors(merged), _tensors(out / "convert" / "lora_tp2")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_failed_parity_stops_the_run_and_keeps_the_checkpoint(out):
+    message = (out / "rejected.txt").read_text()
+    ckpt = out / "ckpt" / "rejected"
+    assert "does not reproduce the model's logits" in message and "\n" not in message, message
+    assert str(ckpt / ITER / "hf.rejected") in message and "intact" in message
+    assert not (ckpt / ITER / "hf").exists() and not list((ckpt / ITER).glob(".hf*"))
+    assert json.loads((ckpt / ITER / "hf.rejected" / "parity.json").read_text())["model"]["ok"] is False
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"  # the checkpoint stands

@@ -229,6 +229,25 @@ def test_epochs_replace_the_run_length_of_the_conf(sandbox):
     assert_one_line_error(run("finetune.sh", "tiny", sandbox, EPOCHS="two"), sandbox, "EPOCHS=two")
 
 
+def test_save_hf_setting(sandbox):
+    for value, flags in (("1", ["--save-hf"]), ("final", ["--save-hf", "final"])):
+        proc = run("finetune.sh", "tiny", sandbox, SAVE_HF=value)
+        assert proc.returncode == 0, proc.stderr
+        [call] = launched(sandbox)
+        sandbox["log"].unlink()
+        args = call.split()
+        assert args[args.index("--save-hf"):args.index("--save-hf") + len(flags)] == flags
+    assert "--save-hf" not in run_and_call(sandbox)
+    assert_one_line_error(run("finetune.sh", "tiny", sandbox, SAVE_HF="yes"), sandbox, "SAVE_HF=yes")
+
+
+def run_and_call(sandbox) -> str:
+    assert run("finetune.sh", "tiny", sandbox).returncode == 0
+    [call] = launched(sandbox)
+    sandbox["log"].unlink()
+    return call
+
+
 def test_multi_node_rendezvous_line(sandbox):
     proc = run(
         "finetune.sh",

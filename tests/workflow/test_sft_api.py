@@ -20,7 +20,8 @@ def test_sft_trains_two_epochs(tiny_models, tmp_path, capsys, nproc):
     save = tmp_path / "ckpt"
     result = sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(save),
                  num_epochs=2, effective_batch_size=8, learning_rate=3e-3, max_seq_len=64, max_tokens_per_gpu=128,
-                 nproc_per_node=nproc, data_cache_dir=str(tmp_path / "cache"), extra_args=["--log-interval", "1"])
+                 nproc_per_node=nproc, data_cache_dir=str(tmp_path / "cache"), extra_args=["--log-interval", "1"],
+                 save_hf=nproc == 2)
     out = capsys.readouterr().out
 
     # the checkpoint: the last iteration is the one the tracker names
@@ -42,6 +43,15 @@ def test_sft_trains_two_epochs(tiny_models, tmp_path, capsys, nproc):
     losses = [r["loss"] for r in train if r["kind"] == "train"]
     assert len(losses) == result.iterations and losses[-1] < losses[0], losses
     assert result.final_loss == losses[-1]
+    # save_hf (at 2 processes): the Hugging Face directory of the last checkpoint, named by the result and the log
+    if nproc == 2:
+        from transformers import AutoModelForCausalLM
+
+        assert result.hf_path == str(save / f"iter_{result.iterations:07d}" / "hf")
+        assert f"| Hugging Face: {result.hf_path}" in log
+        assert AutoModelForCausalLM.from_pretrained(result.hf_path).config.num_hidden_layers > 0
+    else:
+        assert result.hf_path is None
 
 
 def test_sft_raises_the_one_line_error(tiny_models, tmp_path):

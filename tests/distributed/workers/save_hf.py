@@ -35,6 +35,7 @@ def runs() -> dict[str, tuple[str, str]]:
     out["lora_tp2"] = ("qwen3", f"{LAYOUTS['tp2']} {LORA} --merge-lora --save-hf-dtype fp32")
     out["lora_pp2"] = ("qwen3", f"{LAYOUTS['pp2']} {LORA} --save-hf-dtype fp32")
     out["bf16_tp2"] = ("qwen3", LAYOUTS["tp2"])  # the default export dtype
+    out["qwen3_cp2"] = ("qwen3", "--context-parallel-size 2 --save-hf-dtype fp32")
     only = os.environ.get("SAVE_HF_ONLY")  # debugging: a comma-separated subset
     return {k: v for k, v in out.items() if k in only.split(",")} if only else out
 
@@ -61,6 +62,28 @@ def train_all(cli) -> None:
         interval = "--save-interval 2" if name == "qwen3_tp2" else ""  # a periodic save gets hf/ too
         start_training(parse_args(shlex.split(
             f"{common(cli.models / family, cli)} {flags} --train-iters 3 --save {save} --save-hf {interval}"))).run()
+
+
+def rejected_run(cli) -> None:
+    """An export whose logits disagree (the check is shown transformers' logits + 1): the run must stop with one
+    line, leave hf.rejected/ and no hf/, and keep the Megatron checkpoint. Rank 0 writes OUT/rejected.txt."""
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.errors import UserError
+    from megatron_sft.training import hf_parity
+    from megatron_sft.training.loop import start_training
+
+    real = hf_parity._hf_logits
+    hf_parity._hf_logits = lambda *args: real(*args) + 1.0
+    message = "no error"
+    try:
+        start_training(parse_args(shlex.split(f"{common(cli.models / 'qwen3', cli)} --train-iters 3 --save "
+                                              f"{cli.out / 'ckpt' / 'rejected'} --save-hf"))).run()
+    except UserError as err:
+        message = str(err)
+    finally:
+        hf_parity._hf_logits = real
+    if int(os.environ["RANK"]) == 0:
+        (cli.out / "rejected.txt").write_text(message)
 
 
 def references(cli) -> None:
@@ -91,6 +114,7 @@ def main() -> None:
     cli = parser.parse_args()
     if int(os.environ["WORLD_SIZE"]) == 2:
         train_all(cli)
+        rejected_run(cli)
     else:
         references(cli)
     from megatron_sft.runtime.distributed import shutdown
