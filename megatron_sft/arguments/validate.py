@@ -121,6 +121,11 @@ def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]
         problems.append(f"training a mixture-of-experts model at --tensor-model-parallel-size "
                         f"{args.tensor_model_parallel_size} needs --sequence-parallel (Megatron-Core refuses it "
                         "without)")
+    if experts and ep == 1 and etp != args.tensor_model_parallel_size and is_training(args):
+        problems.append(f"--expert-tensor-parallel-size {etp} differs from --tensor-model-parallel-size "
+                        f"{args.tensor_model_parallel_size} at {ep_flag} 1: Megatron-Core then reduces the expert "
+                        "gradients like dense ones, without the tensor-parallel ranks that hold the same experts, "
+                        "and their copies drift apart; use expert parallelism > 1 or the same size for both")
     if experts and args.moe_router_topk > experts:
         problems.append(f"--moe-router-topk {args.moe_router_topk} is more than --num-experts {experts}")
     if etp < 1:

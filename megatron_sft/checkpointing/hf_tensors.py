@@ -38,17 +38,18 @@ def _gather(t: torch.Tensor, group, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim)
 
 
-def full_tensor(param: torch.Tensor, dtype: torch.dtype, gated: bool = False) -> torch.Tensor:
+def full_tensor(param: torch.Tensor, dtype: torch.dtype, gated: bool = False, group=None) -> torch.Tensor:
     """The whole tensor of which `param` is this rank's tensor-parallel shard, in `dtype`, on the CPU.
 
-    `gated`: the rows are [gate; up] on every rank (SwiGLU's linear_fc1), so each half is gathered apart."""
+    `group`: the layer's own tensor-parallel group (`module.tp_group`: the expert one for expert layers), by
+    default the dense one. `gated`: the rows are [gate; up] on every rank (SwiGLU's linear_fc1), so each half
+    is gathered apart."""
     from megatron.core import parallel_state as ps
 
     t = param.detach().to(dtype)
     if not getattr(param, "tensor_model_parallel", False):
         return t.cpu()
-    expert = getattr(param, "allreduce", True) is False  # Megatron's mark of an expert weight
-    group = ps.get_expert_tensor_parallel_group() if expert else ps.get_tensor_model_parallel_group()
+    group = group if group is not None else ps.get_tensor_model_parallel_group()
     if dist.get_world_size(group) == 1:
         return t.cpu()
     if gated:
@@ -59,20 +60,20 @@ def full_tensor(param: torch.Tensor, dtype: torch.dtype, gated: bool = False) ->
 def module_tensors(module, dtype: torch.dtype, gated: bool = False, merge_lora: bool = False) -> dict:
     """{"weight": ..., "bias": ...} of a linear or norm, whole; a LoRA layer's adapter merged in with
     `merge_lora` exactly as `lora.merge_lora` does it at TP=1 (so a merged export equals convert.sh's)."""
-    out = {}
+    out, group = {}, getattr(module, "tp_group", None)
     weight = getattr(module, "weight", None)
     if weight is not None and weight.numel() > 0:
         if merge_lora and hasattr(module, "lora_A"):
-            w = full_tensor(weight, weight.dtype, gated)
-            a = full_tensor(module.lora_A, torch.float32)
-            b = full_tensor(module.lora_B, torch.float32, gated)
+            w = full_tensor(weight, weight.dtype, gated, group)
+            a = full_tensor(module.lora_A, torch.float32, group=group)
+            b = full_tensor(module.lora_B, torch.float32, gated, group)
             w.add_((b @ a * module.lora_scaling).to(w.dtype))
             out["weight"] = w.to(dtype)
         else:
-            out["weight"] = full_tensor(weight, dtype, gated)
+            out["weight"] = full_tensor(weight, dtype, gated, group)
     bias = getattr(module, "bias", None)
     if isinstance(bias, torch.Tensor) and bias.numel() > 0:
-        out["bias"] = full_tensor(bias, dtype, gated)
+        out["bias"] = full_tensor(bias, dtype, gated, group)
     return out
 
 
@@ -203,8 +204,8 @@ class LayerExporter:
     def _experts(self, mlp, i: int) -> dict:
         local = getattr(mlp.experts, "local_experts", None)
         if local is None:
-            raise UserError("--save-hf: grouped-GEMM experts are not supported yet; train with --no-moe-grouped-gemm "
-                            "or convert the checkpoint with convert.sh")
+            raise UserError("--save-hf: grouped-GEMM experts are not supported yet; train without "
+                            "--moe-grouped-gemm, or export the checkpoint with convert.sh")
         gated, out = bool(self.config.gated_linear_unit), {}
         for j, expert in enumerate(local):
             e = mlp.local_expert_indices[j]

@@ -7,7 +7,7 @@ import torch
 
 def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                    attention_mask: torch.Tensor | None = None, *, select: torch.Tensor | None = None,
-                   inference_context=None, packed_seq_params=None) -> torch.Tensor | None:
+                   inference_context=None, packed_seq_params=None, seq_length: int | None = None) -> torch.Tensor | None:
     """Logits [B, S, V] gathered over tensor parallelism, returned on the last pipeline stage.
 
     Runs Megatron's own (pipelined) forward schedule, so it works at any PP, with
@@ -19,7 +19,8 @@ def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tenso
     `inference_context` (a Megatron StaticInferenceContext): attention reads and extends its KV
     cache, and the model itself returns the gathered logits of the last position only, [B, 1, V].
     `packed_seq_params` (THD, B = 1): samples packed in one stream, kept apart by their cu_seqlens
-    (attention backend auto), as training runs them.
+    (attention backend auto), as training runs them. `seq_length`: the whole sequence when `tokens` is this
+    context-parallel rank's share (the pipeline schedule divides it by CP itself).
     """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -65,7 +66,7 @@ def forward_logits(chunks: list, tokens: torch.Tensor, position_ids: torch.Tenso
             data_iterator=iterators,
             model=chunks,
             num_microbatches=copies,
-            seq_length=seq_len,
+            seq_length=seq_length or seq_len,
             micro_batch_size=batch_size,
             forward_only=True,
             collect_non_loss_data=True,

@@ -86,7 +86,8 @@ def gathered_factors(chunks: list) -> list[tuple] | None:
                     continue  # another replica sends this one
                 if ".shared_experts." in name:
                     raise UserError(f"{name}: no Hugging Face PEFT name is known for this adapter")
-                a, b = full_tensor(m.lora_A, torch.float32), full_tensor(m.lora_B, torch.float32, m.lora_gated)
+                a = full_tensor(m.lora_A, torch.float32, group=m.tp_group)
+                b = full_tensor(m.lora_B, torch.float32, m.lora_gated, m.tp_group)
                 if writes[m.is_expert]:
                     local = re.search(r"local_experts\.(\d+)\.", name)
                     expert = None if local is None else layer.mlp.local_expert_indices[int(local.group(1))]

@@ -83,11 +83,16 @@ def init_from_args(cfg: RunConfig, training: bool = False):
     return cfg
 
 
+def collective_device() -> str:
+    """Where a small tensor must live to be reduced: NCCL reduces device tensors only, gloo CPU ones."""
+    return "cuda" if dist.is_initialized() and "nccl" in str(dist.get_backend()) else "cpu"
+
+
 def any_rank(flag: bool) -> bool:
     """Whether `flag` holds on any rank (every rank gets the same answer, so all take the same branch)."""
     if not dist.is_initialized():
         return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32)
+    value = torch.tensor([int(flag)], dtype=torch.int32, device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

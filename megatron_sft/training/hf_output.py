@@ -111,6 +111,18 @@ def _write_side_files(out: Path, assets: Path, dtype: torch.dtype, full_model: b
         GenerationConfig.from_model_config(config).save_pretrained(out)
 
 
+def _side_files_on_rank0(out: Path, assets: Path, dtype: torch.dtype, full_model: bool, reports: dict) -> None:
+    """Rank 0 writes them; a failure is a failed report (the other ranks are already in the next collective)."""
+    if not _rank0():
+        return
+    try:
+        _write_side_files(out, assets, dtype, full_model)
+    except Exception as err:  # noqa: BLE001 - reported like a parity failure, in one line
+        reports[f"files of {out.name}"] = {"ok": False, "metric": f"writing config/tokenizer failed "
+                                           f"({type(err).__name__}: {' '.join(str(err).split())[:200]})",
+                                           "value": float("inf"), "bound": 0.0}
+
+
 def _export_into(out: Path, chunks: list, assets: Path, spec: HfOutput) -> dict:
     """The files of `hf/` (and `hf/merged/`), then their parity checks. Returns parity.json's content."""
     models = [unwrap(c) for c in chunks]
@@ -118,16 +130,14 @@ def _export_into(out: Path, chunks: list, assets: Path, spec: HfOutput) -> dict:
     reports = {}
     if spec.lora is None:
         _write_weights(models, out, assets, spec.dtype, merge=False)
-        if _rank0():
-            _write_side_files(out, assets, spec.dtype, full_model=True)
+        _side_files_on_rank0(out, assets, spec.dtype, True, reports)
         reports["model"] = check_parity(chunks, out, spec.dtype, vocab)
         return reports
     from megatron_sft.peft.hf_adapter import save_peft_adapter
 
     base = spec.lora.base.path if spec.lora.base.format == "hf" else None
     save_peft_adapter(models, spec.lora.spec, out, base, spec.dtype)
-    if _rank0():
-        _write_side_files(out, assets, spec.dtype, full_model=False)
+    _side_files_on_rank0(out, assets, spec.dtype, False, reports)
     reports["adapter"] = check_parity(chunks, out, spec.dtype, vocab, adapter_base=base, lora=True)
     if spec.merge_lora:
         merged = out / MERGED
@@ -135,10 +145,25 @@ def _export_into(out: Path, chunks: list, assets: Path, spec: HfOutput) -> dict:
             merged.mkdir()
         dist.barrier()
         _write_weights(models, merged, assets, spec.dtype, merge=True)
-        if _rank0():
-            _write_side_files(merged, assets, spec.dtype, full_model=True)
+        _side_files_on_rank0(merged, assets, spec.dtype, True, reports)
         reports["merged"] = check_parity(chunks, merged, spec.dtype, vocab)
     return reports
+
+
+def check_save_hf(cfg, assets: str | os.PathLike | None) -> None:
+    """--save-hf's refusals, at start-up rather than at the first save after hours of training."""
+    from modelopt.torch.export.plugins.mcore_common import all_mcore_hf_export_mapping
+
+    config = Path(assets) / "config.json" if assets is not None else None
+    if config is None or not config.is_file():
+        raise UserError("--save-hf needs the Hugging Face config.json of the model (the checkpoint's hf_assets/ or "
+                        "--load's directory); this run has none: train from a Hugging Face model")
+    arch = (json.loads(config.read_text()).get("architectures") or ["?"])[0]
+    if arch not in all_mcore_hf_export_mapping:
+        raise UserError(f"--save-hf: {arch} ({config}) has no Hugging Face export mapping in nvidia-modelopt")
+    if cfg.model.moe_grouped_gemm:
+        raise UserError("--save-hf does not write grouped-GEMM experts yet: drop --moe-grouped-gemm, or export "
+                        "the checkpoint later with convert.sh")
 
 
 def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
@@ -172,6 +197,7 @@ def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
     size = integrity.write_manifest(staging)
     if _rank0():
         layout.publish(staging, final)
+        shutil.rmtree(ckpt_dir / f"{HF_DIR}.rejected", ignore_errors=True)  # an earlier failed try
     dist.barrier()
     summary = ", ".join(f"{k} {r['metric']} {r['value']:.2g}" for k, r in reports.items()) if _rank0() else ""
     log.info("saved Hugging Face %s %s (%.1f MB, %.1f s; parity: %s)",

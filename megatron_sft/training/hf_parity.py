@@ -65,7 +65,8 @@ def _context_parallel_share(tokens: torch.Tensor, cp: int, rank: int) -> dict:
     n = tokens.shape[1]
     bounds = torch.tensor([0, n])
     index = context_parallel_indices(bounds, cp, rank)
-    return {"tokens": tokens[:, index], "position_ids": index[None], "packed_seq_params": thd_params(bounds, bounds, n)}
+    return {"tokens": tokens[:, index], "position_ids": index[None], "packed_seq_params": thd_params(bounds, bounds, n),
+            "seq_length": n}
 
 
 def _gather_context_parallel(logits: torch.Tensor, n: int, cp: int) -> torch.Tensor:
@@ -99,12 +100,15 @@ def _hf_logits(path: Path, tokens: torch.Tensor, adapter_base: str | None) -> to
 def check_parity(chunks: list, path: Path, dtype: torch.dtype, vocab: int, adapter_base: str | None = None,
                  lora: bool = False) -> dict | None:
     """Compare (collective; `vocab`: the Hugging Face config's); the report (parity.json's entry) on rank 0,
-    None on the other ranks. `lora` with no
-    `adapter_base`: the base is not a Hugging Face directory, so the adapter cannot be loaded alone."""
+    None on the other ranks. A directory transformers cannot load is a failed report, not a traceback on rank 0
+    alone. `lora` with no `adapter_base`: the base is not a Hugging Face directory, so the adapter cannot be
+    loaded alone."""
     from megatron.core import parallel_state as ps
 
     config = unwrap(chunks[0]).config
-    tokens = fixed_tokens(vocab, 2 * ps.get_context_parallel_world_size())
+    cp, tp = ps.get_context_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
+    # each CP rank gets 2 chunks of the sample; under sequence parallelism each share splits over TP
+    tokens = fixed_tokens(vocab, (2 * cp if cp > 1 else 1) * (tp if config.sequence_parallel else 1))
     reference = _megatron_logits(chunks, tokens)
     if dist.get_rank() != 0:
         return None
@@ -113,12 +117,17 @@ def check_parity(chunks: list, path: Path, dtype: torch.dtype, vocab: int, adapt
                     "it in transformers", path)
         return {"ok": True, "metric": "not checked (the base is not a Hugging Face directory)", "value": 0.0,
                 "bound": 0.0}
-    hf = _hf_logits(path, tokens, adapter_base)
-    reference = reference[..., : hf.shape[-1]]  # Megatron's vocabulary may be padded
-    diff = hf - reference
-    value = (diff.norm() / reference.norm().clamp_min(1e-12)).item()
     fp32 = dtype == torch.float32 and config.params_dtype == torch.float32
     bound = 1e-4 if fp32 else 5e-2
+    try:
+        hf = _hf_logits(path, tokens, adapter_base)
+        reference = reference[..., : hf.shape[-1]]  # Megatron's vocabulary may be padded
+        diff = hf - reference
+    except Exception as err:  # noqa: BLE001 - whatever transformers raises, the export is what failed
+        reason = " ".join(str(err).split())[:300]
+        return {"ok": False, "metric": f"loading it failed ({type(err).__name__}: {reason})",
+                "value": float("inf"), "bound": bound}
+    value = (diff.norm() / reference.norm().clamp_min(1e-12)).item()
     return {"ok": value <= bound, "metric": "relative RMS error", "value": value, "bound": bound,
             "max_abs_diff": diff.abs().max().item(), "tokens": tokens[0].tolist(),
             "top1_agreement": (hf.argmax(-1) == reference.argmax(-1)).float().mean().item(),

@@ -16,7 +16,7 @@ from megatron_sft.checkpointing.integrity import checkpoint_size
 from megatron_sft.errors import UserError
 from megatron_sft.loading import hf_assets_source, load_run_tokenizer
 from megatron_sft.models.builder import padded_vocab_size
-from megatron_sft.runtime.distributed import any_rank
+from megatron_sft.runtime.distributed import any_rank, collective_device
 from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, save_loss_curve, training_flops
 from megatron_sft.training.progress import Progress
 from megatron_sft.training.runlog import RunFiles
@@ -24,6 +24,7 @@ from megatron_sft.training.signals import ExitController
 from megatron_sft.training.state import (
     TrainState,
     estimated_checkpoint_bytes,
+    estimated_hf_bytes,
     load_training_checkpoint,
     resume_point,
     save_training_checkpoint,
@@ -74,8 +75,9 @@ def _batch_counts(batches: list[dict], cfg: RunConfig) -> torch.Tensor:
 
     lengths = [n for b in batches for n in sample_lengths(b)]
     counts = torch.tensor([sum(lengths), sum(float(b["num_supervised"]) for b in batches),
-                           training_flops(lengths, cfg)], dtype=torch.float64)
+                           training_flops(lengths, cfg)], dtype=torch.float64, device=collective_device())
     torch.distributed.all_reduce(counts, group=ps.get_data_parallel_group())
+    counts = counts.cpu()
     return counts
 
 
@@ -123,6 +125,11 @@ class Trainer:
         # Each save copies the HF config and tokenizer from here; after the first, from the run's own last save
         # (the checkpoint resumed from may be deleted by --keep-last).
         self.assets = hf_assets_source(cfg)
+        if cfg.checkpoint.save_hf:
+            from megatron_sft.training.hf_output import check_save_hf
+
+            check_save_hf(cfg, self.assets)
+        self.hf_bytes: int | None = None  # the last --save-hf directory's size
         self.checkpoint_bytes = checkpoint_size(resume[0]) if resume is not None else None
         self.train_batches = iter(self.data.train)
         self.history: list[tuple[int, float]] = []
@@ -194,6 +201,10 @@ class Trainer:
             need, basis = self.checkpoint_bytes, "the size of the last one"
         else:
             need, basis = estimated_checkpoint_bytes(self.model), "estimated from the parameters and optimizer"
+        if self.cfg.checkpoint.save_hf:  # its Hugging Face directory too (--save-hf final: at the last save)
+            need += self.hf_bytes if self.hf_bytes is not None else estimated_hf_bytes(
+                self.model, self.cfg.checkpoint.save_hf_dtype)
+            basis += ", plus its Hugging Face directory"
         problem = space.shortfall(self.cfg.checkpoint.save, need, basis)
         if any_rank(problem is not None):
             last = f"; last intact checkpoint: {self.last_save}" if self.last_save else ""
@@ -228,7 +239,7 @@ class Trainer:
         spec = HfOutput(dtype_from_name(cfg.checkpoint.save_hf_dtype), cfg.lora.merge_lora, self.model.lora)
         path = save_hf(self.model.chunks, ckpt_dir, spec)
         self.hf_path, self.hf_iteration = str(path), iteration
-        self.checkpoint_bytes = (self.checkpoint_bytes or 0) + (checkpoint_size(path) or 0)
+        self.hf_bytes = checkpoint_size(path) or self.hf_bytes
 
     def run(self) -> None:
         cfg, total = self.cfg, total_iterations(self.cfg)

@@ -21,6 +21,7 @@ from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.checkpointing import layout
 from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sharded_state_dict, save_checkpoint
 from megatron_sft.errors import UserError
+from megatron_sft.runtime.distributed import collective_device
 
 log = logging.getLogger(__name__)
 TRAIN_STATE = layout.TRAIN_STATE
@@ -110,7 +111,24 @@ def estimated_checkpoint_bytes(model) -> int:
                 continue  # a replica: saved by another rank
             optimizer = (8 + (4 if p.dtype != torch.float32 else 0)) if p.requires_grad else 0
             total += p.numel() * (p.element_size() + optimizer)
-    counted = torch.tensor([total], dtype=torch.float64)
+    counted = torch.tensor([total], dtype=torch.float64, device=collective_device())
+    torch.distributed.all_reduce(counted)
+    return int(counted.item())
+
+
+def estimated_hf_bytes(model, dtype_name: str) -> int:
+    """What --save-hf writes before there is one to measure: every weight once in the export dtype (a LoRA run
+    writes far less: an upper bound then)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.models.builder import unwrap
+
+    per_param = {"fp32": 4, "bf16": 2, "fp16": 2}[dtype_name]
+    owns_dense = ps.get_data_parallel_rank(with_context_parallel=True) == 0
+    owns_experts = ps.get_expert_data_parallel_rank() == 0
+    total = sum(p.numel() * per_param for chunk in model.chunks for p in unwrap(chunk).parameters()
+                if (owns_experts if getattr(p, "allreduce", True) is False else owns_dense))
+    counted = torch.tensor([total], dtype=torch.float64, device=collective_device())
     torch.distributed.all_reduce(counted)
     return int(counted.item())
 

@@ -439,3 +439,19 @@ def test_attention_backend_and_cp_comm_type_are_checked(flags, needle):
 def test_cp_comm_type_without_context_parallelism_is_a_notice():
     args = parse_args(ARCH + DATA + ["--train-iters", "2", "--cp-comm-type", "allgather"])
     assert "--cp-comm-type allgather has no effect with --context-parallel-size 1" in args.notices
+
+
+def test_moe_training_layouts_megatron_core_gets_wrong_are_refused(tmp_path):
+    moe = hf_dir(tmp_path, CONFIGS["Qwen/Qwen3-30B-A3B"], num_experts=6, num_experts_per_tok=2)
+    train = ["--load", str(moe), "--train-iters", "3", "--lr", "1e-4", "--seq-length", "64", "--data-path",
+             str(tmp_path / "x.jsonl")]
+    (tmp_path / "x.jsonl").write_text("")
+    tp2 = ["--tensor-model-parallel-size", "2"]
+    # TP > 1 without sequence parallelism: Megatron-Core raises inside the first MoE forward
+    assert any("needs --sequence-parallel" in p for p in problems(train + tp2, world_size=2))
+    # EP 1 with ETP != TP: expert gradients are reduced like dense ones and the TP ranks' copies drift apart
+    found = problems(train + tp2 + ["--sequence-parallel", "--expert-tensor-parallel-size", "1"], world_size=2)
+    assert len(found) == 1 and "--expert-tensor-parallel-size 1 differs from --tensor-model-parallel-size 2" in found[0]
+    parse_args(train + tp2 + ["--sequence-parallel", "--expert-tensor-parallel-size", "1",
+                              "--expert-model-parallel-size", "2"], world_size=2)  # EP 2: accepted
+    parse_args(["--load", str(moe)] + tp2 + ["--expert-tensor-parallel-size", "1"], world_size=2)  # inference

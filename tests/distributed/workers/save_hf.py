@@ -36,6 +36,9 @@ def runs() -> dict[str, tuple[str, str]]:
     out["lora_pp2"] = ("qwen3", f"{LAYOUTS['pp2']} {LORA} --save-hf-dtype fp32")
     out["bf16_tp2"] = ("qwen3", LAYOUTS["tp2"])  # the default export dtype
     out["qwen3_cp2"] = ("qwen3", "--context-parallel-size 2 --save-hf-dtype fp32")
+    # experts not split over TP while the dense layers are (expert TP 1 < TP 2): the expert gathers use their own group
+    out["qwen3_moe_tp2_ep2_etp1"] = ("qwen3_moe", f"{LAYOUTS['tp2']} {LAYOUTS['ep2']} --expert-tensor-parallel-size 1 "
+                                                  f"--sequence-parallel {MOE} --save-hf-dtype fp32")
     only = os.environ.get("SAVE_HF_ONLY")  # debugging: a comma-separated subset
     return {k: v for k, v in out.items() if k in only.split(",")} if only else out
 
