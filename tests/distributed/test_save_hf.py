@@ -125,10 +125,13 @@ def test_lora_merged_model_loads_and_equals_convert_merge_lora(out):
 
 
 def test_failed_parity_stops_the_run_and_keeps_the_checkpoint(out):
+    """The rejected export (the worker's first run), then the same command again: the hf/ it lacked is written,
+    the rejected copy goes, the checkpoint is not retrained."""
     message = (out / "rejected.txt").read_text()
     ckpt = out / "ckpt" / "rejected"
     assert "does not reproduce the model's logits" in message and "\n" not in message, message
     assert str(ckpt / ITER / "hf.rejected") in message and "intact" in message
-    assert not (ckpt / ITER / "hf").exists() and not list((ckpt / ITER).glob(".hf*"))
-    assert json.loads((ckpt / ITER / "hf.rejected" / "parity.json").read_text())["model"]["ok"] is False
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"  # the checkpoint stands
+    assert not (ckpt / "iter_0000004").exists()
+    assert json.loads((ckpt / ITER / "hf" / "parity.json").read_text())["model"]["ok"] is True
+    assert not (ckpt / ITER / "hf.rejected").exists() and not list((ckpt / ITER).glob(".hf*"))

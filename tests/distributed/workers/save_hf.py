@@ -69,7 +69,8 @@ def train_all(cli) -> None:
 
 def rejected_run(cli) -> None:
     """An export whose logits disagree (the check is shown transformers' logits + 1): the run must stop with one
-    line, leave hf.rejected/ and no hf/, and keep the Megatron checkpoint. Rank 0 writes OUT/rejected.txt."""
+    line, leave hf.rejected/ and no hf/, and keep the Megatron checkpoint. Rank 0 writes OUT/rejected.txt. Then
+    the same command again, unpatched: nothing to train, and the missing hf/ is written."""
     from megatron_sft.arguments import parse_args
     from megatron_sft.errors import UserError
     from megatron_sft.training import hf_parity
@@ -87,6 +88,9 @@ def rejected_run(cli) -> None:
         hf_parity._hf_logits = real
     if int(os.environ["RANK"]) == 0:
         (cli.out / "rejected.txt").write_text(message)
+    # started again (it resumes, finished): the last checkpoint gets the Hugging Face directory it lacks
+    ckpt = cli.out / "ckpt" / "rejected"
+    start_training(parse_args(shlex.split(f"{common(ckpt, cli)} --train-iters 3 --save {ckpt} --save-hf"))).run()
 
 
 def references(cli) -> None:
