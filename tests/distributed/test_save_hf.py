@@ -99,6 +99,13 @@ def test_periodic_save_gets_its_own_hf_directory(out):
     assert any(not torch.equal(first[k], last[k]) for k in last)
 
 
+def test_save_hf_final_writes_the_last_checkpoint_only(out):
+    """llama3_pp2 runs with --save-hf final --save-interval 2: iteration 2 is saved without hf/, 3 with it."""
+    ckpt = out / "ckpt" / "llama3_pp2"
+    assert (ckpt / "iter_0000002" / "manifest.json").is_file() and not (ckpt / "iter_0000002" / "hf").exists()
+    assert (ckpt / ITER / "hf" / "parity.json").is_file()
+
+
 @pytest.mark.parametrize("name", ["lora_tp2", "lora_pp2"])
 def test_lora_adapter_loads_with_peft_and_gives_the_checkpoint_logits(out, tiny_models, name):
     from peft import PeftModel

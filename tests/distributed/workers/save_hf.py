@@ -62,9 +62,10 @@ def train_all(cli) -> None:
 
     for name, (family, flags) in runs().items():
         save = cli.out / "ckpt" / name
-        interval = "--save-interval 2" if name == "qwen3_tp2" else ""  # a periodic save gets hf/ too
+        # periodic saves at iteration 2: with --save-hf it gets hf/ too, with --save-hf final only iteration 3 does
+        mode = {"qwen3_tp2": "--save-interval 2", "llama3_pp2": "final --save-interval 2"}.get(name, "")
         start_training(parse_args(shlex.split(
-            f"{common(cli.models / family, cli)} {flags} --train-iters 3 --save {save} --save-hf {interval}"))).run()
+            f"{common(cli.models / family, cli)} {flags} --train-iters 3 --save {save} --save-hf {mode}"))).run()
 
 
 def rejected_run(cli) -> None:
