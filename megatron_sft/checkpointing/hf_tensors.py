@@ -39,7 +39,8 @@ def _gather(t: torch.Tensor, group, dim: int) -> torch.Tensor:
 
 
 def full_tensor(param: torch.Tensor, dtype: torch.dtype, gated: bool = False, group=None) -> torch.Tensor:
-    """The whole tensor of which `param` is this rank's tensor-parallel shard, in `dtype`, on the CPU.
+    """The whole tensor of which `param` is this rank's tensor-parallel shard, in `dtype`, on the CPU. Read only:
+    unsharded, on the CPU and already in `dtype`, it is the parameter itself.
 
     `group`: the layer's own tensor-parallel group (`module.tp_group`: the expert one for expert layers), by
     default the dense one. `gated`: the rows are [gate; up] on every rank (SwiGLU's linear_fc1), so each half
@@ -64,7 +65,8 @@ def module_tensors(module, dtype: torch.dtype, gated: bool = False, merge_lora: 
     weight = getattr(module, "weight", None)
     if weight is not None and weight.numel() > 0:
         if merge_lora and hasattr(module, "lora_A"):
-            w = full_tensor(weight, weight.dtype, gated, group)
+            # a copy: without tensor parallelism full_tensor returns the live weight itself
+            w = full_tensor(weight, weight.dtype, gated, group).clone()
             a = full_tensor(module.lora_A, torch.float32, group=group)
             b = full_tensor(module.lora_B, torch.float32, gated, group)
             w.add_((b @ a * module.lora_scaling).to(w.dtype))

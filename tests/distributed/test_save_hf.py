@@ -120,14 +120,18 @@ def test_lora_adapter_loads_with_peft_and_gives_the_checkpoint_logits(out, tiny_
     assert diff <= 1e-4, f"{name}: max |logit difference| {diff:.3g}"
 
 
-def test_lora_merged_model_loads_and_equals_convert_merge_lora(out):
+@pytest.mark.parametrize("name", ["lora_tp2", "lora_pp2"])
+def test_lora_merged_model_loads_and_equals_convert_merge_lora(out, name):
+    """Also: the merge leaves the live model alone (lora_pp2: TP 1 per stage, where a merge into the tensor
+    full_tensor returns would write into the training weights; the merged export's parity check, which runs the
+    live model, then fails the run, as it did before the copy was added)."""
     from transformers import AutoModelForCausalLM
 
-    merged = out / "ckpt" / "lora_tp2" / ITER / "hf" / "merged"
+    merged = out / "ckpt" / name / ITER / "hf" / "merged"
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
-    diff = (_hf_logits(model, out) - _checkpoint_logits(out, "lora_tp2", model.config.vocab_size)).abs().max()
+    diff = (_hf_logits(model, out) - _checkpoint_logits(out, name, model.config.vocab_size)).abs().max()
     assert diff <= 1e-4, diff
-    ours, theirs = _tensors(merged), _tensors(out / "convert" / "lora_tp2")
+    ours, theirs = _tensors(merged), _tensors(out / "convert" / name)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
@@ -142,3 +146,11 @@ def test_failed_parity_stops_the_run_and_keeps_the_checkpoint(out):
     assert not (ckpt / "iter_0000004").exists()
     assert json.loads((ckpt / ITER / "hf" / "parity.json").read_text())["model"]["ok"] is True
     assert not (ckpt / ITER / "hf.rejected").exists() and not list((ckpt / ITER).glob(".hf*"))
+
+
+def test_exporting_does_not_change_the_training(out):
+    """A LoRA run at PP2 exporting (adapter and merged model, with their parity forwards) after every step trains
+    exactly as the same run without saves: same loss and grad norm at each step."""
+    runs = json.loads((out / "unperturbed.json").read_text())
+    assert len(runs["exported"]) == 3 and runs["exported"] == runs["plain"], runs
+    assert all((out / "ckpt" / "every_step" / f"iter_000000{i}" / "hf" / "merged").is_dir() for i in (1, 2, 3))

@@ -33,7 +33,8 @@ def runs() -> dict[str, tuple[str, str]]:
                 extra += " --sequence-parallel" if family == "qwen3_moe" and name == "tp2" else ""
                 out[f"{family}_{name}"] = (family, f"{flags} --save-hf-dtype fp32{extra}")
     out["lora_tp2"] = ("qwen3", f"{LAYOUTS['tp2']} {LORA} --merge-lora --save-hf-dtype fp32")
-    out["lora_pp2"] = ("qwen3", f"{LAYOUTS['pp2']} {LORA} --save-hf-dtype fp32")
+    # PP2: TP 1 inside each stage, where the merge must not write into the live weights
+    out["lora_pp2"] = ("qwen3", f"{LAYOUTS['pp2']} {LORA} --merge-lora --save-hf-dtype fp32")
     out["bf16_tp2"] = ("qwen3", LAYOUTS["tp2"])  # the default export dtype
     out["qwen3_cp2"] = ("qwen3", "--context-parallel-size 2 --save-hf-dtype fp32")
     # experts not split over TP while the dense layers are (expert TP 1 < TP 2): the expert gathers use their own group
@@ -94,6 +95,25 @@ def rejected_run(cli) -> None:
     start_training(parse_args(shlex.split(f"{common(ckpt, cli)} --train-iters 3 --save {ckpt} --save-hf"))).run()
 
 
+def unperturbed(cli) -> None:
+    """The same LoRA run (PP 2, so TP 1 per stage) with an export and merge after every step, and without any save:
+    rank 0 writes both runs' per-step loss and grad norm to OUT/unperturbed.json (they must be equal)."""
+    import json
+
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.training.loop import start_training
+
+    base = f"{common(cli.models / 'qwen3', cli)} {LAYOUTS['pp2']} {LORA} --train-iters 3"
+    runs = {}
+    for name, extra in (("exported", f"--save {cli.out / 'ckpt' / 'every_step'} --save-interval 1 --save-hf "
+                                     "--merge-lora"), ("plain", "")):
+        trainer = start_training(parse_args(shlex.split(f"{base} {extra}")))
+        trainer.run()
+        runs[name] = [[r["loss"], r["grad_norm"]] for r in trainer.records]
+    if int(os.environ["RANK"]) == 0:
+        (cli.out / "unperturbed.json").write_text(json.dumps(runs))
+
+
 def references(cli) -> None:
     """The checkpoint's own logits (dist_checkpointing resharded to TP=1) and convert.py's export of it."""
     import torch
@@ -108,8 +128,6 @@ def references(cli) -> None:
         (cli.out / "logits").mkdir(exist_ok=True)
         torch.save(forward_logits(build_and_load(with_runtime(f"--load {ckpt}")), tokens),
                    cli.out / "logits" / f"{name}.pt")
-        if name.startswith("lora_pp2"):
-            continue
         merge = "--merge-lora" if name.startswith("lora") else ""
         convert(with_runtime(f"--load {ckpt} --save {cli.out / 'convert' / name} --export-dtype "
                              f"{'bf16' if name.startswith('bf16') else 'fp32'} {merge}"))
@@ -123,6 +141,7 @@ def main() -> None:
     if int(os.environ["WORLD_SIZE"]) == 2:
         train_all(cli)
         rejected_run(cli)
+        unperturbed(cli)
     else:
         references(cli)
     from megatron_sft.runtime.distributed import shutdown
