@@ -166,6 +166,15 @@ def check_save_hf(cfg, assets: str | os.PathLike | None) -> None:
                         "the checkpoint later with convert.sh")
 
 
+def _readable_by_all(directory: Path) -> None:
+    """safetensors creates its files 0600; a server running as another user must read them (umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o666 & ~umask)
+
+
 def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
     """Write `ckpt_dir/hf/` from the live model (collective: every rank calls it). Returns its path."""
     ckpt_dir = Path(ckpt_dir)
@@ -194,6 +203,8 @@ def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
         raise UserError(f"--save-hf: the Hugging Face export of {ckpt_dir} does not reproduce the model's logits "
                         f"({worst}); kept as {ckpt_dir / (HF_DIR + '.rejected')} with {PARITY}; the Megatron "
                         "checkpoint itself is intact (convert.sh exports it another way)")
+    if _rank0():
+        _readable_by_all(staging)
     size = integrity.write_manifest(staging)
     if _rank0():
         layout.publish(staging, final)

@@ -6,6 +6,7 @@ same checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,10 @@ def test_hf_directory_is_complete_and_checked(out, name):
     hf = out / "ckpt" / name / ITER / "hf"
     for file in ("config.json", "generation_config.json", "tokenizer_config.json", "parity.json", "manifest.json"):
         assert (hf / file).is_file(), file
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {oct(p.stat().st_mode & 0o777) for p in hf.glob("*.safetensors")}
+    assert modes == {oct(0o666 & ~umask)}, f"safetensors modes {modes}: other users could not read them"
     parity = json.loads((hf / "parity.json").read_text())["model"]
     assert parity["ok"] and parity["value"] <= parity["bound"]
     assert not list((out / "ckpt" / name / ITER).glob(".hf*")), "a staging directory was left behind"
