@@ -18,7 +18,7 @@ imports included (tests/unit/test_layering.py enforces LAYERS and the absence of
     data                   rendering, tokenizer, sources, packing, cache, batches
     arguments              the flags, resolved against checkpoints, validated, frozen into a RunConfig
     loading                what --load holds (HF, Megatron, LoRA), decided once: weights and tokenizer
-    training, inference, conversion      the applications
+    training, inference, conversion, quantization      the applications
     launch, api, run_finetune            the shell scripts' planner, sft(), the entry point
 """
 
@@ -36,7 +36,7 @@ LAYERS = (
     ("data",),
     ("arguments",),
     ("loading",),
-    ("training", "inference", "conversion"),
+    ("training", "inference", "conversion", "quantization"),
     ("launch", "api", "run_finetune"),
 )
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_sft.arguments.run_config import RunConfig
-from megatron_sft.checkpointing import layout
+from megatron_sft.checkpointing import layout, modelopt_state
 from megatron_sft.checkpointing.hf import import_hf_weights
 from megatron_sft.checkpointing.megatron_ckpt import load_model_weights
 from megatron_sft.config import dtype_from_name, transformer_config
@@ -57,26 +57,38 @@ class Loaded:
     lora: object | None = None  # peft.model.LoraModel of a LoRA run
 
 
-def load_weights(cfg: RunConfig, chunks: list, resume: bool = False) -> Loaded:
-    """Fill `chunks` from --load. With `resume`, a full model's weights are left for the training checkpoint
-    (they come with the optimizer state); a LoRA run's frozen base is loaded now, as checkpoints do not hold it."""
+def load_weights(cfg: RunConfig, chunks: list, resume_dir: Path | None = None) -> Loaded:
+    """Fill `chunks` from --load. When resuming from `resume_dir`, a full model's weights are left for the training
+    checkpoint (they come with the optimizer state); a LoRA run's frozen base is loaded now, as checkpoints do not
+    hold it."""
+    resume = resume_dir is not None
     fmt = cfg.checkpoint.load_format
     if cfg.is_lora:  # base weights, then the adapters (unless the resume brings them)
         from megatron_sft.peft.model import build_lora_model
 
         lora = build_lora_model(cfg, chunks, import_dtype(cfg), load_adapters=not resume)
         return Loaded(lora.iteration, lora)
-    if resume:
+    if resume:  # the weights come with the training state; a quantized run's quantizers must exist before
+        restore_quantization(chunks, resume_dir)
         return Loaded(None)
     if fmt == "hf":
         import_hf_weights(chunks, cfg.checkpoint.hf_model_path or cfg.checkpoint.load, import_dtype(cfg))
         return Loaded(None)
     if fmt == "megatron":
         ckpt_dir, iteration = layout.latest_checkpoint_dir(cfg.checkpoint.load, cfg.checkpoint.ckpt_step, deep=True)
+        restore_quantization(chunks, ckpt_dir)
         load_model_weights(ckpt_dir, chunks)
         return Loaded(iteration)
     log.info("no --load given: training starts from random initialisation")
     return Loaded(None)
+
+
+def restore_quantization(chunks: list, ckpt_dir) -> None:
+    """A checkpoint made by quantize (or QAT on one) turns `chunks` into its fake-quantized model; the weights and
+    calibrated quantizer values are loaded next, with the rest of the checkpoint."""
+    if modelopt_state.is_quantized(ckpt_dir):
+        modelopt_state.restore(chunks, ckpt_dir)
+        log.info("%s is quantized (%s): the model runs fake-quantized", ckpt_dir, modelopt_state.describe(ckpt_dir))
 
 
 def build_and_load(cfg: RunConfig) -> list:

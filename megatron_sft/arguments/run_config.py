@@ -225,6 +225,20 @@ class InferenceConfig:
     results: str | None = None
 
 
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """quantize.py (post-training quantization with nvidia-modelopt); defaults elsewhere."""
+
+    export_quant_cfg: str = "fp8"
+    calib_size: int = 512
+    calib_data_path: str | None = None
+    weight_only: bool = False
+    disable_qkv_quant: bool = False
+    export_kv_cache_quant: bool = False
+    skip_first_layers: int = 0
+    skip_last_layers: int = 0
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -236,6 +250,7 @@ SECTIONS = {
     "logging": LoggingConfig,
     "runtime": RuntimeConfig,
     "inference": InferenceConfig,
+    "quantization": QuantizationConfig,
 }
 # Parsed, checked at parse time, and not carried: nothing after validation reads them.
 NOT_CARRIED = {"truncate_long_samples"}
@@ -287,6 +302,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     arch_sources: dict[str, str] = field(default_factory=dict)  # architecture field -> flag, a file, or default
     notices: tuple[str, ...] = ()  # said once at start-up: flags with no effect, values turned off
 

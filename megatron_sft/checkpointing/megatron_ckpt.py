@@ -82,12 +82,14 @@ def _sigterm_deferred():
 
 
 def _write_files(staging: Path, sharded_state: dict, args_record: dict, hf_assets_src, chat_template,
-                 extra_files: dict, write_extras) -> None:
+                 extra_files: dict, write_extras, write_collective) -> None:
     """Everything of one checkpoint but its manifest, into the staging directory."""
     from megatron.core import dist_checkpointing
 
     with _sigterm_deferred():
         dist_checkpointing.save(sharded_state, str(staging))
+        if write_collective is not None:
+            write_collective(staging)
     if _is_rank0():
         layout.write_run_args(staging, args_record)
         layout.copy_hf_assets(hf_assets_src, staging, chat_template)
@@ -107,13 +109,15 @@ def save_checkpoint(
     chat_template: str | None = None,
     extra_files: dict[str, str] | None = None,
     write_extras=None,
+    write_collective=None,
 ) -> Path:
     """Write one checkpoint atomically: into `.iter_N.saving/`, then the manifest (fsynced), then the rename
     to `iter_N/`, then the tracker. A crash at any point leaves the previous checkpoint current and
     intact; a failure (ENOSPC, EIO) removes the partial save and raises SaveFailed on every rank.
 
     `sharded_state` is e.g. `model_sharded_state_dict(chunks)`, plus optimizer state for training;
-    `write_extras(dir)` writes further files on rank 0 (before the manifest, so they are covered)."""
+    `write_extras(dir)` writes further files on rank 0 and `write_collective(dir)` on every rank (a quantized
+    model's modelopt state), both before the manifest, so they are covered."""
     root = Path(root)
     final = layout.iteration_dir(root, iteration)
     staging = layout.staging_dir(final)
@@ -124,7 +128,8 @@ def save_checkpoint(
     _barrier()
     error = None
     try:
-        _write_files(staging, sharded_state, args_record, hf_assets_src, chat_template, extra_files, write_extras)
+        _write_files(staging, sharded_state, args_record, hf_assets_src, chat_template, extra_files, write_extras,
+                     write_collective)
         _barrier()
         size = integrity.write_manifest(staging)
     except (OSError, RuntimeError, CheckpointException) as err:  # a writer's OSError arrives wrapped in these

@@ -32,6 +32,10 @@ the default; the settings block printed before launch shows which.
 
 
 def _parser_groups(script: str) -> list:
+    if script == "quantize":
+        from megatron_sft.arguments.quantize import add_quantize_args
+
+        return [add_quantize_args]
     if script not in ("generate", "mmlu"):
         return []
     from megatron_sft.arguments import add_inference_args
@@ -48,7 +52,7 @@ def check_command(script: str, plan: Plan) -> None:
     from megatron_sft.arguments import parse_args
 
     args = parse_args(plan.flags, world_size=plan.layout.nproc, extra=_parser_groups(script))
-    if script == "convert":
+    if script in ("convert", "export", "quantize"):
         from megatron_sft.arguments.inputs import check_not_converting_in_place
 
         check_not_converting_in_place(args)
@@ -63,6 +67,7 @@ def plan_launch(script: str, model: str, env: dict[str, str], checkout: Path = R
     s.conf = dict(conf.defaults)
     s.command_line = list(extra or [])
     plan = SCRIPTS[script](s, conf, work)
+    extra = s.command_line  # what the script did not take (quantize.sh takes QUANT_CFG)
     if extra:
         plan.flags += extra
         s.note("arguments", " ".join(extra), "command line, after MODEL: appended last")

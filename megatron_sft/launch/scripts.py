@@ -305,10 +305,86 @@ Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at 
     return Plan("tools/convert.py", launch, [*conf.model_args, *layout.flags(), *flags, *_extra(s)], layout)
 
 
+def quantize(s: Settings, conf: ModelConf, work: str) -> Plan:
+    """Quantize MODEL with nvidia-modelopt (calibration, then fake quantization): examples/quantize.sh MODEL [QUANT_CFG]
+
+  QUANT_CFG       the format, after MODEL or as a variable: fp8 (default), int8_sq, int4_awq, w4a8_awq, int8; nvfp4
+                  and mxfp8 need CUDA; or a config name of modelopt.torch.quantization (e.g. INT8_DEFAULT_CFG)
+  MLM_MODEL_CKPT  what to quantize, as in generate.sh: default the fine-tuned checkpoint of finetune.sh
+                  (MLM_MODEL_SAVE, default $MLM_WORK_DIR/<MODEL>_sft) when there is one, else HF_MODEL_CKPT
+  MLM_QUANT_CKPT  where the quantized Megatron checkpoint goes (default $MLM_WORK_DIR/<MODEL>_quant)
+  DATASET         calibration data: the SFT data (a JSONL of chat records, rendered with the chat template, or a
+                  Hugging Face dataset name; default as finetune.sh's); CALIB_DATA instead: a JSONL of chat
+                  records or {"text": ...} lines
+  CALIB_SIZE      calibration samples (default 512), each cut to the conf's --seq-length tokens
+  MLM_EXTRA_ARGS  e.g. "--weight-only --disable-qkv-quant --skip-first-layers 1 --skip-last-layers 1"
+Next: finetune.sh MODEL with MLM_MODEL_CKPT=<MLM_QUANT_CKPT> trains through the quantizers (QAT); generate.sh and
+mmlu.sh with MLM_MODEL_CKPT=<it> run the quantized model; export.sh writes it for serving (fp8).
+"""
+    layout = read_layout(s)
+    launch = launcher(s, layout)
+    if s.command_line and not s.command_line[0].startswith("-"):  # quantize.sh MODEL QUANT_CFG, as Megatron-LM's
+        fmt, s.command_line = s.command_line[0], s.command_line[1:]
+        s.note("QUANT_CFG", fmt, "argument after MODEL")
+    else:
+        fmt = s.setting("QUANT_CFG", "fp8")
+    _check_quant_format(fmt)
+    load = _inference_load(s, conf.name, work)
+    save = s.setting("MLM_QUANT_CKPT", f"{work}/{conf.name}_quant")
+    calib = s.given("CALIB_DATA")
+    if calib:
+        if not Path(calib).is_file():
+            raise LaunchError(f"CALIB_DATA={calib}: no such file")
+        data = ["--calib-data-path", calib]
+        s.note("CALIB_DATA", calib)
+    else:
+        dataset = s.setting("DATASET", DEFAULT_DATASET)
+        if _is_path(dataset) and not Path(dataset).expanduser().exists():
+            raise LaunchError(f"DATASET={dataset}: no such file")
+        data = ["--data-path", dataset] if _is_path(dataset) else ["--finetune-hf-dataset", dataset]
+    size = s.positive_int("CALIB_SIZE", s.setting("CALIB_SIZE", "512"))
+    flags = [*conf.model_args, *layout.flags(), "--load", load, "--save", save, "--export-quant-cfg", fmt,
+             "--calib-size", str(size), *data, *_extra(s)]
+    return Plan("examples/quantize.py", launch, flags, layout)
+
+
+def _check_quant_format(name: str) -> None:
+    """The format's name and, for a CUDA-only one, a CUDA device: before anything launches."""
+    import torch
+
+    from megatron_sft.arguments.quantize import check_cuda_format
+
+    try:
+        check_cuda_format(name, "auto", torch.cuda.is_available(), flag="QUANT_CFG=")
+    except UserError as err:
+        raise LaunchError(str(err)) from None
+
+
+def export(s: Settings, conf: ModelConf, work: str) -> Plan:
+    """Export MODEL's Megatron checkpoint to Hugging Face for serving: examples/export.sh MODEL
+
+  MLM_MODEL_CKPT  the checkpoint (default: quantize.sh's MLM_QUANT_CKPT, $MLM_WORK_DIR/<MODEL>_quant, when it
+                  exists). A quantized one (quantize.sh, or finetune.sh on it) is written in nvidia-modelopt's
+                  unified format (FP8 weights and scales, hf_quant_config.json, quantization_config in
+                  config.json), which vLLM and TensorRT-LLM load; an unquantized one as convert.sh writes it
+  EXPORT_DIR      the Hugging Face directory (default $MLM_WORK_DIR/<MODEL>_export)
+  EXPORT_DTYPE    the unquantized tensors' dtype: bf16, fp16, fp32 (default: the training dtype)
+Runs at TP=1 with one process per pipeline stage (PP), whatever layout the checkpoint was saved at.
+"""
+    if not s.given("MLM_MODEL_CKPT"):
+        quant = f"{work}/{conf.name}_quant"
+        if _complete_checkpoint(quant) is None:
+            raise LaunchError(f"set MLM_MODEL_CKPT to the Megatron checkpoint to export (no quantize.sh output in "
+                              f"{quant})")
+        s.env = {**s.env, "MLM_MODEL_CKPT": quant}
+    return convert(s, conf, work)
+
+
 def _extra(s: Settings) -> list[str]:
     extra = s.given("MLM_EXTRA_ARGS")
     s.note("MLM_EXTRA_ARGS", extra)
     return words(extra)
 
 
-SCRIPTS = {"finetune": finetune, "generate": generate, "mmlu": mmlu, "convert": convert}
+SCRIPTS = {"finetune": finetune, "generate": generate, "mmlu": mmlu, "convert": convert, "quantize": quantize,
+           "export": export}

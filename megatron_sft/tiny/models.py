@@ -106,14 +106,19 @@ def _token_ids(tokenizer) -> dict:
     )
 
 
-def make_tiny_model(family: str, out_dir: str | os.PathLike, seed: int = 0) -> pathlib.Path:
-    """Write a tiny HF checkpoint (fp32 safetensors, configs, tokenizer with chat template) to out_dir."""
+def make_tiny_model(family: str, out_dir: str | os.PathLike, seed: int = 0, **config_overrides) -> pathlib.Path:
+    """Write a tiny HF checkpoint (fp32 safetensors, configs, tokenizer with chat template) to out_dir.
+
+    `config_overrides` replace config fields (e.g. head_dim=32, intermediate_size=256: input sizes that
+    hold whole 128-wide INT4 blocks at TP 2)."""
     check_family(family)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer(family)
     ids = _token_ids(tokenizer)
     config = _build_config(family, ids)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     with torch.random.fork_rng(devices=[]):  # seed locally: callers' RNG streams stay untouched
         torch.manual_seed(seed)
         model = _MODEL_CLASSES[family](config).to(torch.float32).eval()

@@ -150,10 +150,13 @@ def _export_into(out: Path, chunks: list, assets: Path, spec: HfOutput) -> dict:
     return reports
 
 
-def check_save_hf(cfg, assets: str | os.PathLike | None) -> None:
+def check_save_hf(cfg, assets: str | os.PathLike | None, quantized: bool = False) -> None:
     """--save-hf's refusals, at start-up rather than at the first save after hours of training."""
     from modelopt.torch.export.plugins.mcore_common import all_mcore_hf_export_mapping
 
+    if quantized:  # plain HF tensors would drop the quantization the run trains through
+        raise UserError("--save-hf writes unquantized Hugging Face weights; this model is quantized (QAT): drop "
+                        "--save-hf and export the checkpoint with examples/export.sh (modelopt's quantized format)")
     config = Path(assets) / "config.json" if assets is not None else None
     if config is None or not config.is_file():
         raise UserError("--save-hf needs the Hugging Face config.json of the model (the checkpoint's hf_assets/ or "

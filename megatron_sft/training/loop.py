@@ -119,16 +119,17 @@ class Trainer:
         # Recorded in run_args.json, so a model trained from scratch reloads with the same vocabulary.
         cfg = self.cfg = cfg.replace(padded_vocab_size=padded_vocab_size(cfg, len(self.tokenizer)))
         _log_batch(cfg, self.data.train)
-        self.model = build_training_model(cfg, resume is not None)
+        self.model = build_training_model(cfg, resume[0] if resume is not None else None)
         if resume is not None:
             load_training_checkpoint(resume[0], self.model, self.state)
         # Each save copies the HF config and tokenizer from here; after the first, from the run's own last save
         # (the checkpoint resumed from may be deleted by --keep-last).
         self.assets = hf_assets_source(cfg)
         if cfg.checkpoint.save_hf:
+            from megatron_sft.checkpointing.modelopt_state import model_is_quantized
             from megatron_sft.training.hf_output import check_save_hf
 
-            check_save_hf(cfg, self.assets)
+            check_save_hf(cfg, self.assets, model_is_quantized(self.model.chunks))
         self.hf_bytes: int | None = None  # the last --save-hf directory's size
         self.checkpoint_bytes = checkpoint_size(resume[0]) if resume is not None else None
         self.train_batches = iter(self.data.train)

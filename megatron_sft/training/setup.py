@@ -81,16 +81,16 @@ def _hook_schedules(config, ddp_chunks: list, optimizer) -> None:
     config.grad_scale_func = optimizer.scale_loss
 
 
-def build_training_model(cfg: RunConfig, resume: bool) -> TrainingModel:
+def build_training_model(cfg: RunConfig, resume_dir=None) -> TrainingModel:
     """Weights are loaded before the optimizer exists, so its fp32 main params copy them.
 
-    On a full resume the weights come later, together with the optimizer state.
+    On a full resume (from `resume_dir`) the weights come later, together with the optimizer state.
     """
     from megatron.core.optimizer import get_megatron_optimizer
 
     config = transformer_config(cfg)
     chunks = build_model_chunks(cfg, config, cfg.model.padded_vocab_size)
-    loaded = load_weights(cfg, chunks, resume=resume)
+    loaded = load_weights(cfg, chunks, resume_dir)
     ddp_chunks = _wrap_ddp(cfg, config, chunks)
     optimizer = get_megatron_optimizer(optimizer_config(cfg), ddp_chunks)
     _hook_schedules(config, ddp_chunks, optimizer)

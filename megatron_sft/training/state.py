@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from megatron_sft.arguments.run_config import RunConfig
-from megatron_sft.checkpointing import layout
+from megatron_sft.checkpointing import layout, modelopt_state
 from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sharded_state_dict, save_checkpoint
 from megatron_sft.errors import UserError
 from megatron_sft.runtime.distributed import collective_device
@@ -90,7 +90,8 @@ def save_training_checkpoint(root, model, train_state: TrainState, args_record: 
 
         extra[RECORD] = model.lora.record_text
     return save_checkpoint(root, train_state.iteration, _training_sharded_state(model, False, True), args_record,
-                           hf_assets_src=hf_assets_src, extra_files=extra, write_extras=write_extras)
+                           hf_assets_src=hf_assets_src, extra_files=extra, write_extras=write_extras,
+                           write_collective=lambda staging: modelopt_state.save(model.chunks, staging))
 
 
 def estimated_checkpoint_bytes(model) -> int:

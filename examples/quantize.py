@@ -1,0 +1,39 @@
+"""Post-training quantization with nvidia-modelopt: calibrate a model on chat data and save it fake-quantized.
+
+    python examples/quantize.py --load Qwen3-0.6B/ --save qwen3_fp8/ --export-quant-cfg fp8 \
+        --data-path chat.jsonl --calib-size 512 --seq-length 2048
+    torchrun --nproc_per_node 2 examples/quantize.py --load ckpt/ --save ckpt_int4/ --export-quant-cfg int4_awq \
+        --tensor-model-parallel-size 2 --calib-data-path texts.jsonl
+
+--load: a Hugging Face directory or a Megatron checkpoint (any layout). --save gets a Megatron checkpoint with
+modelopt's state: finetune.py on it is quantization-aware training; generate.py / mmlu.py run it fake-quantized;
+tools/convert.py (export.sh) writes modelopt's quantized Hugging Face format.
+"""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.arguments.inputs import check_not_converting_in_place
+    from megatron_sft.arguments.quantize import add_quantize_args, check_cuda_format
+    from megatron_sft.runtime.log import setup_logging
+
+    setup_logging()
+    args = parse_args(extra=[add_quantize_args])  # fails fast, before heavy imports
+    check_not_converting_in_place(args)
+    import torch
+
+    check_cuda_format(args.quantization.export_quant_cfg, args.runtime.device, torch.cuda.is_available())
+    from megatron_sft.quantization.ptq import quantize
+    from megatron_sft.runtime.distributed import init_from_args, shutdown
+
+    out = quantize(init_from_args(args))
+    print(f"wrote {out}")
+    shutdown()
+
+
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file
+    from megatron_sft.cli import run_main
+
+    run_main(main)

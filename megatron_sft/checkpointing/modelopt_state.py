@@ -1,0 +1,84 @@
+"""The nvidia-modelopt state of a quantized model, saved with and restored from a Megatron checkpoint.
+
+A quantized checkpoint holds two things: `modelopt_state/` (which modelopt modes were applied, with which
+config; Megatron-LM's layout, written by modelopt's own function) and, inside the model's state dict, every
+quantizer's calibrated values (`*_quantizer._amax`, AWQ's `_pre_quant_scale`, ...) as sharded tensors, so they
+reshard with the weights. Restoring turns a freshly built model into the same quantized model before its
+weights (and the quantizer values with them) are loaded: `restore` first, then the usual load.
+
+`quantization.json` records what `quantize` did (format, calibration), for people and for error messages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from megatron_sft.errors import UserError
+from megatron_sft.models.builder import unwrap
+
+MODELOPT_STATE = "modelopt_state"
+RECORD = "quantization.json"
+
+
+def is_quantized(ckpt_dir: str | Path | None) -> bool:
+    """Whether the checkpoint iteration directory `ckpt_dir` holds a modelopt state."""
+    return ckpt_dir is not None and (Path(ckpt_dir) / MODELOPT_STATE).is_dir()
+
+
+def read_record(ckpt_dir: str | Path) -> dict:
+    """What quantize wrote about the checkpoint (an empty dict for one quantized elsewhere, e.g. Megatron-LM)."""
+    path = Path(ckpt_dir) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def describe(ckpt_dir: str | Path) -> str:
+    record = read_record(ckpt_dir)
+    return record.get("format") or record.get("quant_cfg") or "quantized (format not recorded)"
+
+
+def model_is_quantized(chunks: list) -> bool:
+    import modelopt.torch.opt as mto
+
+    return any(mto.ModeloptStateManager.is_converted(unwrap(c)) for c in chunks)
+
+
+def save(chunks: list, staging: Path) -> None:
+    """Collective (every rank): write `modelopt_state/` (and rank 0 the quantization record) into the checkpoint
+    being staged. No-op when the model is not quantized. The quantizer values are in the model's state dict."""
+    if not model_is_quantized(chunks):
+        return
+    from modelopt.torch.opt.plugins.mcore_dist_checkpointing import save_sharded_modelopt_state
+
+    check_single_chunk(chunks)
+    save_sharded_modelopt_state([unwrap(chunks[0])], str(staging))
+    record = getattr(unwrap(chunks[0]), "quantization_record", None)
+    if record and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        (staging / RECORD).write_text(json.dumps(record, indent=1))
+
+
+@torch.no_grad()
+def restore(chunks: list, ckpt_dir: str | Path) -> None:
+    """Make freshly built `chunks` the quantized model saved in `ckpt_dir`; its weights are loaded afterwards.
+
+    modelopt's restore re-derives each weight quantizer's shape from the weight it guards, so weights built
+    without initialisation (torch.empty: any bytes, NaN included) are zeroed first; the load replaces them."""
+    from modelopt.torch.opt.plugins.mcore_dist_checkpointing import restore_sharded_modelopt_state
+
+    check_single_chunk(chunks)
+    module = unwrap(chunks[0])
+    for param in module.parameters():
+        param.zero_()
+    holder = [module]
+    restore_sharded_modelopt_state(holder, str(ckpt_dir))
+    if holder[0] is not module:  # modelopt converts in place for Megatron modules; anything else is unexpected
+        raise RuntimeError("modelopt restore returned a new module; the model chunks would not be quantized")
+    module.quantization_record = read_record(ckpt_dir)  # carried into the checkpoints trained from it (QAT)
+
+
+def check_single_chunk(chunks: list) -> None:
+    if len(chunks) != 1:
+        raise UserError("a quantized model cannot use virtual pipeline stages (modelopt's Megatron checkpoint "
+                        "state has one model chunk per rank); drop --num-layers-per-virtual-pipeline-stage")

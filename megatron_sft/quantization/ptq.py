@@ -1,0 +1,155 @@
+"""Post-training quantization (quantize.py / quantize.sh): load, calibrate with modelopt, save.
+
+The model is quantized at the layout it is loaded at (any TP/PP/EP): modelopt's Megatron plugin inserts
+fake quantizers into the parallel linear layers and syncs their calibrated ranges over the tensor-parallel
+group, so every rank holds its shard's quantizers. The result is an ordinary Megatron checkpoint (`release/`)
+plus modelopt's state, which finetune (QAT), generate, mmlu and export restore."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from megatron_sft.arguments.quantize import quant_format
+from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.checkpointing import modelopt_state
+from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
+from megatron_sft.errors import UserError
+from megatron_sft.inference.logits import forward_logits
+from megatron_sft.loading import build_and_load, hf_assets_source, load_run_tokenizer
+from megatron_sft.models.builder import unwrap
+from megatron_sft.quantization.calib_data import calibration_samples, calibration_source
+
+log = logging.getLogger(__name__)
+
+
+def modelopt_config(cfg: RunConfig, module) -> dict:
+    """The modelopt config of --export-quant-cfg with the flags' changes appended (later entries win)."""
+    import modelopt.torch.quantization as mtq
+
+    name = quant_format(cfg.quantization.export_quant_cfg).modelopt_cfg
+    base = getattr(mtq, name, None)
+    if not isinstance(base, dict) or "quant_cfg" not in base:
+        raise UserError(f"--export-quant-cfg {cfg.quantization.export_quant_cfg}: nvidia-modelopt has no "
+                        f"quantization config {name}")
+    config = copy.deepcopy(base)
+    q = cfg.quantization
+    off = [*(["*input_quantizer"] if q.weight_only else []), *(["*linear_qkv*"] if q.disable_qkv_quant else []),
+           *(f"*decoder.layers.{i}.*" for i in _skipped_local_layers(cfg, module))]
+    entries = [{"quantizer_name": pattern, "enable": False} for pattern in off]
+    if q.export_kv_cache_quant:
+        entries += copy.deepcopy(mtq.FP8_KV_CFG["quant_cfg"])
+    config["quant_cfg"] = [*config["quant_cfg"], *entries]
+    return config
+
+
+def _skipped_local_layers(cfg: RunConfig, module) -> list[int]:
+    """This rank's indices (module names are per pipeline stage) of the layers --skip-first/last-layers keep."""
+    n = cfg.model.num_layers
+    first, last = cfg.quantization.skip_first_layers, cfg.quantization.skip_last_layers
+    skipped = set(range(first)) | set(range(n - last, n))
+    return [i for i, layer in enumerate(module.decoder.layers) if layer.layer_number - 1 in skipped]
+
+
+def check_quantize_args(cfg: RunConfig) -> None:
+    """Refusals that need no model: every one names its flag and what to do."""
+    q, fmt = cfg.quantization, quant_format(cfg.quantization.export_quant_cfg)
+    if not cfg.checkpoint.save:
+        raise UserError("--save is required: where the quantized checkpoint goes")
+    if q.calib_size < 1:
+        raise UserError(f"--calib-size {q.calib_size}: calibration needs at least one sample")
+    for flag, value in (("--skip-first-layers", q.skip_first_layers), ("--skip-last-layers", q.skip_last_layers)):
+        if not 0 <= value <= cfg.model.num_layers:
+            raise UserError(f"{flag} {value}: between 0 and the model's {cfg.model.num_layers} layers")
+    if q.export_kv_cache_quant and cfg.runtime.transformer_impl != "transformer_engine":
+        raise UserError("--export-kv-cache-quant: modelopt quantizes the KV cache in Transformer Engine's "
+                        "attention only; run on a GPU with Transformer Engine, or drop the flag")
+    if cfg.parallel.context_parallel_size > 1:
+        raise UserError("quantize runs at --context-parallel-size 1 (calibration samples are short); a "
+                        "quantized checkpoint still trains at any CP")
+    if fmt.blocks:
+        _check_blocks(cfg)
+
+
+def _check_blocks(cfg: RunConfig, block: int = 128) -> None:
+    """Block formats cut each weight row into blocks of 128 inputs; a row-parallel layer's TP shard must hold whole
+    blocks, or the blocks (and their scales) would differ between layouts and the checkpoint could not reshard."""
+    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
+    inputs = {"attention output (heads x head dim)": m.num_attention_heads * m.kv_channels,
+              "MLP down projection (ffn hidden size)": m.ffn_hidden_size}
+    for what, size in inputs.items():
+        if size and (size // tp) % block:
+            raise UserError(f"--export-quant-cfg {cfg.quantization.export_quant_cfg}: the {what} input is {size} "
+                            f"wide, {size // tp} per tensor-parallel rank at TP {tp}: not a multiple of the "
+                            f"{block}-wide quantization blocks; use a lower TP or another format (fp8, int8_sq)")
+
+
+def quantize(cfg: RunConfig) -> Path:
+    import modelopt.torch.quantization as mtq
+
+    check_quantize_args(cfg)
+    chunks = build_and_load(cfg)
+    if modelopt_state.model_is_quantized(chunks):
+        raise UserError(f"--load {cfg.checkpoint.load} is quantized already; quantize its unquantized source")
+    modelopt_state.check_single_chunk(chunks)
+    samples = calibration_samples(cfg, load_run_tokenizer(cfg))
+    before = forward_logits(chunks, samples[0])
+    config = modelopt_config(cfg, unwrap(chunks[0]))
+    t0 = time.perf_counter()
+    mtq.quantize(unwrap(chunks[0]), config, _calibration_loop(chunks, samples))
+    seconds = time.perf_counter() - t0
+    after = forward_logits(chunks, samples[0])
+    change = _relative_rms(after, before)
+    tokens = sum(s.numel() for s in samples)
+    log.info("quantized (%s): %d enabled quantizers on this rank; calibrated on %d samples (%d tokens) in %.1f s; "
+             "the logits of the first sample moved by relative RMS %s", cfg.quantization.export_quant_cfg,
+             _enabled_quantizers(chunks), len(samples), tokens, seconds, f"{change:.3g}" if change is not None else "-")
+    record = {"format": cfg.quantization.export_quant_cfg, "modelopt_cfg": quant_format(
+        cfg.quantization.export_quant_cfg).modelopt_cfg, "flags": _flags(cfg), "source": cfg.checkpoint.load,
+        "calibration": {"data": calibration_source(cfg), "samples": len(samples), "tokens": tokens,
+                        "max_tokens_per_sample": max(s.numel() for s in samples)}}
+    unwrap(chunks[0]).quantization_record = record  # written by modelopt_state.save, here and after QAT
+    return save_checkpoint(cfg.checkpoint.save, None, model_sharded_state_dict(chunks), cfg.to_record(),
+                           hf_assets_src=hf_assets_source(cfg),
+                           write_collective=lambda staging: modelopt_state.save(chunks, staging))
+
+
+def _calibration_loop(chunks: list, samples: list):
+    """modelopt calls this once per calibration pass (AWQ makes several); progress about every 10%."""
+    passes = []
+
+    def loop(_model) -> None:
+        passes.append(time.perf_counter())
+        step = max(1, len(samples) // 10)
+        for i, sample in enumerate(samples, 1):
+            forward_logits(chunks, sample)
+            if i % step == 0 or i == len(samples):
+                log.info("calibration pass %d: %d/%d samples (%.1f s)", len(passes), i, len(samples),
+                         time.perf_counter() - passes[-1])
+
+    return loop
+
+
+def _relative_rms(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    if a is None or b is None:  # not the last pipeline stage
+        return None
+    return ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt()).item()
+
+
+def _enabled_quantizers(chunks: list) -> int:
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return sum(1 for c in chunks for m in unwrap(c).modules() if isinstance(m, TensorQuantizer) and m.is_enabled)
+
+
+def _flags(cfg: RunConfig) -> dict:
+    q = cfg.quantization
+    return {"weight_only": q.weight_only, "disable_qkv_quant": q.disable_qkv_quant,
+            "export_kv_cache_quant": q.export_kv_cache_quant, "skip_first_layers": q.skip_first_layers,
+            "skip_last_layers": q.skip_last_layers, "calib_size": q.calib_size,
+            "tensor_model_parallel_size": cfg.parallel.tensor_model_parallel_size,
+            "pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size}
