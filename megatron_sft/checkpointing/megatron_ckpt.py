@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
-from megatron_sft.checkpointing import integrity, layout, space
+from megatron_sft.checkpointing import integrity, layout, modelopt_state, space
 from megatron_sft.errors import UserError
 from megatron_sft.runtime.distributed import any_rank
 
@@ -33,6 +33,8 @@ def _chunk_key(i: int, n_chunks: int) -> str:
 def model_sharded_state_dict(chunks: list, keep=None) -> dict:
     """Every chunk's sharded state; with `keep` (a predicate on keys), only those entries (LoRA: adapters)."""
     states = {_chunk_key(i, len(chunks)): c.sharded_state_dict() for i, c in enumerate(chunks)}
+    if modelopt_state.model_is_quantized(chunks):
+        states = {k: modelopt_state.shard_fc1_rows_as_swiglu(c, states[k]) for k, c in zip(states, chunks)}
     if keep is None:
         return states
     return {name: {k: v for k, v in state.items() if keep(k)} for name, state in states.items()}

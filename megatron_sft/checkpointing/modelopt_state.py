@@ -12,6 +12,8 @@ weights (and the quantizer values with them) are loaded: `restore` first, then t
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -40,8 +42,9 @@ def describe(ckpt_dir: str | Path) -> str:
 
 
 def model_is_quantized(chunks: list) -> bool:
-    import modelopt.torch.opt as mto
-
+    mto = sys.modules.get("modelopt.torch.opt")
+    if mto is None:  # never imported: nothing can have been converted (and the check stays free)
+        return False
     return any(mto.ModeloptStateManager.is_converted(unwrap(c)) for c in chunks)
 
 
@@ -76,6 +79,32 @@ def restore(chunks: list, ckpt_dir: str | Path) -> None:
     if holder[0] is not module:  # modelopt converts in place for Megatron modules; anything else is unexpected
         raise RuntimeError("modelopt restore returned a new module; the model chunks would not be quantized")
     module.quantization_record = read_record(ckpt_dir)  # carried into the checkpoints trained from it (QAT)
+
+
+# A quantizer value with one entry per output row of a SwiGLU fc1 ([gate; up] stacked): per-channel or per-block
+# weight amax (INT8, INT4), and scales.
+_FC1_ROWS = re.compile(r"linear_fc1\.weight_quantizer\.(\d+\.)*_(amax|scale)$")
+
+
+def shard_fc1_rows_as_swiglu(chunk, state: dict) -> dict:
+    """Give per-row quantizer values of SwiGLU's fc1 the weight's own sharding: each TP rank holds its share of
+    the gate rows and its share of the up rows, not one contiguous block of [gate; up].
+
+    modelopt (0.46.1) means to do this (`_QuantMegatronMLP._modelopt_state_keys`) but tests its patterns with
+    `re.match`, which anchors them at the start of the key, so they never match; saved at one TP and loaded at
+    another, an INT8/INT4 model then scales its fc1 rows with another row's range (TP 1 -> TP 2 moved the
+    logits by 0.013). Applied on save and on load alike, so the keys agree."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
+
+    if not getattr(unwrap(chunk).config, "gated_linear_unit", False):
+        return state
+    for key, value in state.items():
+        if isinstance(value, ShardedTensor) and _FC1_ROWS.search(key) and value.local_shape[0] > 1:
+            p = value.prepend_axis_num  # the expert axis of a SequentialMLP's experts
+            offsets = tuple((i, value.global_offset[i], value.axis_fragmentations[i]) for i in range(p))
+            state[key] = apply_swiglu_sharded_factory(value, offsets)
+    return state
 
 
 def check_single_chunk(chunks: list) -> None:

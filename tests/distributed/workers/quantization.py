@@ -1,0 +1,144 @@
+"""Quantization runs, one launch per world size (the TP=1 launch first: the TP=2 one trains from its output).
+
+    torchrun --nproc_per_node=1 quantization.py --models DIR --data DIR --out DIR
+    torchrun --nproc_per_node=2 quantization.py --models DIR --data DIR --out DIR
+
+Both: quantize.py's function on each tiny family x format at TP = world size, then the saved checkpoint
+reloaded and its logits of OUT/tokens.pt written to OUT/logits/<family>_<format>_tp<N>.pt; QAT (3 steps)
+from the TP=1 quantized checkpoints, per-step loss and grad norm in OUT/qat_tp<N>.json.
+World size 1 also: convert.py's export of the FP8 checkpoint (OUT/export_fp8) and the Megatron model's own
+fake-quantized weights under Hugging Face names (OUT/fake_quant_fp8.pt).
+World size 2 also: 10 QAT steps straight vs 5 + resume 5 (OUT/qat_resume.json).
+DATA holds calib.jsonl (texts) and chat.jsonl (conversations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from pathlib import Path
+
+FAMILIES = ("qwen3", "llama3")
+# INT4 blocks without AWQ's search too: the block quantization itself, compared exactly
+FORMATS = ("fp8", "int8_sq", "int4_awq", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG")
+QAT_FORMATS = ("fp8", "int8_sq")
+
+
+def with_runtime(flags: str):
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.arguments.quantize import add_quantize_args
+    from megatron_sft.runtime.distributed import init_from_args
+
+    return init_from_args(parse_args(shlex.split(f"{flags} --device cpu --distributed-timeout-minutes 3"),
+                                     extra=[add_quantize_args]))
+
+
+def rank0() -> bool:
+    return int(os.environ["RANK"]) == 0
+
+
+def quantize_all(cli, tp: int) -> None:
+    import torch
+
+    from megatron_sft.inference.logits import forward_logits
+    from megatron_sft.loading import build_and_load
+    from megatron_sft.quantization.ptq import quantize
+
+    tokens = torch.load(cli.out / "tokens.pt")
+    (cli.out / "logits").mkdir(exist_ok=True)
+    for family in FAMILIES:
+        for fmt in FORMATS:
+            name = f"{family}_{fmt}_tp{tp}"
+            quantize(with_runtime(f"--load {cli.models / family} --save {cli.out / 'quant' / name} "
+                                  f"--export-quant-cfg {fmt} --calib-data-path {cli.data / 'calib.jsonl'} "
+                                  f"--calib-size 4 --seq-length 64 --tensor-model-parallel-size {tp}"))
+            chunks = build_and_load(with_runtime(f"--load {cli.out / 'quant' / name} "
+                                                 f"--tensor-model-parallel-size {tp}"))
+            logits = forward_logits(chunks, tokens)
+            if rank0():
+                torch.save(logits, cli.out / "logits" / f"{name}.pt")
+
+
+def train_flags(cli, load: Path, tp: int) -> str:
+    return (f"--load {load} --data-path {cli.data / 'chat.jsonl'} --data-cache-dir {cli.out / 'cache'} --device cpu "
+            f"--seq-length 64 --global-batch-size 4 --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine "
+            f"--log-interval 1000 --split 100,0,0 --seed 7 --distributed-timeout-minutes 3 "
+            f"--tensor-model-parallel-size {tp}")
+
+
+def train(flags: str) -> list[list[float]]:
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.training.loop import start_training
+
+    trainer = start_training(parse_args(shlex.split(flags)))
+    trainer.run()
+    return [[r["loss"], r["grad_norm"]] for r in trainer.records]
+
+
+def qat_runs(cli, tp: int) -> None:
+    results = {}
+    for fmt in QAT_FORMATS:
+        src = cli.out / "quant" / f"qwen3_{fmt}_tp1"
+        save = cli.out / "qat" / f"{fmt}_tp{tp}"
+        results[fmt] = train(f"{train_flags(cli, src, tp)} --finetune --train-iters 3 --save {save}")
+    if rank0():
+        (cli.out / f"qat_tp{tp}.json").write_text(json.dumps(results))
+
+
+def resume_runs(cli, tp: int) -> None:
+    src = cli.out / "quant" / "qwen3_fp8_tp1"
+    ckpt = cli.out / "qat" / "resume"
+    results = {"straight": train(f"{train_flags(cli, src, tp)} --finetune --train-iters 10")}
+    results["first5"] = train(f"{train_flags(cli, src, tp)} --finetune --train-iters 10 --exit-interval 5 "
+                              f"--save {ckpt}")
+    results["resumed5"] = train(f"{train_flags(cli, ckpt, tp)} --train-iters 10 --save {ckpt}")
+    if rank0():
+        (cli.out / "qat_resume.json").write_text(json.dumps(results))
+
+
+def export_fp8(cli) -> None:
+    """convert.py's export, and the fake-quantized weights the model itself computes, named as in Hugging Face
+    (the live model's weights replaced by weight_quantizer(weight), then --save-hf's own tensor export)."""
+    import torch
+
+    from megatron_sft.checkpointing.hf_tensors import LayerExporter
+    from megatron_sft.conversion import convert
+    from megatron_sft.loading import build_and_load
+    from megatron_sft.models.builder import unwrap
+
+    ckpt = cli.out / "quant" / "qwen3_fp8_tp1"
+    convert(with_runtime(f"--load {ckpt} --save {cli.out / 'export_fp8'}"))
+    cfg = with_runtime(f"--load {ckpt}")
+    model = unwrap(build_and_load(cfg)[0])
+    with torch.no_grad():
+        for module in model.modules():
+            quantizer = getattr(module, "weight_quantizer", None)
+            if quantizer is not None and quantizer.is_enabled:
+                module.weight.copy_(quantizer(module.weight))
+                quantizer.disable()
+    exporter = LayerExporter(model, cfg.model.hf_architecture, torch.float32, cfg.model.padded_vocab_size)
+    tensors = {k: v for piece in exporter.pieces() for k, v in piece.tensors.items()}
+    torch.save(tensors, cli.out / "fake_quant_fp8.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("--models", "--data", "--out"):
+        parser.add_argument(flag, type=Path, required=True)
+    cli = parser.parse_args()
+    tp = int(os.environ["WORLD_SIZE"])
+    quantize_all(cli, tp)
+    qat_runs(cli, tp)
+    if tp == 1:
+        export_fp8(cli)
+    else:
+        resume_runs(cli, tp)
+    from megatron_sft.runtime.distributed import shutdown
+
+    shutdown()
+
+
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file
+    main()
