@@ -98,7 +98,7 @@ def test_fake_quantized_logits_equal_modelopt_on_transformers(out, family, fmt, 
     """FP8, INT8-SmoothQuant and INT4 blocks (weight-only): the same model (max abs logit difference 1e-4).
     INT4-AWQ: AWQ searches one activation scale per Megatron layer (q/k/v fused, gate/up fused; per TP shard) and
     one per projection in transformers, so the models differ by design; bound: the difference is under 75% of what
-    the quantization itself changes (measured: 0.3 to 0.62)."""
+    the quantization itself changes (measured: 0.58 to 0.62)."""
     plain, reference = _reference(str(out / "models" / family), fmt)
     ours = torch.load(out / "logits" / f"{family}_{fmt}_tp{tp}.pt")[..., : reference.shape[-1]]
     effect = _rel_rms(reference, plain)

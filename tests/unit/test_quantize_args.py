@@ -1,0 +1,82 @@
+"""quantize.py's formats and refusals that need no model: one line each, naming the flag and what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron_sft.arguments.quantize import FORMATS, check_cuda_format, quant_format
+from megatron_sft.errors import UserError
+
+
+def test_short_forms_are_megatron_lms_and_name_modelopt_configs():
+    import modelopt.torch.quantization as mtq
+
+    assert {"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"} <= set(FORMATS)
+    for name, fmt in FORMATS.items():
+        assert isinstance(getattr(mtq, fmt.modelopt_cfg), dict), name
+
+
+def test_modelopt_names_are_taken_and_anything_else_is_one_line():
+    assert quant_format("INT8_DEFAULT_CFG").modelopt_cfg == "INT8_DEFAULT_CFG"
+    assert quant_format("NVFP4_AWQ_LITE_CFG").needs_cuda
+    with pytest.raises(UserError) as err:
+        quant_format("fp4")
+    assert "--export-quant-cfg fp4: unknown" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp8", "NVFP4_DEFAULT_CFG"])
+def test_cuda_only_formats_are_refused_without_cuda(name):
+    for device, cuda in (("cpu", True), ("auto", False)):
+        with pytest.raises(UserError, match="runs on CUDA only"):
+            check_cuda_format(name, device, cuda)
+    check_cuda_format(name, "cuda", True)
+
+
+@pytest.mark.parametrize("name", ["fp8", "int8_sq", "int4_awq", "w4a8_awq"])
+def test_cpu_formats_pass(name):
+    check_cuda_format(name, "cpu", False)
+
+
+def _cfg(model, *flags: str, world_size: int = 1):
+    from megatron_sft.arguments import parse_args
+    from megatron_sft.arguments.quantize import add_quantize_args
+
+    return parse_args(["--load", str(model), "--save", "/tmp/unused", *flags], world_size=world_size,
+                      extra=[add_quantize_args])
+
+
+def test_int4_blocks_must_be_whole_on_each_tensor_parallel_rank(tiny_models):
+    from megatron_sft.quantization.ptq import check_quantize_args
+
+    # tiny Qwen3: 8 heads x 16 = 128 attention-output inputs, 64 per rank at TP 2: half a 128-wide block
+    cfg = _cfg(tiny_models["qwen3"], "--export-quant-cfg", "int4_awq", "--tensor-model-parallel-size", "2",
+               world_size=2)
+    with pytest.raises(UserError, match=r"64 per tensor-parallel rank at TP 2: not a multiple of the 128-wide"):
+        check_quantize_args(cfg)
+    check_quantize_args(_cfg(tiny_models["qwen3"], "--export-quant-cfg", "fp8", "--tensor-model-parallel-size", "2",
+                             world_size=2))
+
+
+def test_skipped_layers_and_kv_cache_flags_are_checked(tiny_models):
+    from megatron_sft.quantization.ptq import check_quantize_args
+
+    with pytest.raises(UserError, match="--skip-last-layers 9: between 0 and the model's 4 layers"):
+        check_quantize_args(_cfg(tiny_models["qwen3"], "--skip-last-layers", "9"))
+    with pytest.raises(UserError, match="--export-kv-cache-quant: .* Transformer Engine"):
+        check_quantize_args(_cfg(tiny_models["qwen3"], "--export-kv-cache-quant", "--device", "cpu"))
+
+
+def test_modelopt_config_disables_what_the_flags_say(tiny_models):
+    """The entries appended to modelopt's config, in the order modelopt applies them (the last match wins)."""
+    from types import SimpleNamespace
+
+    from megatron_sft.quantization.ptq import modelopt_config
+
+    cfg = _cfg(tiny_models["qwen3"], "--export-quant-cfg", "int8_sq", "--weight-only", "--disable-qkv-quant",
+               "--skip-first-layers", "1", "--skip-last-layers", "1")
+    # pipeline stage 2 of 2: this rank holds layers 3 and 4 (1-based), local indices 0 and 1
+    module = SimpleNamespace(decoder=SimpleNamespace(layers=[SimpleNamespace(layer_number=3),
+                                                             SimpleNamespace(layer_number=4)]))
+    entries = modelopt_config(cfg, module)["quant_cfg"][-3:]
+    assert [e["quantizer_name"] for e in entries] == ["*input_quantizer", "*linear_qkv*", "*decoder.layers.1.*"]
+    assert all(e["enable"] is False for e in entries)
