@@ -6,6 +6,7 @@ demo task (reverse a string; exact held-out answers), through the shell scripts 
 1. the fine-tuned demo model ($MLM_WORK_DIR/tiny/sft; made with make_embedded_default.py + finetune.sh if missing)
 2. per format: quantize.sh tiny FORMAT (calibrated on the training data) -> generate.sh on the held-out prompts
 3. per format: finetune.sh tiny on the quantized checkpoint for --qat-iters steps (QAT) -> generate.sh again
+4. the control: the same steps on the unquantized model (what the extra training alone does)
 and prints one table: exact answers of each model and its mean negative log-likelihood of the reference
 answers (teacher-forced; finer than exact match, which a small task saturates), all from this one run.
 """
@@ -86,6 +87,9 @@ def main() -> None:
     p.add_argument("--formats", nargs="+", default=["fp8", "int8_sq", "int4_awq"])
     p.add_argument("--qat-iters", type=int, default=100)
     p.add_argument("--qat-lr", default="3e-4")
+    p.add_argument("--sft-iters", type=int, default=None,
+                   help="fine-tune the demo model for this many steps (default: conf/tiny.sh's 1000); a shorter run "
+                        "leaves smaller margins, where quantization can flip answers")
     cli = p.parse_args()
     env = {**os.environ, "MLM_WORK_DIR": cli.work, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     tiny = Path(cli.work) / "tiny"
@@ -94,10 +98,20 @@ def main() -> None:
         subprocess.run([sys.executable, str(REPO / "tools" / "make_embedded_default.py"), "build", "--out", str(tiny)],
                        check=True, capture_output=True)
         print(f"fine-tuning the demo model into {sft} ...", flush=True)
-        run("finetune.sh", {**env, "MLM_MODEL_SAVE": str(sft), "MLM_RESUME": "0"})
+        iters = {"MLM_DATA_ARGS": f"--train-iters {cli.sft_iters} --split 98,2,0"} if cli.sft_iters else {}
+        run("finetune.sh", {**env, "MLM_MODEL_SAVE": str(sft), "MLM_RESUME": "0", **iters})
     heldout = tiny / "heldout.jsonl"
     rows = [("fine-tuned, unquantized (fp32: the CPU run's dtype)", exact(env, sft, tiny / "eval_sft.jsonl"),
              answer_nll(sft, heldout), "")]
+    print(rows[-1], flush=True)
+    qat_env = {"MLM_RESUME": "0", "MLM_DATA_ARGS": f"--train-iters {cli.qat_iters} --split 98,2,0",
+               "MLM_OPTIM_ARGS": f"--lr {cli.qat_lr} --min-lr 0 --lr-decay-style cosine",
+               "MLM_EVAL_ARGS": f"--eval-interval {cli.qat_iters} --eval-iters 2 --save-interval {cli.qat_iters} "
+                                "--log-interval 50"}
+    control = tiny / "more_steps"
+    seconds = run("finetune.sh", {**env, **qat_env, "MLM_MODEL_CKPT": str(sft), "MLM_MODEL_SAVE": str(control)})
+    rows.append((f"control: unquantized + the same {cli.qat_iters} steps", exact(env, control, tiny / "eval_more.jsonl"),
+                 answer_nll(control, heldout), f"{seconds:.0f} s"))
     print(rows[-1], flush=True)
     for fmt in cli.formats:
         quant, qat = tiny / f"quant_{fmt}", tiny / f"qat_{fmt}"
@@ -105,11 +119,7 @@ def main() -> None:
         rows.append((f"PTQ {fmt} (quantize.sh, 512 calibration samples)", exact(env, quant, tiny / f"eval_{fmt}.jsonl"),
                      answer_nll(quant, heldout), f"{seconds:.0f} s"))
         print(rows[-1], flush=True)
-        seconds = run("finetune.sh", {**env, "MLM_MODEL_CKPT": str(quant), "MLM_MODEL_SAVE": str(qat),
-                                      "MLM_RESUME": "0", "MLM_DATA_ARGS": f"--train-iters {cli.qat_iters} --split 98,2,0",
-                                      "MLM_OPTIM_ARGS": f"--lr {cli.qat_lr} --min-lr 0 --lr-decay-style cosine",
-                                      "MLM_EVAL_ARGS": f"--eval-interval {cli.qat_iters} --eval-iters 2 "
-                                                       f"--save-interval {cli.qat_iters} --log-interval 50"})
+        seconds = run("finetune.sh", {**env, **qat_env, "MLM_MODEL_CKPT": str(quant), "MLM_MODEL_SAVE": str(qat)})
         rows.append((f"PTQ {fmt} + QAT {cli.qat_iters} steps (finetune.sh, lr {cli.qat_lr})",
                      exact(env, qat, tiny / f"eval_qat_{fmt}.jsonl"), answer_nll(qat, heldout), f"{seconds:.0f} s"))
         print(rows[-1], flush=True)

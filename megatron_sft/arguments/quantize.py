@@ -63,5 +63,7 @@ def add_quantize_args(parser: ArgumentParser) -> None:
                                                                      "unquantized")
     g.add_argument("--export-kv-cache-quant", action="store_true",
                    help="also quantize the KV cache (FP8; needs Transformer Engine's attention, i.e. a GPU)")
-    g.add_argument("--skip-first-layers", type=int, help="keep the first N transformer layers unquantized")
-    g.add_argument("--skip-last-layers", type=int, help="keep the last N transformer layers unquantized")
+    g.add_argument("--num-first-layers-to-skip-quant", type=int, help="keep the first N transformer layers "
+                                                                       "unquantized")
+    g.add_argument("--num-last-layers-to-skip-quant", type=int, help="keep the last N transformer layers "
+                                                                      "unquantized")

@@ -235,8 +235,8 @@ class QuantizationConfig:
     weight_only: bool = False
     disable_qkv_quant: bool = False
     export_kv_cache_quant: bool = False
-    skip_first_layers: int = 0
-    skip_last_layers: int = 0
+    num_first_layers_to_skip_quant: int = 0
+    num_last_layers_to_skip_quant: int = 0
 
 
 SECTIONS = {

@@ -306,7 +306,7 @@ Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at 
 
 
 def quantize(s: Settings, conf: ModelConf, work: str) -> Plan:
-    """Quantize MODEL with nvidia-modelopt (calibration, then fake quantization): examples/quantize.sh MODEL [QUANT_CFG]
+    """Quantize MODEL with nvidia-modelopt (calibrate, then fake-quantize): examples/quantize.sh MODEL [QUANT_CFG]
 
   QUANT_CFG       the format, after MODEL or as a variable: fp8 (default), int8_sq, int4_awq, w4a8_awq, int8; nvfp4
                   and mxfp8 need CUDA; or a config name of modelopt.torch.quantization (e.g. INT8_DEFAULT_CFG)
@@ -317,7 +317,7 @@ def quantize(s: Settings, conf: ModelConf, work: str) -> Plan:
                   Hugging Face dataset name; default as finetune.sh's); CALIB_DATA instead: a JSONL of chat
                   records or {"text": ...} lines
   CALIB_SIZE      calibration samples (default 512), each cut to the conf's --seq-length tokens
-  MLM_EXTRA_ARGS  e.g. "--weight-only --disable-qkv-quant --skip-first-layers 1 --skip-last-layers 1"
+  MLM_EXTRA_ARGS  e.g. "--weight-only --disable-qkv-quant --num-last-layers-to-skip-quant 1"
 Next: finetune.sh MODEL with MLM_MODEL_CKPT=<MLM_QUANT_CKPT> trains through the quantizers (QAT); generate.sh and
 mmlu.sh with MLM_MODEL_CKPT=<it> run the quantized model; export.sh writes it for serving (fp8).
 """

@@ -49,8 +49,8 @@ def modelopt_config(cfg: RunConfig, module) -> dict:
 
 def _skipped_local_layers(cfg: RunConfig, module) -> list[int]:
     """This rank's indices (module names are per pipeline stage) of the layers --skip-first/last-layers keep."""
-    n = cfg.model.num_layers
-    first, last = cfg.quantization.skip_first_layers, cfg.quantization.skip_last_layers
+    n, q = cfg.model.num_layers, cfg.quantization
+    first, last = q.num_first_layers_to_skip_quant, q.num_last_layers_to_skip_quant
     skipped = set(range(first)) | set(range(n - last, n))
     return [i for i, layer in enumerate(module.decoder.layers) if layer.layer_number - 1 in skipped]
 
@@ -62,7 +62,8 @@ def check_quantize_args(cfg: RunConfig) -> None:
         raise UserError("--save is required: where the quantized checkpoint goes")
     if q.calib_size < 1:
         raise UserError(f"--calib-size {q.calib_size}: calibration needs at least one sample")
-    for flag, value in (("--skip-first-layers", q.skip_first_layers), ("--skip-last-layers", q.skip_last_layers)):
+    for flag, value in (("--num-first-layers-to-skip-quant", q.num_first_layers_to_skip_quant),
+                        ("--num-last-layers-to-skip-quant", q.num_last_layers_to_skip_quant)):
         if not 0 <= value <= cfg.model.num_layers:
             raise UserError(f"{flag} {value}: between 0 and the model's {cfg.model.num_layers} layers")
     if q.export_kv_cache_quant and cfg.runtime.transformer_impl != "transformer_engine":
@@ -107,7 +108,8 @@ def quantize(cfg: RunConfig) -> Path:
     tokens = sum(s.numel() for s in samples)
     log.info("quantized (%s): %d enabled quantizers on this rank; calibrated on %d samples (%d tokens) in %.1f s; "
              "the logits of the first sample moved by relative RMS %s", cfg.quantization.export_quant_cfg,
-             _enabled_quantizers(chunks), len(samples), tokens, seconds, f"{change:.3g}" if change is not None else "-")
+             _enabled_quantizers(chunks), len(samples), tokens, seconds,
+             f"{change:.3g}" if change is not None else "(on the last pipeline stage)")
     record = {"format": cfg.quantization.export_quant_cfg, "modelopt_cfg": quant_format(
         cfg.quantization.export_quant_cfg).modelopt_cfg, "flags": _flags(cfg), "source": cfg.checkpoint.load,
         "calibration": {"data": calibration_source(cfg), "samples": len(samples), "tokens": tokens,
@@ -149,7 +151,8 @@ def _enabled_quantizers(chunks: list) -> int:
 def _flags(cfg: RunConfig) -> dict:
     q = cfg.quantization
     return {"weight_only": q.weight_only, "disable_qkv_quant": q.disable_qkv_quant,
-            "export_kv_cache_quant": q.export_kv_cache_quant, "skip_first_layers": q.skip_first_layers,
-            "skip_last_layers": q.skip_last_layers, "calib_size": q.calib_size,
+            "export_kv_cache_quant": q.export_kv_cache_quant,
+            "num_first_layers_to_skip_quant": q.num_first_layers_to_skip_quant,
+            "num_last_layers_to_skip_quant": q.num_last_layers_to_skip_quant, "calib_size": q.calib_size,
             "tensor_model_parallel_size": cfg.parallel.tensor_model_parallel_size,
             "pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size}

@@ -109,6 +109,15 @@ def test_fake_quantized_logits_equal_modelopt_on_transformers(out, family, fmt, 
         assert (ours - reference).abs().max().item() <= 1e-4, ((ours - reference).abs().max().item(), effect)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_quantized_checkpoint_reloads_at_another_tp(out, family, fmt):
+    """Saved at TP=1, loaded at TP=2: the same model (per-row quantizer values of SwiGLU's fc1 included)."""
+    saved = torch.load(out / "logits" / f"{family}_{fmt}_tp1.pt")
+    resharded = torch.load(out / "logits" / f"{family}_{fmt}_tp1_at_tp2.pt")
+    assert (saved - resharded).abs().max().item() <= 1e-5
+
+
 def test_fp8_export_dequantizes_to_the_fake_quantized_weights(out):
     from safetensors.torch import load_file
 

@@ -60,8 +60,8 @@ def test_int4_blocks_must_be_whole_on_each_tensor_parallel_rank(tiny_models):
 def test_skipped_layers_and_kv_cache_flags_are_checked(tiny_models):
     from megatron_sft.quantization.ptq import check_quantize_args
 
-    with pytest.raises(UserError, match="--skip-last-layers 9: between 0 and the model's 4 layers"):
-        check_quantize_args(_cfg(tiny_models["qwen3"], "--skip-last-layers", "9"))
+    with pytest.raises(UserError, match="--num-last-layers-to-skip-quant 9: between 0 and the model's 4 layers"):
+        check_quantize_args(_cfg(tiny_models["qwen3"], "--num-last-layers-to-skip-quant", "9"))
     with pytest.raises(UserError, match="--export-kv-cache-quant: .* Transformer Engine"):
         check_quantize_args(_cfg(tiny_models["qwen3"], "--export-kv-cache-quant", "--device", "cpu"))
 
@@ -73,7 +73,7 @@ def test_modelopt_config_disables_what_the_flags_say(tiny_models):
     from megatron_sft.quantization.ptq import modelopt_config
 
     cfg = _cfg(tiny_models["qwen3"], "--export-quant-cfg", "int8_sq", "--weight-only", "--disable-qkv-quant",
-               "--skip-first-layers", "1", "--skip-last-layers", "1")
+               "--num-first-layers-to-skip-quant", "1", "--num-last-layers-to-skip-quant", "1")
     # pipeline stage 2 of 2: this rank holds layers 3 and 4 (1-based), local indices 0 and 1
     module = SimpleNamespace(decoder=SimpleNamespace(layers=[SimpleNamespace(layer_number=3),
                                                              SimpleNamespace(layer_number=4)]))

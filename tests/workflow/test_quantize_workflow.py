@@ -122,3 +122,15 @@ def test_export_of_a_format_modelopt_cannot_write_is_refused(flow):
     proc = run_script("export", "tiny", script_env(flow["work"], MLM_MODEL_CKPT=str(int8),
                                                    EXPORT_DIR=str(flow["work"] / "x")), check=False)
     _refused(proc, "INT8_SMOOTHQUANT_CFG", "FP8")
+
+
+def test_sft_api_trains_the_quantized_checkpoint(flow):
+    from megatron_sft import sft
+
+    save = flow["work"] / "sft_qat"
+    result = sft(model_path=str(flow["quant"]), data_path=f"{flow['work'] / 'tiny' / 'train.jsonl'}:24",
+                 ckpt_output_dir=str(save), effective_batch_size=8, learning_rate=1e-3, max_seq_len=128,
+                 data_cache_dir=str(flow["work"] / "data_cache"), quiet=True)
+    last = save / f"iter_{result.iterations:07d}"
+    assert result.iterations >= 1 and (last / "modelopt_state").is_dir()
+    assert "is quantized (fp8)" in (save / "training.log").read_text()

@@ -8,7 +8,8 @@ reloaded and its logits of OUT/tokens.pt written to OUT/logits/<family>_<format>
 from the TP=1 quantized checkpoints, per-step loss and grad norm in OUT/qat_tp<N>.json.
 World size 1 also: convert.py's export of the FP8 checkpoint (OUT/export_fp8) and the Megatron model's own
 fake-quantized weights under Hugging Face names (OUT/fake_quant_fp8.pt).
-World size 2 also: 10 QAT steps straight vs 5 + resume 5 (OUT/qat_resume.json).
+World size 2 also: the TP=1 checkpoints' logits loaded at TP=2 (<name>_tp1_at_tp2.pt), 10 QAT steps straight vs
+5 + resume 5 (OUT/qat_resume.json).
 DATA holds calib.jsonl (texts) and chat.jsonl (conversations).
 """
 
@@ -59,6 +60,12 @@ def quantize_all(cli, tp: int) -> None:
             logits = forward_logits(chunks, tokens)
             if rank0():
                 torch.save(logits, cli.out / "logits" / f"{name}.pt")
+            if tp == 2:  # the TP=1 launch's checkpoint of the same model, resharded
+                chunks = build_and_load(with_runtime(f"--load {cli.out / 'quant' / f'{family}_{fmt}_tp1'} "
+                                                     f"--tensor-model-parallel-size {tp}"))
+                logits = forward_logits(chunks, tokens)
+                if rank0():
+                    torch.save(logits, cli.out / "logits" / f"{family}_{fmt}_tp1_at_tp2.pt")
 
 
 def train_flags(cli, load: Path, tp: int) -> str:
