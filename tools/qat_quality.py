@@ -125,7 +125,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     print("\n| model | exact held-out answers | answer NLL (nats/token) | script time |\n|---|---|---|---|")
     for name, (hits, n), nll, seconds in rows:
-        print(f"| {name} | {hits}/{n} ({hits / n:.0%}) | {nll:.4f} | {seconds} |")
+        print(f"| {name} | {hits}/{n} ({hits / n:.0%}) | {nll:.3g} | {seconds} |")
 
 
 if __name__ == "__main__":

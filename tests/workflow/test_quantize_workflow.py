@@ -102,7 +102,8 @@ def test_cuda_only_format_is_refused_before_any_model(flow):
                            "--save", str(flow["work"] / "never"), "--export-quant-cfg", "mxfp8", "--device", "cpu"],
                           capture_output=True, text=True, env=script_env(flow["work"]), timeout=120)
     _refused(proc, "--export-quant-cfg mxfp8", "CUDA")
-    assert "weights" not in proc.stdout + proc.stderr and not (flow["work"] / "never").exists()
+    assert "imported" not in proc.stdout + proc.stderr  # no model was loaded
+    assert not (flow["work"] / "never" / "latest_checkpointed_iteration.txt").exists()
 
 
 def test_lora_and_save_hf_on_a_quantized_model_are_refused(flow):
