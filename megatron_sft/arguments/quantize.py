@@ -67,3 +67,46 @@ def add_quantize_args(parser: ArgumentParser) -> None:
                                                                        "unquantized")
     g.add_argument("--num-last-layers-to-skip-quant", type=int, help="keep the last N transformer layers "
                                                                       "unquantized")
+
+
+def check_quantize_args(cfg) -> None:
+    """Refusals that need no model: every one names its flag and what to do."""
+    q, fmt = cfg.quantization, quant_format(cfg.quantization.export_quant_cfg)
+    if not cfg.checkpoint.save:
+        raise UserError("--save is required: where the quantized checkpoint goes")
+    if q.calib_size < 1:
+        raise UserError(f"--calib-size {q.calib_size}: calibration needs at least one sample")
+    for flag, value in (("--num-first-layers-to-skip-quant", q.num_first_layers_to_skip_quant),
+                        ("--num-last-layers-to-skip-quant", q.num_last_layers_to_skip_quant)):
+        if not 0 <= value <= cfg.model.num_layers:
+            raise UserError(f"{flag} {value}: between 0 and the model's {cfg.model.num_layers} layers")
+    if cfg.is_lora:
+        raise UserError(f"--load {cfg.checkpoint.load} is a LoRA run: merge it first (convert.sh with MERGE_LORA=1 "
+                        "writes the merged Hugging Face model) and quantize that (HF_MODEL_CKPT=<it>)")
+    impl = cfg.runtime.transformer_impl  # None before start-up (the launcher's check): decided then
+    if q.export_kv_cache_quant and impl not in (None, "transformer_engine"):
+        raise UserError("--export-kv-cache-quant: modelopt quantizes the KV cache in Transformer Engine's "
+                        "attention only; run on a GPU with Transformer Engine, or drop the flag")
+    if cfg.parallel.context_parallel_size > 1:
+        raise UserError("quantize runs at --context-parallel-size 1 (calibration samples are short); a "
+                        "quantized checkpoint still trains at any CP")
+    if fmt.blocks:
+        _check_blocks(cfg)
+
+
+def _check_blocks(cfg, block: int = 128) -> None:
+    """Block formats cut each weight row into blocks of 128 inputs; a row-parallel layer's TP shard must hold whole
+    blocks, or the blocks (and their scales) would differ between layouts and the checkpoint could not reshard."""
+    m, p = cfg.model, cfg.parallel
+    tp, etp = p.tensor_model_parallel_size, p.expert_tensor_parallel_size or p.tensor_model_parallel_size
+    inputs = [("attention output (heads x head dim)", m.num_attention_heads * m.kv_channels, tp, "TP")]
+    if m.num_experts:
+        inputs.append(("expert down projection (moe ffn hidden size)", m.moe_ffn_hidden_size or m.ffn_hidden_size,
+                       etp, "expert TP"))
+    else:
+        inputs.append(("MLP down projection (ffn hidden size)", m.ffn_hidden_size, tp, "TP"))
+    for what, size, ranks, name in inputs:
+        if size and (size // ranks) % block:
+            raise UserError(f"--export-quant-cfg {cfg.quantization.export_quant_cfg}: the {what} input is {size} "
+                            f"wide, {size // ranks} per tensor-parallel rank at {name} {ranks}: not a multiple of "
+                            f"the {block}-wide quantization blocks; use a lower TP or another format (fp8, int8_sq)")

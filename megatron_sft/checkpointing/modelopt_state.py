@@ -93,11 +93,13 @@ def shard_fc1_rows_as_swiglu(chunk, state: dict) -> dict:
     modelopt (0.46.1) means to do this (`_QuantMegatronMLP._modelopt_state_keys`) but tests its patterns with
     `re.match`, which anchors them at the start of the key, so they never match; saved at one TP and loaded at
     another, an INT8/INT4 model then scales its fc1 rows with another row's range (TP 1 -> TP 2 moved the
-    logits by 0.013). Applied on save and on load alike, so the keys agree."""
+    logits by 0.013). Applied on save and on load alike, so the keys agree; only to checkpoints this project
+    quantized (they carry quantization.json): one from Megatron-LM keeps its own layout."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
     from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
 
-    if not getattr(unwrap(chunk).config, "gated_linear_unit", False):
+    module = unwrap(chunk)
+    if not getattr(module.config, "gated_linear_unit", False) or not getattr(module, "quantization_record", None):
         return state
     for key, value in state.items():
         if isinstance(value, ShardedTensor) and _FC1_ROWS.search(key) and value.local_shape[0] > 1:

@@ -52,6 +52,10 @@ def check_command(script: str, plan: Plan) -> None:
     from megatron_sft.arguments import parse_args
 
     args = parse_args(plan.flags, world_size=plan.layout.nproc, extra=_parser_groups(script))
+    if script == "quantize":  # what needs no model: formats, block sizes per TP rank, LoRA input, CP
+        from megatron_sft.arguments.quantize import check_quantize_args
+
+        check_quantize_args(args)
     if script in ("convert", "export", "quantize"):
         from megatron_sft.arguments.inputs import check_not_converting_in_place
 

@@ -329,6 +329,9 @@ mmlu.sh with MLM_MODEL_CKPT=<it> run the quantized model; export.sh writes it fo
     else:
         fmt = s.setting("QUANT_CFG", "fp8")
     _check_quant_format(fmt)
+    if has_flag("--export-quant-cfg", s.given("MLM_EXTRA_ARGS"), shlex.join(s.command_line)):
+        raise LaunchError("give the format as QUANT_CFG (or the argument after MODEL), not as --export-quant-cfg in "
+                          "MLM_EXTRA_ARGS or the flags")
     load = _inference_load(s, conf.name, work)
     save = s.setting("MLM_QUANT_CKPT", f"{work}/{conf.name}_quant")
     calib = s.given("CALIB_DATA")
@@ -372,11 +375,11 @@ def export(s: Settings, conf: ModelConf, work: str) -> Plan:
 Runs at TP=1 with one process per pipeline stage (PP), whatever layout the checkpoint was saved at.
 """
     if not s.given("MLM_MODEL_CKPT"):
-        quant = f"{work}/{conf.name}_quant"
+        quant = s.setting("MLM_QUANT_CKPT", f"{work}/{conf.name}_quant")
         if _complete_checkpoint(quant) is None:
             raise LaunchError(f"set MLM_MODEL_CKPT to the Megatron checkpoint to export (no quantize.sh output in "
-                              f"{quant})")
-        s.env = {**s.env, "MLM_MODEL_CKPT": quant}
+                              f"MLM_QUANT_CKPT={quant})")
+        s.env = {**s.env, "MLM_MODEL_CKPT": quant}  # convert's Megatron -> Hugging Face direction
     return convert(s, conf, work)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_sft.arguments.quantize import quant_format
+from megatron_sft.arguments.quantize import check_quantize_args, quant_format
 from megatron_sft.arguments.run_config import RunConfig
 from megatron_sft.checkpointing import modelopt_state
 from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
@@ -40,10 +40,9 @@ def modelopt_config(cfg: RunConfig, module) -> dict:
     q = cfg.quantization
     off = [*(["*input_quantizer"] if q.weight_only else []), *(["*linear_qkv*"] if q.disable_qkv_quant else []),
            *(f"*decoder.layers.{i}.*" for i in _skipped_local_layers(cfg, module))]
-    entries = [{"quantizer_name": pattern, "enable": False} for pattern in off]
-    if q.export_kv_cache_quant:
-        entries += copy.deepcopy(mtq.FP8_KV_CFG["quant_cfg"])
-    config["quant_cfg"] = [*config["quant_cfg"], *entries]
+    kv = copy.deepcopy(mtq.FP8_KV_CFG["quant_cfg"]) if q.export_kv_cache_quant else []
+    # the disables last: a layer kept unquantized keeps its KV cache unquantized too
+    config["quant_cfg"] = [*config["quant_cfg"], *kv, *({"quantizer_name": p, "enable": False} for p in off)]
     return config
 
 
@@ -55,40 +54,6 @@ def _skipped_local_layers(cfg: RunConfig, module) -> list[int]:
     return [i for i, layer in enumerate(module.decoder.layers) if layer.layer_number - 1 in skipped]
 
 
-def check_quantize_args(cfg: RunConfig) -> None:
-    """Refusals that need no model: every one names its flag and what to do."""
-    q, fmt = cfg.quantization, quant_format(cfg.quantization.export_quant_cfg)
-    if not cfg.checkpoint.save:
-        raise UserError("--save is required: where the quantized checkpoint goes")
-    if q.calib_size < 1:
-        raise UserError(f"--calib-size {q.calib_size}: calibration needs at least one sample")
-    for flag, value in (("--num-first-layers-to-skip-quant", q.num_first_layers_to_skip_quant),
-                        ("--num-last-layers-to-skip-quant", q.num_last_layers_to_skip_quant)):
-        if not 0 <= value <= cfg.model.num_layers:
-            raise UserError(f"{flag} {value}: between 0 and the model's {cfg.model.num_layers} layers")
-    if q.export_kv_cache_quant and cfg.runtime.transformer_impl != "transformer_engine":
-        raise UserError("--export-kv-cache-quant: modelopt quantizes the KV cache in Transformer Engine's "
-                        "attention only; run on a GPU with Transformer Engine, or drop the flag")
-    if cfg.parallel.context_parallel_size > 1:
-        raise UserError("quantize runs at --context-parallel-size 1 (calibration samples are short); a "
-                        "quantized checkpoint still trains at any CP")
-    if fmt.blocks:
-        _check_blocks(cfg)
-
-
-def _check_blocks(cfg: RunConfig, block: int = 128) -> None:
-    """Block formats cut each weight row into blocks of 128 inputs; a row-parallel layer's TP shard must hold whole
-    blocks, or the blocks (and their scales) would differ between layouts and the checkpoint could not reshard."""
-    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
-    inputs = {"attention output (heads x head dim)": m.num_attention_heads * m.kv_channels,
-              "MLP down projection (ffn hidden size)": m.ffn_hidden_size}
-    for what, size in inputs.items():
-        if size and (size // tp) % block:
-            raise UserError(f"--export-quant-cfg {cfg.quantization.export_quant_cfg}: the {what} input is {size} "
-                            f"wide, {size // tp} per tensor-parallel rank at TP {tp}: not a multiple of the "
-                            f"{block}-wide quantization blocks; use a lower TP or another format (fp8, int8_sq)")
-
-
 def quantize(cfg: RunConfig) -> Path:
     import modelopt.torch.quantization as mtq
 
@@ -97,7 +62,8 @@ def quantize(cfg: RunConfig) -> Path:
     if modelopt_state.model_is_quantized(chunks):
         raise UserError(f"--load {cfg.checkpoint.load} is quantized already; quantize its unquantized source")
     modelopt_state.check_single_chunk(chunks)
-    samples = calibration_samples(cfg, load_run_tokenizer(cfg))
+    device = next(unwrap(chunks[0]).parameters()).device
+    samples = [s.to(device) for s in calibration_samples(cfg, load_run_tokenizer(cfg))]
     before = forward_logits(chunks, samples[0])
     config = modelopt_config(cfg, unwrap(chunks[0]))
     t0 = time.perf_counter()
@@ -128,7 +94,8 @@ def _calibration_loop(chunks: list, samples: list):
         passes.append(time.perf_counter())
         step = max(1, len(samples) // 10)
         for i, sample in enumerate(samples, 1):
-            forward_logits(chunks, sample)
+            # the output layer is not quantized: the last position's logits suffice (no [S, V] gather)
+            forward_logits(chunks, sample, select=torch.tensor([sample.shape[1] - 1], device=sample.device))
             if i % step == 0 or i == len(samples):
                 log.info("calibration pass %d: %d/%d samples (%.1f s)", len(passes), i, len(samples),
                          time.perf_counter() - passes[-1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_sft.arguments.quantize import FORMATS, check_cuda_format, quant_format
+from megatron_sft.arguments.quantize import FORMATS, check_cuda_format, check_quantize_args, quant_format
 from megatron_sft.errors import UserError
 
 
@@ -46,7 +46,6 @@ def _cfg(model, *flags: str, world_size: int = 1):
 
 
 def test_int4_blocks_must_be_whole_on_each_tensor_parallel_rank(tiny_models):
-    from megatron_sft.quantization.ptq import check_quantize_args
 
     # tiny Qwen3: 8 heads x 16 = 128 attention-output inputs, 64 per rank at TP 2: half a 128-wide block
     cfg = _cfg(tiny_models["qwen3"], "--export-quant-cfg", "int4_awq", "--tensor-model-parallel-size", "2",
@@ -58,12 +57,11 @@ def test_int4_blocks_must_be_whole_on_each_tensor_parallel_rank(tiny_models):
 
 
 def test_skipped_layers_and_kv_cache_flags_are_checked(tiny_models):
-    from megatron_sft.quantization.ptq import check_quantize_args
 
     with pytest.raises(UserError, match="--num-last-layers-to-skip-quant 9: between 0 and the model's 4 layers"):
         check_quantize_args(_cfg(tiny_models["qwen3"], "--num-last-layers-to-skip-quant", "9"))
     with pytest.raises(UserError, match="--export-kv-cache-quant: .* Transformer Engine"):
-        check_quantize_args(_cfg(tiny_models["qwen3"], "--export-kv-cache-quant", "--device", "cpu"))
+        check_quantize_args(_cfg(tiny_models["qwen3"], "--export-kv-cache-quant", "--transformer-impl", "local"))
 
 
 def test_modelopt_config_disables_what_the_flags_say(tiny_models):
@@ -80,3 +78,21 @@ def test_modelopt_config_disables_what_the_flags_say(tiny_models):
     entries = modelopt_config(cfg, module)["quant_cfg"][-3:]
     assert [e["quantizer_name"] for e in entries] == ["*input_quantizer", "*linear_qkv*", "*decoder.layers.1.*"]
     assert all(e["enable"] is False for e in entries)
+
+
+def test_moe_blocks_are_checked_against_the_expert_tensor_parallel_size(tiny_models):
+    """Tiny Qwen3-MoE: experts' down projection takes 32 inputs, never a whole 128-wide block."""
+    with pytest.raises(UserError, match=r"expert down projection .* 32 per tensor-parallel rank at expert TP 1"):
+        check_quantize_args(_cfg(tiny_models["qwen3_moe"], "--export-quant-cfg", "int4_awq"))
+
+
+def test_the_launcher_refuses_a_format_given_twice(tmp_path, tiny_models):
+    from megatron_sft.launch.main import plan_launch
+
+    env = {"MLM_WORK_DIR": str(tmp_path), "HF_MODEL_CKPT": str(tiny_models["qwen3"]),
+           "DATASET": str(tiny_models["qwen3"] / "config.json"), "MLM_EXTRA_ARGS": "--export-quant-cfg int8_sq"}
+    with pytest.raises(UserError, match="give the format as QUANT_CFG"):
+        plan_launch("quantize", "tiny", env, extra=["fp8"])
+    s, plan = plan_launch("quantize", "tiny", {**env, "MLM_EXTRA_ARGS": ""}, extra=["int8_sq", "--calib-size", "8"])
+    assert plan.flags[plan.flags.index("--export-quant-cfg") + 1] == "int8_sq" and plan.flags[-2:] == ["--calib-size",
+                                                                                                      "8"]
