@@ -66,8 +66,8 @@ def _text(where: str, record, renderer: ChatRenderer) -> str | None:
 
 
 def calibration_samples(cfg, tokenizer) -> list[torch.Tensor]:
-    """Up to --calib-size token sequences ([1, n] int64), each at most --seq-length long and a multiple of
-    `multiple` (sequence parallelism splits the sequence over TP ranks)."""
+    """Up to --calib-size token sequences ([1, n] int64, on the CPU), each at most --seq-length long; under sequence
+    parallelism cut to a multiple of TP (the sequence is split over the TP ranks)."""
     source = calibration_source(cfg)
     renderer = ChatRenderer(tokenizer, read_chat_template(cfg.data.chat_template))
     limit, size = cfg.data.seq_length or DEFAULT_CALIB_LENGTH, cfg.quantization.calib_size

@@ -47,7 +47,8 @@ def modelopt_config(cfg: RunConfig, module) -> dict:
 
 
 def _skipped_local_layers(cfg: RunConfig, module) -> list[int]:
-    """This rank's indices (module names are per pipeline stage) of the layers --skip-first/last-layers keep."""
+    """This rank's indices (module names are per pipeline stage) of the layers that
+    --num-first/last-layers-to-skip-quant keep unquantized."""
     n, q = cfg.model.num_layers, cfg.quantization
     first, last = q.num_first_layers_to_skip_quant, q.num_last_layers_to_skip_quant
     skipped = set(range(first)) | set(range(n - last, n))
