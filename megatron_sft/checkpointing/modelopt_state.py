@@ -38,7 +38,7 @@ def read_record(ckpt_dir: str | Path) -> dict:
 
 def describe(ckpt_dir: str | Path) -> str:
     record = read_record(ckpt_dir)
-    return record.get("format") or record.get("quant_cfg") or "quantized (format not recorded)"
+    return record.get("format") or "format not recorded"
 
 
 def model_is_quantized(chunks: list) -> bool:

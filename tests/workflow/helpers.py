@@ -12,6 +12,14 @@ EXAMPLES = REPO / "examples"
 FACTS = REPO / "tests" / "data" / "hf_model_configs.json"
 
 
+def build_embedded_default(work_dir: Path) -> Path:
+    """The tiny model and its task under WORK/tiny, as examples/demo.sh's first step builds them."""
+    tiny = work_dir / "tiny"
+    subprocess.run([sys.executable, str(REPO / "tools" / "make_embedded_default.py"), "build", "--out", str(tiny)],
+                   check=True, capture_output=True)
+    return tiny
+
+
 def script_env(work_dir: Path, **extra: str) -> dict[str, str]:
     """A clean environment: only PATH (this interpreter first), the thread count and what the test sets."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"

@@ -8,13 +8,11 @@ convert.sh (adapter, then MERGE_LORA=1), mmlu.sh, and last generate.sh after the
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.workflow.helpers import REPO, run_script, script_env
+from tests.workflow.helpers import build_embedded_default, REPO, run_script, script_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.timeout(900)]
 
@@ -24,8 +22,7 @@ ITERS = 6
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("lora_workflow")
-    subprocess.run([sys.executable, str(REPO / "tools" / "make_embedded_default.py"), "build", "--out",
-                    str(work / "tiny")], check=True, capture_output=True)
+    build_embedded_default(work)
     save = work / "lora_sft"
     common = dict(PEFT="lora", MLM_MODEL_SAVE=str(save), MLM_EVAL_ARGS="--eval-iters 0 --log-interval 1")
     first = run_script("finetune", "tiny", script_env(work, MLM_DATA_ARGS=f"--train-iters {ITERS // 2}", **common))

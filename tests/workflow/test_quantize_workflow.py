@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.workflow.helpers import EXAMPLES, REPO, run_script, script_env
+from tests.workflow.helpers import build_embedded_default, EXAMPLES, REPO, run_script, script_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.timeout(900)]
 QAT_ITERS = 3
@@ -19,8 +19,7 @@ QAT_ITERS = 3
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("quantize_workflow")
-    subprocess.run([sys.executable, str(REPO / "tools" / "make_embedded_default.py"), "build", "--out",
-                    str(work / "tiny")], check=True, capture_output=True)
+    build_embedded_default(work)
     env = dict(CALIB_SIZE="16")
     quantize = run_script("quantize", "tiny", script_env(work, **env))  # HF_MODEL_CKPT from conf/tiny.sh, fp8
     quant = work / "tiny_quant"
