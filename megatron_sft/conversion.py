@@ -42,9 +42,13 @@ def megatron_to_hf(cfg: RunConfig) -> Path:
     if source is None or not (Path(source) / "config.json").is_file():
         raise UserError(f"{cfg.checkpoint.load}: the checkpoint has no {layout.HF_ASSETS}/config.json and no "
                         "--pretrained-model-path was given; pass the HF directory it came from")
-    check_quantized_export(cfg)
+    path = quantized_export_path(cfg)
     chunks = build_and_load(cfg)
     dtype = dtype_from_name(cfg.checkpoint.export_dtype)  # derived: the run's dtype unless given
+    if path == "hf":
+        from megatron_sft.quantization.hf_export import export_quantized_hf
+
+        return export_quantized_hf(cfg, chunks, source, dtype)
     if cfg.is_lora:
         from megatron_sft.peft.lora import unload_lora
 
@@ -54,23 +58,39 @@ def megatron_to_hf(cfg: RunConfig) -> Path:
     return export_hf_weights(chunks, source, cfg.checkpoint.save, dtype)
 
 
-# What nvidia-modelopt's Megatron exporter writes in its quantized Hugging Face format. Checked with 0.46.1: FP8
-# exports (verified here); SmoothQuant and AWQ raise "Detect pre_quant_scale! SmoothQuant/AWQ are not yet
-# supported!", per-channel INT8 fails reshaping its scales, INT4 block weights come out unquantized. NVFP4 is
-# in the exporter's table but needs CUDA and is not verified here.
-EXPORTABLE = {"FP8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG"}
+# The quantized formats written by nvidia-modelopt's Megatron exporter (as convert.sh's export). Checked with
+# 0.46.1: FP8 exports (verified here); NVFP4 is in its table but needs CUDA (not verified here). The others
+# (SmoothQuant and AWQ scales, per-channel INT8, INT4 blocks) go through its Hugging Face exporter: hf_export.py.
+MEGATRON_EXPORTER = {"FP8_DEFAULT_CFG", "NVFP4_DEFAULT_CFG"}
 
 
-def check_quantized_export(cfg: RunConfig) -> None:
-    """Before any model is built: a quantized checkpoint in a format the exporter cannot write is one line."""
+def quantized_export_path(cfg: RunConfig) -> str | None:
+    """Before any model is built: None (not quantized), "megatron" or "hf" (which exporter writes the format);
+    a format neither writes, or a layout the Hugging Face path cannot take, is one line."""
+    from megatron_sft.quantization.hf_export import HF_PATH
+
     ckpt_dir = layout.latest_checkpoint_dir(cfg.checkpoint.load, cfg.checkpoint.ckpt_step)[0]
     if not is_quantized(ckpt_dir):
-        return
-    name = read_record(ckpt_dir).get("modelopt_cfg")
-    if name is not None and name not in EXPORTABLE:
-        raise UserError(f"{ckpt_dir} is quantized with {name}; nvidia-modelopt's Megatron exporter writes only FP8 "
-                        "(and NVFP4, on GPU) in its Hugging Face format: quantize with fp8 to serve it, or keep this "
-                        "checkpoint for generate.sh / mmlu.sh, which run it fake-quantized")
+        return None
+    record = read_record(ckpt_dir)
+    name = record.get("modelopt_cfg")
+    if name is None or name in MEGATRON_EXPORTER:  # quantized elsewhere (Megatron-LM): its own exporter's call
+        return "megatron"
+    if name not in HF_PATH:
+        formats = ", ".join(sorted(MEGATRON_EXPORTER | HF_PATH))
+        raise UserError(f"{ckpt_dir} is quantized with {name}, which the export cannot write (it writes {formats}); "
+                        "generate.sh and mmlu.sh run it fake-quantized")
+    where = f"{ckpt_dir} ({name})"
+    if cfg.parallel.pipeline_model_parallel_size > 1:
+        raise UserError(f"{where}: this format is exported in one process; set PP=1 (the checkpoint is resharded "
+                        "on load whatever layout it was saved at)")
+    if cfg.model.num_experts:
+        raise UserError(f"{where}: this format's export supports dense models; quantize a mixture-of-experts "
+                        "model with fp8 to export it")
+    if (record.get("flags") or {}).get("export_kv_cache_quant"):
+        raise UserError(f"{where}: this format's export does not write a quantized KV cache; quantize without "
+                        "--export-kv-cache-quant, or with fp8")
+    return "hf"
 
 
 def _export_adapter(cfg: RunConfig, chunks: list, dtype) -> Path:

@@ -319,7 +319,7 @@ def quantize(s: Settings, conf: ModelConf, work: str) -> Plan:
   CALIB_SIZE      calibration samples (default 512), each cut to the conf's --seq-length tokens
   MLM_EXTRA_ARGS  e.g. "--weight-only --disable-qkv-quant --num-last-layers-to-skip-quant 1"
 Next: finetune.sh MODEL with MLM_MODEL_CKPT=<MLM_QUANT_CKPT> trains through the quantizers (QAT); generate.sh and
-mmlu.sh with MLM_MODEL_CKPT=<it> run the quantized model; export.sh writes it for serving (fp8).
+mmlu.sh with MLM_MODEL_CKPT=<it> run the quantized model; export.sh writes it for serving.
 """
     layout = read_layout(s)
     launch = launcher(s, layout)
@@ -368,8 +368,11 @@ def export(s: Settings, conf: ModelConf, work: str) -> Plan:
 
   MLM_MODEL_CKPT  the checkpoint (default: quantize.sh's MLM_QUANT_CKPT, $MLM_WORK_DIR/<MODEL>_quant, when it
                   exists). A quantized one (quantize.sh, or finetune.sh on it) is written in nvidia-modelopt's
-                  unified format (FP8 weights and scales, hf_quant_config.json, quantization_config in
-                  config.json), which vLLM and TensorRT-LLM load; an unquantized one as convert.sh writes it
+                  unified format (low-bit weights and their scales, hf_quant_config.json, quantization_config in
+                  config.json), which vLLM and TensorRT-LLM load: fp8 by modelopt's Megatron exporter; int8_sq,
+                  int8, int4_awq, w4a8_awq by its Hugging Face exporter, in one process (PP=1) with the
+                  unquantized tensors in bf16 (fp16 with EXPORT_DTYPE=fp16); an unquantized one as convert.sh
+                  writes it
   EXPORT_DIR      the Hugging Face directory (default $MLM_WORK_DIR/<MODEL>_export)
   EXPORT_DTYPE    the unquantized tensors' dtype: bf16, fp16, fp32 (default: the training dtype)
 Runs at TP=1 with one process per pipeline stage (PP), whatever layout the checkpoint was saved at.

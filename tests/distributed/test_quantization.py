@@ -17,11 +17,13 @@ import torch
 
 from tests.conftest import WORKERS, torchrun
 from tests.distributed.test_training import write_reversal_data
-from tests.distributed.workers.quantization import FAMILIES, FORMATS, QAT_FORMATS
+from tests.distributed.workers.quantization import EXPORT_FORMATS, FAMILIES, FORMATS, QAT_FORMATS
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 MODELOPT_CFG = {"fp8": "FP8_DEFAULT_CFG", "int8_sq": "INT8_SMOOTHQUANT_CFG", "int4_awq": "INT4_AWQ_CFG",
                 "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
+EXPORT_ALGO = {"fp8": "FP8", "int8_sq": "W8A8_SQ_PER_CHANNEL", "int8": "W8A8_SQ_PER_CHANNEL",
+               "int4_awq": "W4A16_AWQ", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ"}
 AWQ_BOUND = 0.75  # INT4-AWQ: |ours - reference| / |reference - unquantized| (relative RMS), see below
 SEQ, CALIB = 64, 4  # the worker's --seq-length and --calib-size
 
@@ -118,25 +120,81 @@ def test_a_quantized_checkpoint_reloads_at_another_tp(out, family, fmt):
     assert (saved - resharded).abs().max().item() <= 1e-5
 
 
-def test_fp8_export_dequantizes_to_the_fake_quantized_weights(out):
+def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """modelopt's INT4 layout: uint8 [out/2, in], row 2r in the low nibble and row 2r+1 in the high one, two's
+    complement."""
+    nibbles = torch.stack([packed & 0x0F, packed >> 4], dim=1).reshape(-1, packed.shape[1]).to(torch.int16)
+    return torch.where(nibbles >= 8, nibbles - 16, nibbles).float()
+
+
+def _dequantize(files: dict, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, one quantization step per element) of linear `name` of an exported checkpoint, by its format."""
+    weight, scale = files[f"{name}.weight"], files[f"{name}.weight_scale"].float()
+    if weight.dtype == torch.float8_e4m3fn:  # per-tensor FP8
+        return weight.float() * scale, None
+    if weight.dtype == torch.int8:  # per-channel INT8
+        return weight.float() * scale[:, None], scale[:, None].expand(weight.shape)
+    codes = _unpack_int4(weight)  # INT4 blocks of 128 inputs: one scale per row and block
+    step = scale.repeat_interleave(codes.shape[1] // scale.shape[1], dim=1)
+    values = codes * step
+    if f"{name}.weight_scale_2" in files:  # W4A8: the INT4 values are held in FP8 with a per-tensor scale
+        scale2 = files[f"{name}.weight_scale_2"].float()
+        values = (values / scale2).to(torch.float8_e4m3fn).float() * scale2
+    return values, step
+
+
+_INPUT_NORMS = {"self_attn.q_proj": ("input_layernorm", "self_attention.linear_qkv"),
+                "mlp.gate_proj": ("post_attention_layernorm", "mlp.linear_fc1"),
+                "self_attn.o_proj": (None, "self_attention.linear_proj"), "mlp.down_proj": (None, "mlp.linear_fc2")}
+
+
+@pytest.mark.parametrize(("family", "fmt"), EXPORT_FORMATS)
+def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
+    """export.sh's directory read back: every quantized linear's codes x scales are the Megatron model's own
+    fake-quantized weight. FP8 (Megatron exporter): the codes bitwise, the values within fp32's rounding of code
+    x scale. INT4/INT8 (Hugging Face exporter, which writes bf16): equal to the fake-quantized bf16-rounded weights
+    (1 ulp); against the fp32 weights each value is within 1.5 steps of its block or channel (a weight that
+    rounds to bf16 across a rounding boundary moves one code; FP8's second rounding of W4A8 adds half), on under
+    1% of the 4-bit weights. AWQ/SmoothQuant's pre_quant_scale is kept as a tensor or folded into the norm
+    before: either way norm x scale equals Megatron's, to bf16's rounding (3 roundings)."""
     from safetensors.torch import load_file
 
-    export = out / "export_fp8"
+    export = out / f"export_{family}_{fmt}"
     files = {}
     for path in export.glob("*.safetensors"):
         files.update(load_file(path))
-    fake = torch.load(out / "fake_quant_fp8.pt")
+    fake = torch.load(out / f"fake_quant_{family}_{fmt}.pt")
     linears = [k[: -len(".weight_scale")] for k in files if k.endswith(".weight_scale")]
     assert len(linears) == 4 * 7, sorted(linears)  # q k v o gate up down in each of the 4 layers
     for name in linears:
-        weight, scale = files[f"{name}.weight"], files[f"{name}.weight_scale"].float()
-        assert weight.dtype == torch.float8_e4m3fn, (name, weight.dtype)
-        ours = fake[f"{name}.weight"].float()
-        # the FP8 codes are the model's; the values agree up to fp32's rounding of code x scale (1 ulp)
-        assert torch.equal(weight, (ours / scale).to(torch.float8_e4m3fn)), name
-        torch.testing.assert_close(weight.float() * scale, ours, rtol=2.4e-7, atol=0)
-    assert json.loads((export / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "FP8"
-    assert json.loads((export / "config.json").read_text())["quantization_config"]["quant_algo"] == "FP8"
+        values, step = _dequantize(files, name)
+        ours = fake["as_saved"][f"{name}.weight"].float()
+        if step is None:
+            scale = files[f"{name}.weight_scale"].float()
+            assert torch.equal(files[f"{name}.weight"], (ours / scale).to(torch.float8_e4m3fn)), name
+            torch.testing.assert_close(values, ours, rtol=2.4e-7, atol=0)
+            continue
+        torch.testing.assert_close(values, fake["bf16"][f"{name}.weight"].float(), rtol=2.4e-7, atol=0)
+        moved = (values - ours).abs() / step
+        assert moved.max().item() <= 1.5, (name, moved.max().item())
+        if files[f"{name}.weight"].dtype == torch.uint8:
+            assert (moved > 1e-3).float().mean().item() < 0.01, (name, (moved > 1e-3).float().mean().item())
+    for i in range(4):
+        for hf_name, (norm, megatron) in _INPUT_NORMS.items():
+            prefix = f"model.layers.{i}"
+            ours = fake["pqs"].get(f"decoder.layers.{i}.{megatron}.input_quantizer._pre_quant_scale")
+            exported = files.get(f"{prefix}.{hf_name}.pre_quant_scale", torch.ones(())).float()
+            if norm is not None:
+                exported = exported * files[f"{prefix}.{norm}.weight"].float()
+                ours = fake["as_saved"][f"{prefix}.{norm}.weight"] * (1 if ours is None else ours)
+            elif ours is None:
+                ours = torch.ones(())
+            # bf16 (unit roundoff 2^-8) rounds the norm, the scale and, folded, their product
+            torch.testing.assert_close(exported, ours.float(), rtol=3 * 2 ** -8, atol=1e-6)
+    algo = EXPORT_ALGO[fmt]
+    assert json.loads((export / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == algo
+    assert json.loads((export / "config.json").read_text())["quantization_config"]["quant_algo"] == algo
+    assert (export / "tokenizer_config.json").is_file()
 
 
 @pytest.mark.parametrize("fmt", QAT_FORMATS)
@@ -147,7 +205,8 @@ def test_qat_at_tp2_equals_tp1(out, fmt):
     for (loss1, norm1), (loss2, norm2) in zip(tp1, tp2):
         assert loss2 == pytest.approx(loss1, rel=1e-5) and norm2 == pytest.approx(norm1, rel=1e-5), (tp1, tp2)
     quant = out / "qat" / f"{fmt}_tp2" / "iter_0000003"
-    assert (quant / "modelopt_state").is_dir() and json.loads((quant / "quantization.json").read_text())["format"] == fmt
+    assert (quant / "modelopt_state").is_dir()
+    assert json.loads((quant / "quantization.json").read_text())["format"] == fmt
 
 
 def test_qat_resume_is_exact(out):

@@ -115,13 +115,27 @@ def test_lora_and_save_hf_on_a_quantized_model_are_refused(flow):
     _refused(proc, "--save-hf", "export.sh")
 
 
-def test_export_of_a_format_modelopt_cannot_write_is_refused(flow):
-    int8 = flow["work"] / "tiny_int8_sq"
-    run_script("quantize", "tiny", script_env(flow["work"], QUANT_CFG="int8_sq", CALIB_SIZE="4",
-                                              MLM_QUANT_CKPT=str(int8)))
-    proc = run_script("export", "tiny", script_env(flow["work"], MLM_MODEL_CKPT=str(int8),
-                                                   EXPORT_DIR=str(flow["work"] / "x")), check=False)
-    _refused(proc, "INT8_SMOOTHQUANT_CFG", "FP8")
+def test_export_sh_writes_int4_awq_and_refuses_it_across_pipeline_stages(flow):
+    from safetensors.torch import load_file
+    import torch
+
+    int4 = flow["work"] / "tiny_int4_awq"
+    run_script("quantize", "tiny", script_env(flow["work"], QUANT_CFG="int4_awq", CALIB_SIZE="4",
+                                              MLM_QUANT_CKPT=str(int4)))
+    proc = run_script("export", "tiny", script_env(flow["work"], MLM_MODEL_CKPT=str(int4),
+                                                   EXPORT_DIR=str(flow["work"] / "int4_export"), PP="2"), check=False)
+    _refused(proc, "INT4_AWQ_CFG", "PP=1")
+    export = flow["work"] / "int4_export"
+    run_script("export", "tiny", script_env(flow["work"], MLM_MODEL_CKPT=str(int4), EXPORT_DIR=str(export)))
+    config = json.loads((export / "hf_quant_config.json").read_text())["quantization"]
+    assert config["quant_algo"] == "W4A16_AWQ" and config["group_size"] == 128, config
+    assert json.loads((export / "config.json").read_text())["quantization_config"]["quant_algo"] == "W4A16_AWQ"
+    assert (export / "tokenizer.json").is_file()
+    tensors = {}
+    for path in export.glob("*.safetensors"):
+        tensors.update(load_file(path))
+    packed = [k for k, v in tensors.items() if v.dtype == torch.uint8]
+    assert len(packed) == 2 * 7, packed  # every linear of the 2 layers, two INT4 codes a byte
 
 
 def test_sft_api_trains_the_quantized_checkpoint(flow):

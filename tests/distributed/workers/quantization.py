@@ -6,8 +6,8 @@
 Both: quantize.py's function on each tiny family x format at TP = world size, then the saved checkpoint
 reloaded and its logits of OUT/tokens.pt written to OUT/logits/<family>_<format>_tp<N>.pt; QAT (3 steps)
 from the TP=1 quantized checkpoints, per-step loss and grad norm in OUT/qat_tp<N>.json.
-World size 1 also: convert.py's export of the FP8 checkpoint (OUT/export_fp8) and the Megatron model's own
-fake-quantized weights under Hugging Face names (OUT/fake_quant_fp8.pt).
+World size 1 also: convert.py's export of each of EXPORT_FORMATS (OUT/export_<family>_<format>) and the Megatron
+model's own fake-quantized weights under Hugging Face names (OUT/fake_quant_<family>_<format>.pt).
 World size 2 also: the TP=1 checkpoints' logits loaded at TP=2 (<name>_tp1_at_tp2.pt), 10 QAT steps straight vs
 5 + resume 5 (OUT/qat_resume.json).
 DATA holds calib.jsonl (texts) and chat.jsonl (conversations).
@@ -25,6 +25,9 @@ FAMILIES = ("qwen3", "llama3")
 # INT4 blocks without AWQ's search too: the block quantization itself, compared exactly
 FORMATS = ("fp8", "int8_sq", "int4_awq", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG")
 QAT_FORMATS = ("fp8", "int8_sq")
+# export.sh's formats, each through its exporter (FP8: modelopt's Megatron one; the others its Hugging Face one)
+EXPORT_FORMATS = (("qwen3", "fp8"), ("qwen3", "int8_sq"), ("qwen3", "int4_awq"), ("llama3", "int4_awq"),
+                  ("qwen3", "w4a8_awq"), ("qwen3", "int8"), ("qwen3", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"))
 
 
 def with_runtime(flags: str):
@@ -105,29 +108,40 @@ def resume_runs(cli, tp: int) -> None:
         (cli.out / "qat_resume.json").write_text(json.dumps(results))
 
 
-def export_fp8(cli) -> None:
-    """convert.py's export, and the fake-quantized weights the model itself computes, named as in Hugging Face
-    (the live model's weights replaced by weight_quantizer(weight), then --save-hf's own tensor export)."""
+def export_formats(cli) -> None:
+    """export.sh's step (convert.py's export) of each EXPORT_FORMATS checkpoint, to OUT/export_<family>_<fmt>,
+    and the Megatron model's own values to check it against, OUT/fake_quant_<family>_<fmt>.pt: under Hugging Face
+    names (--save-hf's tensor export) the weights replaced by weight_quantizer(weight), once from the weights as
+    saved ("as_saved") and once from them rounded to bf16, the dtype the INT4/INT8 export writes ("bf16"); and
+    ("pqs") every pre_quant_scale by Megatron name."""
     import torch
 
     from megatron_sft.checkpointing.hf_tensors import LayerExporter
     from megatron_sft.conversion import convert
     from megatron_sft.loading import build_and_load
     from megatron_sft.models.builder import unwrap
+    from megatron_sft.quantization.ptq import quantize
 
-    ckpt = cli.out / "quant" / "qwen3_fp8_tp1"
-    convert(with_runtime(f"--load {ckpt} --save {cli.out / 'export_fp8'}"))
-    cfg = with_runtime(f"--load {ckpt}")
-    model = unwrap(build_and_load(cfg)[0])
-    with torch.no_grad():
-        for module in model.modules():
-            quantizer = getattr(module, "weight_quantizer", None)
-            if quantizer is not None and quantizer.is_enabled:
-                module.weight.copy_(quantizer(module.weight))
-                quantizer.disable()
-    exporter = LayerExporter(model, cfg.model.hf_architecture, torch.float32, cfg.model.padded_vocab_size)
-    tensors = {k: v for piece in exporter.pieces() for k, v in piece.tensors.items()}
-    torch.save(tensors, cli.out / "fake_quant_fp8.pt")
+    for family, fmt in EXPORT_FORMATS:
+        ckpt = cli.out / "quant" / f"{family}_{fmt}_tp1"
+        if not ckpt.exists():  # a format only the export is tested with
+            quantize(with_runtime(f"--load {cli.models / family} --save {ckpt} --export-quant-cfg {fmt} "
+                                  f"--calib-data-path {cli.data / 'calib.jsonl'} --calib-size 4 --seq-length 64"))
+        convert(with_runtime(f"--load {ckpt} --save {cli.out / f'export_{family}_{fmt}'}"))
+        cfg = with_runtime(f"--load {ckpt}")
+        model = unwrap(build_and_load(cfg)[0])
+        result = {"pqs": {k: v.clone() for k, v in model.named_buffers() if k.endswith("_pre_quant_scale")}}
+        # (a tied output layer has a quantizer but no weight of its own)
+        linears = [m for m in model.modules() if hasattr(m, "weight_quantizer") and m.weight is not None]
+        plain = [m.weight.detach().clone() for m in linears]
+        for key, weights in (("as_saved", plain), ("bf16", [w.bfloat16().to(w.dtype) for w in plain])):
+            with torch.no_grad():
+                for module, weight in zip(linears, weights):
+                    module.weight.copy_(module.weight_quantizer(weight))
+            exporter = LayerExporter(model, cfg.model.hf_architecture, torch.float32, cfg.model.padded_vocab_size)
+            # copies: at TP=1 the export hands out the parameters themselves, which the next pass overwrites
+            result[key] = {k: v.clone() for piece in exporter.pieces() for k, v in piece.tensors.items()}
+        torch.save(result, cli.out / f"fake_quant_{family}_{fmt}.pt")
 
 
 def main() -> None:
@@ -139,7 +153,7 @@ def main() -> None:
     quantize_all(cli, tp)
     qat_runs(cli, tp)
     if tp == 1:
-        export_fp8(cli)
+        export_formats(cli)
     else:
         resume_runs(cli, tp)
     from megatron_sft.runtime.distributed import shutdown
