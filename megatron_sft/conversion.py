@@ -87,7 +87,11 @@ def quantized_export_path(cfg: RunConfig) -> str | None:
     if cfg.model.num_experts:
         raise UserError(f"{where}: this format's export supports dense models; quantize a mixture-of-experts "
                         "model with fp8 to export it")
-    if (record.get("flags") or {}).get("export_kv_cache_quant"):
+    flags = record.get("flags") or {}
+    if name == "W4A8_AWQ_BETA_CFG" and flags.get("weight_only"):
+        raise UserError(f"{where}: W4A8 with --weight-only has no activation scales for the engine's 8-bit "
+                        "activations; quantize with int4_awq for a weight-only INT4 model")
+    if flags.get("export_kv_cache_quant"):
         raise UserError(f"{where}: this format's export does not write a quantized KV cache; quantize without "
                         "--export-kv-cache-quant, or with fp8")
     return "hf"

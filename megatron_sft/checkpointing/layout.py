@@ -31,7 +31,7 @@ TRACKER = "latest_checkpointed_iteration.txt"
 RUN_ARGS = "run_args.json"
 TRAIN_STATE = "train_state.json"  # iteration, data position, scheduler and layout of a training checkpoint
 HF_ASSETS = "hf_assets"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 
 
 def iteration_dir(root: str | os.PathLike, iteration: int | None) -> Path:
@@ -200,7 +200,7 @@ def copy_hf_assets(src_dir: str | os.PathLike | None, ckpt_dir: Path, chat_templ
     dest.mkdir(parents=True, exist_ok=True)
     if src_dir is not None:
         for path in Path(src_dir).iterdir():
-            if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES):
+            if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
                 shutil.copy2(path, dest / path.name)
     if chat_template is not None:
         (dest / "chat_template.jinja").write_text(chat_template)

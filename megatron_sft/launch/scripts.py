@@ -369,10 +369,10 @@ def export(s: Settings, conf: ModelConf, work: str) -> Plan:
   MLM_MODEL_CKPT  the checkpoint (default: quantize.sh's MLM_QUANT_CKPT, $MLM_WORK_DIR/<MODEL>_quant, when it
                   exists). A quantized one (quantize.sh, or finetune.sh on it) is written in nvidia-modelopt's
                   unified format (low-bit weights and their scales, hf_quant_config.json, quantization_config in
-                  config.json), which vLLM and TensorRT-LLM load: fp8 by modelopt's Megatron exporter; int8_sq,
-                  int8, int4_awq, w4a8_awq by its Hugging Face exporter, in one process (PP=1) with the
-                  unquantized tensors in bf16 (fp16 with EXPORT_DTYPE=fp16); an unquantized one as convert.sh
-                  writes it
+                  config.json): fp8 by modelopt's Megatron exporter (vLLM and TensorRT-LLM serve it); int8_sq,
+                  int8, int4_awq, w4a8_awq by its Hugging Face exporter (TensorRT-LLM lists W8A8 SmoothQuant, W4A16
+                  and W4A8 AWQ; check your engine), in one process (PP=1), the unquantized tensors in bf16 (fp16
+                  with EXPORT_DTYPE=fp16); an unquantized one as convert.sh writes it
   EXPORT_DIR      the Hugging Face directory (default $MLM_WORK_DIR/<MODEL>_export)
   EXPORT_DTYPE    the unquantized tensors' dtype: bf16, fp16, fp32 (default: the training dtype)
 Runs at TP=1 with one process per pipeline stage (PP), whatever layout the checkpoint was saved at.

@@ -13,8 +13,9 @@ transformers model it came from:
        given to each part; a quantizer Megatron disabled (--disable-qkv-quant, skipped layers) disabled too;
     4. `export_hf_checkpoint`: packed low-bit weights, scales, `hf_quant_config.json`, `quantization_config`.
 
-The exporter folds the pre_quant_scale of q/k/v into input_layernorm and that of gate/up into
-post_attention_layernorm (they read the same input), and keeps o_proj's and down_proj's as tensors.
+For the AWQ formats the exporter folds the pre_quant_scale of q/k/v into input_layernorm and that of gate/up
+into post_attention_layernorm (they read the same input) and keeps o_proj's and down_proj's as tensors; for
+SmoothQuant it keeps every pre_quant_scale as a tensor.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_sft.checkpointing import layout
 from megatron_sft.checkpointing.hf_tensors import LayerExporter, apply_rule
 from megatron_sft.models.builder import unwrap
 
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 HF_PATH = {"INT4_AWQ_CFG", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "INT8_SMOOTHQUANT_CFG", "INT8_DEFAULT_CFG",
            "W4A8_AWQ_BETA_CFG"}
 _QUANTIZERS = ("input_quantizer", "weight_quantizer", "output_quantizer")
-_NOT_COPIED = ("config.json", "generation_config.json", "gguf_source.json")
+_NOT_COPIED = ("config.json", "gguf_source.json")  # config.json is the exporter's (it names the format)
 
 
 class _QuantizedLayerExporter(LayerExporter):
@@ -63,7 +65,8 @@ class _QuantizedLayerExporter(LayerExporter):
                     continue
                 value = value.detach().float().cpu()
                 # a weight's amax with an entry per row (per channel) or per row and block: split like the rows
-                if name.startswith("weight_quantizer") and value.numel() >= rows and value.numel() % rows == 0:
+                per_row = buf == "_amax" and name.startswith("weight_quantizer") and value.numel() > 1
+                if per_row and value.numel() % rows == 0:
                     row_values[f"{name}.{buf}"] = value.reshape(rows, -1)
                 else:
                     shared[f"{name}.{buf}"] = value
@@ -99,15 +102,16 @@ def export_quantized_hf(cfg, chunks: list, source: str | Path, dtype: torch.dtyp
 
     model = unwrap(chunks[0])
     if dtype not in (torch.bfloat16, torch.float16):
-        log.info("export: unquantized tensors in bf16 (modelopt's Hugging Face exporter writes bf16 or fp16)")
+        log.warning("export: the weights are quantized from bf16 and the unquantized tensors written in bf16 "
+                    "(modelopt's Hugging Face exporter takes bf16 or fp16: EXPORT_DTYPE=fp16 for fp16)")
         dtype = torch.bfloat16
-    exporter = _QuantizedLayerExporter(model, cfg.model.hf_architecture, dtype, cfg.model.padded_vocab_size)
+    hf_config = AutoConfig.from_pretrained(source)
+    exporter = _QuantizedLayerExporter(model, cfg.model.hf_architecture, dtype, hf_config.vocab_size)
     tensors = {k: v for piece in exporter.pieces() for k, v in piece.tensors.items()}
-    weights = {k: v for k, v in tensors.items() if "_quantizer" not in k}
-    values = {k: v for k, v in tensors.items() if "_quantizer" in k}
-
-    hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype).eval()
-    _load_weights(hf, weights)
+    values = {k: tensors.pop(k) for k in [k for k in tensors if "_quantizer" in k]}
+    hf = AutoModelForCausalLM.from_config(hf_config, dtype=dtype).eval()
+    _load_weights(hf, tensors)
+    del tensors  # the transformers model holds the weights now
     name = model.quantization_record.get("modelopt_cfg")
     config = copy.deepcopy(getattr(mtq, name))
     config["algorithm"] = "max"  # creates the quantizers; their values are Megatron's, set next
@@ -115,8 +119,8 @@ def export_quantized_hf(cfg, chunks: list, source: str | Path, dtype: torch.dtyp
     _set_quantizers(hf, values, exporter.enabled)
     out = Path(cfg.checkpoint.save)
     export_hf_checkpoint(hf, dtype=dtype, export_dir=str(out))
-    for path in Path(source).iterdir():  # tokenizer and chat template; config.json is the exporter's
-        if path.is_file() and path.name not in _NOT_COPIED and not path.name.endswith(".safetensors"):
+    for path in Path(source).iterdir():  # tokenizer, chat template, the model's own generation defaults
+        if path.is_file() and path.name not in _NOT_COPIED and not path.name.endswith(layout.WEIGHT_SUFFIXES):
             shutil.copy2(path, out / path.name)
     log.info("exported %s through modelopt's Hugging Face exporter to %s", name, out)
     return out
@@ -132,20 +136,25 @@ def _load_weights(hf, weights: dict) -> None:
 
 @torch.no_grad()
 def _set_quantizers(hf, values: dict, enabled: dict) -> None:
-    """Every quantizer of `hf` gets its Megatron values and switch. A disabled quantizer keeps its
-    pre_quant_scale: modelopt applies it all the same (INT4-AWQ's input quantizer is disabled but scales)."""
+    """Every quantizer of `hf` that Megatron has gets its values and switch; one the config enables that Megatron
+    has not, or a value nothing takes, is an error (a layer would silently ship calibrated on the dummy sample or
+    unquantized). A disabled quantizer keeps its pre_quant_scale: modelopt applies it all the same (INT4-AWQ's
+    input quantizer)."""
+    used = set()
     for module_name, module in hf.named_modules():
         if not hasattr(module, "weight_quantizer"):
             continue
         for name, quantizer in _quantizers(module):
             key = f"{module_name}.{name}"
-            on = enabled.get(key, False)
-            if on and f"{key}._amax" not in values and quantizer.amax is not None:
-                raise RuntimeError(f"{key}: no calibrated range in the Megatron model (the dummy one would stay)")
+            if key not in enabled:
+                if quantizer.is_enabled:  # the config quantizes it (the embeddings' are off)
+                    raise RuntimeError(f"{key}: no quantizer of the Megatron model maps to it")
+                continue
             for buf in ("_amax", "_pre_quant_scale"):
                 value = values.get(f"{key}.{buf}")
                 if value is None:
                     continue
+                used.add(f"{key}.{buf}")
                 current = getattr(quantizer, buf, None)
                 if current is not None and current.numel() != value.numel():
                     raise RuntimeError(f"{key}.{buf}: Megatron has {value.numel()} values, transformers "
@@ -157,5 +166,11 @@ def _set_quantizers(hf, values: dict, enabled: dict) -> None:
                 if current is not None:  # the setters copy into the buffer, keeping its dtype: a new one
                     delattr(quantizer, buf)
                 setattr(quantizer, buf.removeprefix("_"), value.to(module.weight.device, dtype))
-            if not on:
+            if not enabled[key]:
                 quantizer.disable()
+            elif f"{key}._amax" not in values and quantizer.amax is not None:
+                raise RuntimeError(f"{key}: no calibrated range in the Megatron model (the dummy one would stay)")
+            else:
+                quantizer.enable()
+    if set(values) - used:
+        raise RuntimeError(f"Megatron quantizer values no transformers quantizer took: {sorted(set(values) - used)}")

@@ -17,13 +17,15 @@ import torch
 
 from tests.conftest import WORKERS, torchrun
 from tests.distributed.test_training import write_reversal_data
-from tests.distributed.workers.quantization import EXPORT_FORMATS, FAMILIES, FORMATS, QAT_FORMATS
+from tests.distributed.workers.quantization import (EXPORT_FORMATS, EXPORT_VARIANTS, FAMILIES, FORMATS,
+                                                    QAT_FORMATS)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 MODELOPT_CFG = {"fp8": "FP8_DEFAULT_CFG", "int8_sq": "INT8_SMOOTHQUANT_CFG", "int4_awq": "INT4_AWQ_CFG",
                 "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
 EXPORT_ALGO = {"fp8": "FP8", "int8_sq": "W8A8_SQ_PER_CHANNEL", "int8": "W8A8_SQ_PER_CHANNEL",
-               "int4_awq": "W4A16_AWQ", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ"}
+               "int4_awq": "W4A16_AWQ", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ",
+               "int4_awq_partial": "W4A16_AWQ"}
 AWQ_BOUND = 0.75  # INT4-AWQ: |ours - reference| / |reference - unquantized| (relative RMS), see below
 SEQ, CALIB = 64, 4  # the worker's --seq-length and --calib-size
 
@@ -156,7 +158,8 @@ def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
     (1 ulp); against the fp32 weights each value is within 1.5 steps of its block or channel (a weight that
     rounds to bf16 across a rounding boundary moves one code; FP8's second rounding of W4A8 adds half), on under
     1% of the 4-bit weights. AWQ/SmoothQuant's pre_quant_scale is kept as a tensor or folded into the norm
-    before: either way norm x scale equals Megatron's, to bf16's rounding (3 roundings)."""
+    before: either way norm x scale equals Megatron's, to bf16's rounding (3 roundings). The activations'
+    input_scale is Megatron's range over the format's largest code; the model's generation defaults are kept."""
     from safetensors.torch import load_file
 
     export = out / f"export_{family}_{fmt}"
@@ -165,7 +168,14 @@ def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
         files.update(load_file(path))
     fake = torch.load(out / f"fake_quant_{family}_{fmt}.pt")
     linears = [k[: -len(".weight_scale")] for k in files if k.endswith(".weight_scale")]
-    assert len(linears) == 4 * 7, sorted(linears)  # q k v o gate up down in each of the 4 layers
+    if fmt in EXPORT_VARIANTS:  # q/k/v and layer 3 kept unquantized: their weights as they are, in bf16
+        rest = ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+        assert sorted(linears) == sorted(f"model.layers.{i}.{p}" for i in range(3) for p in rest)
+        kept = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(4) for p in "qkv"]
+        for name in kept + [f"model.layers.3.{p}" for p in rest]:
+            assert torch.equal(files[f"{name}.weight"], fake["as_saved"][f"{name}.weight"].bfloat16()), name
+    else:
+        assert len(linears) == 4 * 7, sorted(linears)  # q k v o gate up down in each of the 4 layers
     for name in linears:
         values, step = _dequantize(files, name)
         ours = fake["as_saved"][f"{name}.weight"].float()
@@ -191,10 +201,20 @@ def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
                 ours = torch.ones(())
             # bf16 (unit roundoff 2^-8) rounds the norm, the scale and, folded, their product
             torch.testing.assert_close(exported, ours.float(), rtol=3 * 2 ** -8, atol=1e-6)
+            # the activations' range: input_scale = amax / the format's largest code (INT8 127, FP8 448)
+            amax = fake["input_amax"].get(f"decoder.layers.{i}.{megatron}.input_quantizer._amax")
+            if amax is not None:
+                bound = 127 if EXPORT_ALGO[fmt].startswith("W8A8") else 448
+                scale = files[f"{prefix}.{hf_name}.input_scale"].float().reshape(amax.shape)
+                torch.testing.assert_close(scale * bound, amax.float(), rtol=1e-6, atol=0)
+            else:
+                assert f"{prefix}.{hf_name}.input_scale" not in files, (prefix, hf_name)
     algo = EXPORT_ALGO[fmt]
     assert json.loads((export / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == algo
     assert json.loads((export / "config.json").read_text())["quantization_config"]["quant_algo"] == algo
     assert (export / "tokenizer_config.json").is_file()
+    source = json.loads((out / "models" / family / "generation_config.json").read_text())
+    assert json.loads((export / "generation_config.json").read_text())["eos_token_id"] == source["eos_token_id"]
 
 
 @pytest.mark.parametrize("fmt", QAT_FORMATS)

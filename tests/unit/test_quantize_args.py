@@ -96,3 +96,43 @@ def test_the_launcher_refuses_a_format_given_twice(tmp_path, tiny_models):
     s, plan = plan_launch("quantize", "tiny", {**env, "MLM_EXTRA_ARGS": ""}, extra=["int8_sq", "--calib-size", "8"])
     assert plan.flags[plan.flags.index("--export-quant-cfg") + 1] == "int8_sq" and plan.flags[-2:] == ["--calib-size",
                                                                                                       "8"]
+
+
+def _export_cfg(tmp_path, monkeypatch, record: dict, pp: int = 1, experts: int | None = None):
+    """A quantized checkpoint's directory as export.sh sees it, before any model: its modelopt_state/ and record."""
+    import json
+    from types import SimpleNamespace
+
+    from megatron_sft.checkpointing import layout
+
+    (tmp_path / "modelopt_state").mkdir()
+    (tmp_path / "quantization.json").write_text(json.dumps(record))
+    monkeypatch.setattr(layout, "latest_checkpoint_dir", lambda load, step: (tmp_path, None))
+    return SimpleNamespace(checkpoint=SimpleNamespace(load=str(tmp_path), ckpt_step=None),
+                           parallel=SimpleNamespace(pipeline_model_parallel_size=pp),
+                           model=SimpleNamespace(num_experts=experts))
+
+
+@pytest.mark.parametrize(("record", "pp", "experts", "words"), [
+    ({"modelopt_cfg": "INT4_AWQ_CFG"}, 2, None, ["INT4_AWQ_CFG", "set PP=1"]),
+    ({"modelopt_cfg": "INT8_SMOOTHQUANT_CFG"}, 1, 4, ["mixture-of-experts", "fp8"]),
+    ({"modelopt_cfg": "INT4_AWQ_CFG", "flags": {"export_kv_cache_quant": True}}, 1, None, ["KV cache"]),
+    ({"modelopt_cfg": "W4A8_AWQ_BETA_CFG", "flags": {"weight_only": True}}, 1, None, ["--weight-only", "int4_awq"]),
+    ({"modelopt_cfg": "INT8_WEIGHT_ONLY_CFG"}, 1, None, ["cannot write", "FP8_DEFAULT_CFG", "generate.sh"]),
+])
+def test_an_export_the_exporters_cannot_write_is_one_line(tmp_path, monkeypatch, record, pp, experts, words):
+    from megatron_sft.conversion import quantized_export_path
+
+    with pytest.raises(UserError) as err:
+        quantized_export_path(_export_cfg(tmp_path, monkeypatch, record, pp, experts))
+    assert all(w in str(err.value) for w in words) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(("record", "path"), [({"modelopt_cfg": "FP8_DEFAULT_CFG"}, "megatron"), ({}, "megatron"),
+                                              ({"modelopt_cfg": "INT4_AWQ_CFG"}, "hf"),
+                                              ({"modelopt_cfg": "INT8_SMOOTHQUANT_CFG"}, "hf")])
+def test_each_format_goes_to_the_exporter_that_writes_it(tmp_path, monkeypatch, record, path):
+    """FP8 and a checkpoint quantized elsewhere (no record: Megatron-LM's) through modelopt's Megatron exporter."""
+    from megatron_sft.conversion import quantized_export_path
+
+    assert quantized_export_path(_export_cfg(tmp_path, monkeypatch, record)) == path

@@ -27,7 +27,10 @@ FORMATS = ("fp8", "int8_sq", "int4_awq", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG")
 QAT_FORMATS = ("fp8", "int8_sq")
 # export.sh's formats, each through its exporter (FP8: modelopt's Megatron one; the others its Hugging Face one)
 EXPORT_FORMATS = (("qwen3", "fp8"), ("qwen3", "int8_sq"), ("qwen3", "int4_awq"), ("llama3", "int4_awq"),
-                  ("qwen3", "w4a8_awq"), ("qwen3", "int8"), ("qwen3", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"))
+                  ("qwen3", "w4a8_awq"), ("qwen3", "int8"), ("qwen3", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"),
+                  ("qwen3", "int4_awq_partial"))
+# quantize.py's flags of an export-only variant: q/k/v and the last layer kept unquantized (4 layers: 12 of 28 left)
+EXPORT_VARIANTS = {"int4_awq_partial": "int4_awq --disable-qkv-quant --num-last-layers-to-skip-quant 1"}
 
 
 def with_runtime(flags: str):
@@ -113,7 +116,7 @@ def export_formats(cli) -> None:
     and the Megatron model's own values to check it against, OUT/fake_quant_<family>_<fmt>.pt: under Hugging Face
     names (--save-hf's tensor export) the weights replaced by weight_quantizer(weight), once from the weights as
     saved ("as_saved") and once from them rounded to bf16, the dtype the INT4/INT8 export writes ("bf16"); and
-    ("pqs") every pre_quant_scale by Megatron name."""
+    by Megatron name every pre_quant_scale ("pqs") and input range ("input_amax")."""
     import torch
 
     from megatron_sft.checkpointing.hf_tensors import LayerExporter
@@ -125,12 +128,15 @@ def export_formats(cli) -> None:
     for family, fmt in EXPORT_FORMATS:
         ckpt = cli.out / "quant" / f"{family}_{fmt}_tp1"
         if not ckpt.exists():  # a format only the export is tested with
-            quantize(with_runtime(f"--load {cli.models / family} --save {ckpt} --export-quant-cfg {fmt} "
+            spec = EXPORT_VARIANTS.get(fmt, fmt)
+            quantize(with_runtime(f"--load {cli.models / family} --save {ckpt} --export-quant-cfg {spec} "
                                   f"--calib-data-path {cli.data / 'calib.jsonl'} --calib-size 4 --seq-length 64"))
         convert(with_runtime(f"--load {ckpt} --save {cli.out / f'export_{family}_{fmt}'}"))
         cfg = with_runtime(f"--load {ckpt}")
         model = unwrap(build_and_load(cfg)[0])
-        result = {"pqs": {k: v.clone() for k, v in model.named_buffers() if k.endswith("_pre_quant_scale")}}
+        buffers = dict(model.named_buffers())
+        result = {"pqs": {k: v.clone() for k, v in buffers.items() if k.endswith("_pre_quant_scale")},
+                  "input_amax": {k: v.clone() for k, v in buffers.items() if k.endswith("input_quantizer._amax")}}
         # (a tied output layer has a quantizer but no weight of its own)
         linears = [m for m in model.modules() if hasattr(m, "weight_quantizer") and m.weight is not None]
         plain = [m.weight.detach().clone() for m in linears]
