@@ -33,25 +33,26 @@ def run(script: str, env: dict, *args: str) -> float:
     return time.perf_counter() - t0
 
 
-def exact(env: dict, ckpt: Path, out: Path) -> tuple[int, int]:
+def exact(env: dict, ckpt: Path, out: Path, bf16: bool = False) -> tuple[int, int]:
     """Exact answers of `ckpt` on the held-out prompts (greedy, 8 new tokens), through generate.sh."""
     tiny = Path(env["MLM_WORK_DIR"]) / "tiny"
     run("generate.sh", {**env, "MLM_MODEL_CKPT": str(ckpt), "PROMPTS_PATH": str(tiny / "heldout.jsonl"),
-                        "OUTPUT_PATH": str(out), "MLM_EXTRA_ARGS": "--max-new-tokens 8"})
+                        "OUTPUT_PATH": str(out), "MLM_EXTRA_ARGS": "--max-new-tokens 8" + (" --bf16" if bf16 else "")})
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     return sum(r["completion"].strip() == r["reference"].strip() for r in rows), len(rows)
 
 
-def answer_nll(ckpt: Path, heldout: Path) -> float:
+def answer_nll(ckpt: Path, heldout: Path, bf16: bool = False) -> float:
     """Mean NLL per reference-answer token (end-of-turn included), in a fresh process per checkpoint."""
-    proc = subprocess.run([sys.executable, __file__, "--nll", str(ckpt), "--heldout", str(heldout)],
+    proc = subprocess.run([sys.executable, __file__, "--nll", str(ckpt), "--heldout", str(heldout),
+                           *(["--bf16"] if bf16 else [])],
                           capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         sys.exit(f"NLL of {ckpt} failed:\n{proc.stderr[-3000:]}")
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def _nll_main(ckpt: str, heldout: str) -> None:
+def _nll_main(ckpt: str, heldout: str, bf16: bool) -> None:
     import torch
 
     from megatron_sft.arguments import parse_args
@@ -60,7 +61,7 @@ def _nll_main(ckpt: str, heldout: str) -> None:
     from megatron_sft.loading import build_and_load, load_run_tokenizer
     from megatron_sft.runtime.distributed import init_from_args
 
-    cfg = init_from_args(parse_args(["--load", ckpt, "--device", "cpu"]))
+    cfg = init_from_args(parse_args(["--load", ckpt, "--device", "cpu", *(["--bf16"] if bf16 else [])]))
     chunks, tokenizer = build_and_load(cfg), load_run_tokenizer(cfg)
     renderer = ChatRenderer(tokenizer)
     total, count = 0.0, 0
@@ -80,7 +81,8 @@ def _nll_main(ckpt: str, heldout: str) -> None:
 
 def main() -> None:
     if "--nll" in sys.argv:
-        _nll_main(sys.argv[sys.argv.index("--nll") + 1], sys.argv[sys.argv.index("--heldout") + 1])
+        argv = sys.argv
+        _nll_main(argv[argv.index("--nll") + 1], argv[argv.index("--heldout") + 1], "--bf16" in argv)
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=os.environ.get("MLM_WORK_DIR", "/tmp/megatron_workspace"))
@@ -102,8 +104,10 @@ def main() -> None:
         run("finetune.sh", {**env, "MLM_MODEL_SAVE": str(sft), "MLM_RESUME": "0", **iters})
     heldout = tiny / "heldout.jsonl"
     rows = [("fine-tuned, unquantized (fp32: the CPU run's dtype)", exact(env, sft, tiny / "eval_sft.jsonl"),
-             answer_nll(sft, heldout), "")]
-    print(rows[-1], flush=True)
+             answer_nll(sft, heldout), ""),
+            ("fine-tuned, unquantized, run in bf16 (--bf16)", exact(env, sft, tiny / "eval_bf16.jsonl", bf16=True),
+             answer_nll(sft, heldout, bf16=True), "")]
+    print(*rows, sep="\n", flush=True)
     qat_env = {"MLM_RESUME": "0", "MLM_DATA_ARGS": f"--train-iters {cli.qat_iters} --split 98,2,0",
                "MLM_OPTIM_ARGS": f"--lr {cli.qat_lr} --min-lr 0 --lr-decay-style cosine",
                "MLM_EVAL_ARGS": f"--eval-interval {cli.qat_iters} --eval-iters 2 --save-interval {cli.qat_iters} "

@@ -105,6 +105,9 @@ def export_quantized_hf(cfg, chunks: list, source: str | Path, dtype: torch.dtyp
         log.warning("export: the weights are quantized from bf16 and the unquantized tensors written in bf16 "
                     "(modelopt's Hugging Face exporter takes bf16 or fp16: EXPORT_DTYPE=fp16 for fp16)")
         dtype = torch.bfloat16
+    name = model.quantization_record.get("modelopt_cfg")
+    log.info("export of %s through modelopt's Hugging Face exporter: the weights into a transformers model (%s), "
+             "its quantizers given the Megatron values, then the files", name, str(dtype).replace("torch.", ""))
     hf_config = AutoConfig.from_pretrained(source)
     exporter = _QuantizedLayerExporter(model, cfg.model.hf_architecture, dtype, hf_config.vocab_size)
     tensors = {k: v for piece in exporter.pieces() for k, v in piece.tensors.items()}
@@ -112,7 +115,6 @@ def export_quantized_hf(cfg, chunks: list, source: str | Path, dtype: torch.dtyp
     hf = AutoModelForCausalLM.from_config(hf_config, dtype=dtype).eval()
     _load_weights(hf, tensors)
     del tensors  # the transformers model holds the weights now
-    name = model.quantization_record.get("modelopt_cfg")
     config = copy.deepcopy(getattr(mtq, name))
     config["algorithm"] = "max"  # creates the quantizers; their values are Megatron's, set next
     mtq.quantize(hf, config, lambda m: m(torch.zeros(1, 8, dtype=torch.long)))
