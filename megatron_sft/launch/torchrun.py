@@ -38,4 +38,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megatron_sft.cli import exit_now
+
+    exit_now(main())
