@@ -12,7 +12,7 @@ import torch
 from tests.conftest import WORKERS, torchrun
 from tests.distributed.test_training import rel, write_reversal_data
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]  # the fixture: 3 launches
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]  # the fixture: 3 launches
 
 RANK, ALPHA = 4, 8.0
 EXPORT_FAMILIES = ("qwen3", "llama3", "qwen2", "qwen3_moe")
@@ -78,6 +78,9 @@ def _hf_logits(model, runs: dict) -> torch.Tensor:
         return model(torch.load(runs["out"] / "tokens.pt")).logits.float()
 
 
+# Tolerances below: 1e-5 where both sides run the same kernels on the same weights (a reload, a TP reshard, the
+# random adapters' tiny untrained logits of size ~0.1); 1e-4 for a trained model in transformers/peft vs Megatron
+# (two implementations, as test_foundation's TOL); an adapter on the wrong projection or unscaled is > 1e-3.
 def _close(ours: torch.Tensor, ref: torch.Tensor, tol: float) -> float:
     vocab = ref.shape[-1]
     diff = (ours[..., :vocab] - ref).abs().max().item()
@@ -115,7 +118,7 @@ def test_three_steps_match_tp1(lora_runs, layout, ref):
     got, want = lora_runs[layout], lora_runs[ref]
     assert len(got) == len(want) == 3
     assert want[2]["loss"] < want[0]["loss"], want  # the adapters learn: later steps differ from the first
-    for step, (a, b) in enumerate(zip(got, want)):
+    for step, (a, b) in enumerate(zip(got, want)):  # reduction order only, as test_training's layouts
         assert rel(a["loss"], b["loss"]) <= 1e-5 and rel(a["grad_norm"], b["grad_norm"]) <= 1e-5, (step, a, b)
 
 

@@ -27,6 +27,9 @@ EXPORT_ALGO = {"fp8": "FP8", "int8_sq": "W8A8_SQ_PER_CHANNEL", "int8": "W8A8_SQ_
                "int4_awq": "W4A16_AWQ", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ",
                "int4_awq_partial": "W4A16_AWQ"}
 AWQ_BOUND = 0.75  # INT4-AWQ: |ours - reference| / |reference - unquantized| (relative RMS), see below
+FLIP_BOUND = 0.1  # the other formats: the same ratio, admitting codes flipped at rounding boundaries, see below
+VALUES_RTOL = 1e-5  # calibrated quantizer values: reduction order only (measured <= 2e-6)
+FLIPPED_CODES = 1e-4  # exported codes one off Megatron's at a rounding boundary, as a fraction (see the test)
 SEQ, CALIB = 64, 4  # the worker's --seq-length and --calib-size
 
 
@@ -58,10 +61,11 @@ def out(tmp_path_factory) -> Path:
 
 
 @cache
-def _reference(model_dir: str, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unquantized, quantized) logits of transformers' model quantized by modelopt on the same calibration
-    tokens. Fused layers share one scale in Megatron (and in modelopt's export): per-tensor amax of q/k/v and of
-    gate/up are set to their maximum, as a fused kernel needs them."""
+def _reference(model_dir: str, fmt: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(unquantized logits, quantized logits, quantizer values under Megatron's names) of transformers' model
+    quantized by modelopt on the same calibration tokens. Fused layers share one scale in Megatron (and in
+    modelopt's export): per-tensor amax of q/k/v and of gate/up are set to their maximum, as a fused kernel needs
+    them."""
     import modelopt.torch.quantization as mtq
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,7 +92,54 @@ def _reference(model_dir: str, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
                     for q in quantizers:
                         q.amax = shared.clone()
     with torch.no_grad():
-        return plain, model(tokens).logits
+        return plain, model(tokens).logits, _as_megatron(model)
+
+
+def _as_megatron(model) -> dict[str, torch.Tensor]:
+    """The transformers model's quantizer values (amax, pre_quant_scale) under Megatron's names and layouts, laid
+    out here from the two layouts themselves, not by the project's converter: Megatron's fused linear_qkv holds,
+    per query group, that group's query heads, then its key head, then its value head; linear_fc1 holds [gate;
+    up]. One input feeds q/k/v (and gate/up), so their input values are one; per-tensor weight values of a
+    fused layer are already the shared maximum (above)."""
+    cfg = model.config
+    groups, heads = cfg.num_key_value_heads, cfg.num_attention_heads
+    values = {}
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        fused = {"self_attention.linear_qkv": [attn.q_proj, attn.k_proj, attn.v_proj],
+                 "self_attention.linear_proj": [attn.o_proj], "mlp.linear_fc1": [mlp.gate_proj, mlp.up_proj],
+                 "mlp.linear_fc2": [mlp.down_proj]}
+        for name, modules in fused.items():
+            for which in ("weight_quantizer", "input_quantizer"):
+                quantizers = [getattr(m, which) for m in modules]
+                if not quantizers[0].is_enabled:
+                    continue
+                for attr in ("amax", "pre_quant_scale"):
+                    parts = [getattr(q, attr) for q in quantizers]
+                    if parts[0] is None:
+                        continue
+                    key = f"decoder.layers.{i}.{name}.{which}._{attr}"
+                    if which == "input_quantizer" or parts[0].numel() == 1 or len(parts) == 1:
+                        values[key] = parts[0].flatten()
+                    elif len(parts) == 2:  # [gate; up] rows (each row's blocks stay together)
+                        values[key] = torch.cat([p.flatten() for p in parts])
+                    else:  # per query group: its query heads' rows, its key rows, its value rows
+                        q, k, v = (p.reshape(groups, -1) for p in parts)
+                        assert q.shape[1] == k.shape[1] * heads // groups  # rows x blocks per head alike
+                        values[key] = torch.cat([q, k, v], dim=1).flatten()
+    return values
+
+
+def _saved_quantizer_values(ckpt: Path, tmp: Path) -> dict[str, torch.Tensor]:
+    """Every quantizer value a quantize.py checkpoint holds, whole (dist_checkpointing saves global tensors at any
+    TP), read with torch's own checkpoint reader."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    tracker = (ckpt / "latest_checkpointed_iteration.txt").read_text().strip()
+    dcp_to_torch_save(ckpt / (tracker if tracker == "release" else f"iter_{int(tracker):07d}"), tmp / "state.pt")
+    state = torch.load(tmp / "state.pt", weights_only=False)
+    state = state.get("model", state)
+    return {k: v.flatten() for k, v in state.items() if "_quantizer._" in k and k.startswith("decoder.")}
 
 
 def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -98,28 +149,85 @@ def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("tp", [1, 2])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fake_quantized_logits_equal_modelopt_on_transformers(out, family, fmt, tp):
-    """FP8, INT8-SmoothQuant and INT4 blocks (weight-only): the same model (max abs logit difference 1e-4).
+def test_fake_quantized_logits_equal_modelopt_on_transformers(out, family, fmt, tp, tmp_path):
+    """FP8, INT8-SmoothQuant and INT4 blocks (weight-only): the same model. Two checks, because exact logits
+    are not a property of the product: calibration reduces activations in the layout's order (TP2's partial
+    sums, another CPU's matmul blocking), so its values differ in the last bits (TP2 vs TP1: up to 1.1e-6
+    relative), and a weight or activation that sits on a rounding boundary then moves one code; each such flip
+    moves every later position's logits (measured: Qwen3 INT8-SQ at TP2 on an AVX512-FP16/AMX CPU, 3 codes,
+    max 4.8e-3, 0.033 of the quantization's own effect).
+    1. Every quantizer value (amax, pre_quant_scale) = modelopt's, to 1e-5 relative: a scale 1% off, a row
+       block in the wrong order or a missing quantizer is 1e-2 or more.
+    2. The logits within FLIP_BOUND (0.1) of the quantization's own effect (relative RMS): a forward that
+       quantizes the wrong tensor or skips a layer's quantizer moves them by 0.15 to 1.1 of it.
     INT4-AWQ: AWQ searches one activation scale per Megatron layer (q/k/v fused, gate/up fused; per TP shard) and
     one per projection in transformers, so the models differ by design; bound: the difference is under 75% of what
     the quantization itself changes (measured: 0.58 to 0.62)."""
-    plain, reference = _reference(str(out / "models" / family), fmt)
+    plain, reference, reference_values = _reference(str(out / "models" / family), fmt)
     ours = torch.load(out / "logits" / f"{family}_{fmt}_tp{tp}.pt")[..., : reference.shape[-1]]
     effect = _rel_rms(reference, plain)
     assert effect > 1e-3, f"the quantization changed nothing (relative RMS {effect:.2e})"
     if fmt == "int4_awq":
         assert _rel_rms(ours, reference) < AWQ_BOUND * effect, (_rel_rms(ours, reference), effect)
-    else:
-        assert (ours - reference).abs().max().item() <= 1e-4, ((ours - reference).abs().max().item(), effect)
+        return
+    enabled = json.loads((out / "logits" / f"{family}_{fmt}_tp{tp}.quantizers.json").read_text())
+    assert sorted(q for q in enabled if q.startswith("decoder.")) == sorted(
+        {k.rsplit(".", 1)[0] for k in reference_values}), "the quantizers applied are not modelopt's"
+    values = _saved_quantizer_values(out / "quant" / f"{family}_{fmt}_tp{tp}", tmp_path)
+    assert sorted(values) == sorted(reference_values)
+    for key, value in values.items():
+        torch.testing.assert_close(value.float(), reference_values[key].float(), rtol=VALUES_RTOL, atol=0,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+    assert _rel_rms(ours, reference) <= FLIP_BOUND * effect, (_rel_rms(ours, reference), effect)
+
+
+def _tp_share(key: str, value: torch.Tensor, rows: int, rank: int, tp: int) -> torch.Tensor:
+    """Rank `rank`'s share at TP=`tp` of a quantizer value saved whole, from Megatron's parallel layouts (written
+    out here, not by the project's sharding code). Column-parallel layers (linear_qkv, linear_fc1) split their
+    output rows: a per-row weight value follows the rows (linear_qkv's query groups are contiguous; linear_fc1
+    holds each rank's share of the gate rows, then of the up rows); their input (and its pre_quant_scale) is
+    whole. Row-parallel layers (linear_proj, linear_fc2) split their input: pre_quant_scale and per-block weight
+    values follow it; a per-channel weight value spans the whole input, so every rank holds it all."""
+    column = "linear_qkv." in key or "linear_fc1." in key
+    if key.endswith("_pre_quant_scale"):
+        return value if column else value.chunk(tp)[rank]
+    if value.numel() == 1 or "input_quantizer" in key:
+        return value
+    per_row = value.reshape(rows, -1)
+    if not column:
+        return per_row.chunk(tp, dim=1)[rank].flatten() if per_row.shape[1] > 1 else value
+    if "linear_fc1." in key:
+        gate, up = per_row.chunk(2)
+        return torch.cat([gate.chunk(tp)[rank], up.chunk(tp)[rank]]).flatten()
+    return per_row.chunk(tp)[rank].flatten()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_quantized_checkpoint_reloads_at_another_tp(out, family, fmt):
-    """Saved at TP=1, loaded at TP=2: the same model (per-row quantizer values of SwiGLU's fc1 included)."""
-    saved = torch.load(out / "logits" / f"{family}_{fmt}_tp1.pt")
-    resharded = torch.load(out / "logits" / f"{family}_{fmt}_tp1_at_tp2.pt")
-    assert (saved - resharded).abs().max().item() <= 1e-5
+def test_a_quantized_checkpoint_reloads_at_another_tp(out, family, fmt, tmp_path):
+    """Saved at TP=1, loaded at TP=2: each rank holds exactly its share of every quantizer value (per-row values
+    of SwiGLU's fc1 included: resharded as one block, they moved the logits by up to 0.021), and the logits are
+    the TP=1 model's. Those can differ where an activation sits on a rounding boundary, since TP2 sums in
+    another order (1e-7 relative in fp32) and one FP8 code is 1/16 of its value: measured up to 0.0038 of the
+    quantization's own effect (Llama-3 INT8-SQ on AVX2 kernels), 0.033 with FP8 scales 1% larger; bound
+    FLIP_BOUND. The values check is exact: loading only moves them."""
+    cfg = json.loads((out / "models" / family / "config.json").read_text())
+    rows = {"linear_qkv": (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * cfg["head_dim"],
+            "linear_fc1": 2 * cfg["intermediate_size"], "linear_proj": cfg["hidden_size"],
+            "linear_fc2": cfg["hidden_size"]}
+    saved_values = _saved_quantizer_values(out / "quant" / f"{family}_{fmt}_tp1", tmp_path)
+    for rank in range(2):
+        loaded = torch.load(out / "logits" / f"{family}_{fmt}_tp1_at_tp2.rank{rank}.values.pt")
+        assert sorted(k for k in loaded if k.startswith("decoder.")) == sorted(saved_values)
+        for key, value in saved_values.items():
+            layer = next(name for name in rows if f".{name}." in key)
+            want = _tp_share(key, value, rows[layer], rank, 2)
+            assert torch.equal(loaded[key].flatten(), want), (rank, key, loaded[key].shape, want.shape)
+    plain, reference, _ = _reference(str(out / "models" / family), fmt)
+    saved = torch.load(out / "logits" / f"{family}_{fmt}_tp1.pt")[..., : reference.shape[-1]]
+    resharded = torch.load(out / "logits" / f"{family}_{fmt}_tp1_at_tp2.pt")[..., : reference.shape[-1]]
+    effect = _rel_rms(reference, plain)
+    assert _rel_rms(resharded, saved) <= FLIP_BOUND * effect, (_rel_rms(resharded, saved), effect)
 
 
 def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -154,8 +262,9 @@ _INPUT_NORMS = {"self_attn.q_proj": ("input_layernorm", "self_attention.linear_q
 def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
     """export.sh's directory read back: every quantized linear's codes x scales are the Megatron model's own
     fake-quantized weight. FP8 (Megatron exporter): the codes bitwise, the values within fp32's rounding of code
-    x scale. INT4/INT8 (Hugging Face exporter, which writes bf16): equal to the fake-quantized bf16-rounded weights
-    (1 ulp); against the fp32 weights each value is within 1.5 steps of its block or channel (a weight that
+    x scale. INT4/INT8 (Hugging Face exporter, which writes bf16): the fake-quantized bf16-rounded weights' codes,
+    but for at most FLIPPED_CODES of them one code off (a rounding boundary, below); against the fp32 weights each
+    value is within 1.5 steps of its block or channel (a weight that
     rounds to bf16 across a rounding boundary moves one code; FP8's second rounding of W4A8 adds half), on under
     1% of the 4-bit weights. AWQ/SmoothQuant's pre_quant_scale is kept as a tensor or folded into the norm
     before: either way norm x scale equals Megatron's, to bf16's rounding (3 roundings). The activations'
@@ -176,6 +285,7 @@ def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
             assert torch.equal(files[f"{name}.weight"], fake["as_saved"][f"{name}.weight"].bfloat16()), name
     else:
         assert len(linears) == 4 * 7, sorted(linears)  # q k v o gate up down in each of the 4 layers
+    flipped = codes = 0
     for name in linears:
         values, step = _dequantize(files, name)
         ours = fake["as_saved"][f"{name}.weight"].float()
@@ -184,11 +294,18 @@ def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
             assert torch.equal(files[f"{name}.weight"], (ours / scale).to(torch.float8_e4m3fn)), name
             torch.testing.assert_close(values, ours, rtol=2.4e-7, atol=0)
             continue
-        torch.testing.assert_close(values, fake["bf16"][f"{name}.weight"].float(), rtol=2.4e-7, atol=0)
+        # Against the fake-quantized bf16 weights, in codes: the exporter divides the same bf16 weight by the same
+        # scale in another order of fp32 operations, so a quotient within fp32's rounding of a .5 boundary may
+        # round the other way: at most one code, rarely (<= 2 x 127 x 2^-24 = 1.5e-5 of INT8 codes; measured
+        # 3 of 393,216 on an AVX512-FP16/AMX CPU, 0 on others). A scale 1% off moves a fifth of the codes or more.
+        off = (values - fake["bf16"][f"{name}.weight"].float()).abs() / step
+        assert off.max().item() <= 1 + 1e-4, (name, off.max().item())
+        flipped, codes = flipped + (off > 1e-4).sum().item(), codes + off.numel()
         moved = (values - ours).abs() / step
         assert moved.max().item() <= 1.5, (name, moved.max().item())
         if files[f"{name}.weight"].dtype == torch.uint8:
             assert (moved > 1e-3).float().mean().item() < 0.01, (name, (moved > 1e-3).float().mean().item())
+    assert flipped <= FLIPPED_CODES * max(codes, 1), f"{flipped} of {codes} codes one off the fake-quantized weights"
     for i in range(4):
         for hf_name, (norm, megatron) in _INPUT_NORMS.items():
             prefix = f"model.layers.{i}"
@@ -219,11 +336,20 @@ def test_the_export_dequantizes_to_the_fake_quantized_weights(out, family, fmt):
 
 @pytest.mark.parametrize("fmt", QAT_FORMATS)
 def test_qat_at_tp2_equals_tp1(out, fmt):
+    """3 QAT steps from the same quantized checkpoint at TP1 and TP2. Step 1 has the same weights and quantizer
+    values: only TP2's reduction order differs, and a fake-quantized activation on a rounding boundary may move one
+    code (an FP8 code is 1/16 of its value): loss and grad norm within 1e-4 relative (measured up to 1.3e-5).
+    Steps 2-3 start from weights one Adam update apart: Adam's first update is about lr x sign(gradient) for every
+    weight, whatever the gradient's size, so a flip that changes a small gradient's sign moves that weight by
+    2 x lr: loss within 2e-4 (measured up to 4.1e-5), grad norm within 5e-3 (measured up to 8.1e-4). INT8-SQ with
+    fc1's per-row ranges resharded as one block moves step 1's grad norm by 8.8e-4 (loss 1.0e-4)."""
     tp1 = json.loads((out / "qat_tp1.json").read_text())[fmt]
     tp2 = json.loads((out / "qat_tp2.json").read_text())[fmt]
     assert len(tp1) == len(tp2) == 3
-    for (loss1, norm1), (loss2, norm2) in zip(tp1, tp2):
-        assert loss2 == pytest.approx(loss1, rel=1e-5) and norm2 == pytest.approx(norm1, rel=1e-5), (tp1, tp2)
+    for step, ((loss1, norm1), (loss2, norm2)) in enumerate(zip(tp1, tp2)):
+        loss_tol, norm_tol = (1e-4, 1e-4) if step == 0 else (2e-4, 5e-3)
+        assert loss2 == pytest.approx(loss1, rel=loss_tol) and norm2 == pytest.approx(norm1, rel=norm_tol), (
+            step + 1, tp1, tp2)
     quant = out / "qat" / f"{fmt}_tp2" / "iter_0000003"
     assert (quant / "modelopt_state").is_dir()
     assert json.loads((quant / "quantization.json").read_text())["format"] == fmt

@@ -16,7 +16,7 @@ from tests.conftest import WORKERS, torchrun
 from tests.distributed.test_training import write_reversal_data
 from tests.distributed.workers.save_hf import runs
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
 RUNS = runs()
 ITER = "iter_0000003"
 
@@ -70,6 +70,8 @@ def test_hf_directory_gives_the_checkpoint_logits(out, tiny_models, name):
         assert rel <= 5e-2, f"{name}: relative RMS logit error {rel:.3g} > 5e-2"
         return
     diff = (got - ref).abs().max().item()
+    # transformers on the exported fp32 tensors vs Megatron on the checkpoint: two implementations, rounding only
+    # (test_foundation's TOL); a tensor exported in the wrong layout or from the wrong step is > 1e-3 (above)
     assert diff <= 1e-4, f"{name}: max |logit difference| {diff:.3g} > 1e-4"
 
 

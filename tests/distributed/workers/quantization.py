@@ -8,7 +8,8 @@ reloaded and its logits of OUT/tokens.pt written to OUT/logits/<family>_<format>
 from the TP=1 quantized checkpoints, per-step loss and grad norm in OUT/qat_tp<N>.json.
 World size 1 also: convert.py's export of each of EXPORT_FORMATS (OUT/export_<family>_<format>) and the Megatron
 model's own fake-quantized weights under Hugging Face names (OUT/fake_quant_<family>_<format>.pt).
-World size 2 also: the TP=1 checkpoints' logits loaded at TP=2 (<name>_tp1_at_tp2.pt), 10 QAT steps straight vs
+World size 2 also: the TP=1 checkpoints' logits loaded at TP=2 (<name>_tp1_at_tp2.pt) and each rank's quantizer
+values as loaded (<name>_tp1_at_tp2.rank<R>.values.pt), 10 QAT steps straight vs
 5 + resume 5 (OUT/qat_resume.json).
 DATA holds calib.jsonl (texts) and chat.jsonl (conversations).
 """
@@ -66,12 +67,32 @@ def quantize_all(cli, tp: int) -> None:
             logits = forward_logits(chunks, tokens)
             if rank0():
                 torch.save(logits, cli.out / "logits" / f"{name}.pt")
+                (cli.out / "logits" / f"{name}.quantizers.json").write_text(json.dumps(enabled_quantizers(chunks)))
             if tp == 2:  # the TP=1 launch's checkpoint of the same model, resharded
                 chunks = build_and_load(with_runtime(f"--load {cli.out / 'quant' / f'{family}_{fmt}_tp1'} "
                                                      f"--tensor-model-parallel-size {tp}"))
                 logits = forward_logits(chunks, tokens)
+                torch.save(local_quantizer_values(chunks),
+                           cli.out / "logits" / f"{family}_{fmt}_tp1_at_tp2.rank{os.environ['RANK']}.values.pt")
                 if rank0():
                     torch.save(logits, cli.out / "logits" / f"{family}_{fmt}_tp1_at_tp2.pt")
+
+
+def enabled_quantizers(chunks) -> list[str]:
+    """The quantizers the loaded model applies (an enabled quantizer with a value, or a disabled one, is what
+    the logits test needs to know; the checkpoint's values alone do not say)."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    from megatron_sft.models.builder import unwrap
+
+    return sorted(n for n, m in unwrap(chunks[0]).named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled)
+
+
+def local_quantizer_values(chunks) -> dict:
+    """This rank's quantizer values (amax, pre_quant_scale) as the loaded model holds them."""
+    from megatron_sft.models.builder import unwrap
+
+    return {n: b.detach().clone() for n, b in unwrap(chunks[0]).named_buffers() if "_quantizer._" in n}
 
 
 def train_flags(cli, load: Path, tp: int) -> str:
