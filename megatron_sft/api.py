@@ -136,14 +136,13 @@ def _flags(o: dict, seq_length: int) -> list[str]:
 
 
 def _holds_training_checkpoint(folder) -> bool:
-    from megatron_sft.checkpointing.layout import TRACKER, TRAIN_STATE, latest_checkpoint_dir
+    """Damaged checkpoint state in the folder raises SFTError (the loader's line): never a silent fresh start."""
+    from megatron_sft.checkpointing.layout import resumable_checkpoint
 
-    if not (Path(folder) / TRACKER).is_file():
-        return False
     try:
-        return (latest_checkpoint_dir(folder)[0] / TRAIN_STATE).is_file()
-    except UserError:
-        return False
+        return resumable_checkpoint(folder) is not None
+    except UserError as err:
+        raise SFTError(f"{err} (resume=False starts over from model_path)") from None
 
 
 def _global_batch(flags: list[str], conversations: int, dp: int, world: int) -> int:

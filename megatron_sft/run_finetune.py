@@ -7,7 +7,7 @@ dist_checkpointing's saver process re-imports the launching module.
 from __future__ import annotations
 
 
-def main() -> None:
+def main() -> int:
     from megatron_sft.arguments import parse_args
     from megatron_sft.runtime.log import setup_logging
 
@@ -15,9 +15,11 @@ def main() -> None:
     args = parse_args()  # all flag errors reported together, before any heavy work
     from megatron_sft.runtime.distributed import shutdown
     from megatron_sft.training.loop import finetune
+    from megatron_sft.cli import EXIT_INTERRUPTED
 
-    finetune(args)
+    trainer = finetune(args)
     shutdown()
+    return EXIT_INTERRUPTED if trainer.exit.interrupted else 0
 
 
 if __name__ == "__main__":

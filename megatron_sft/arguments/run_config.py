@@ -133,6 +133,8 @@ class TrainingConfig:
     lr_wsd_decay_style: str = "exponential"
     lr_wsd_decay_iters: int | None = None
     lr_wsd_decay_samples: int | None = None
+    override_opt_param_scheduler: bool = False  # resume: the LR/WD schedule from these flags (Megatron-LM's meaning)
+    use_checkpoint_opt_param_scheduler: bool = False  # resume: the checkpoint's schedule, whatever the flags say
 
 
 @dataclass(frozen=True)

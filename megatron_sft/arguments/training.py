@@ -23,6 +23,17 @@ def add_training_args(parser: ArgumentParser) -> None:
     )
     g.add_argument("--exit-interval", type=int, help="stop (and save) after an iteration divisible by this")
     g.add_argument(
+        "--override-opt_param-scheduler",
+        action="store_true",
+        help="on resume: the learning-rate and weight-decay schedule from these flags, not from the checkpoint "
+        "(also allows resuming at another --global-batch-size)",
+    )
+    g.add_argument(
+        "--use-checkpoint-opt_param-scheduler",
+        action="store_true",
+        help="on resume: keep the checkpoint's learning-rate and weight-decay schedule even where these flags differ",
+    )
+    g.add_argument(
         "--exit-duration-in-mins", type=int, help="stop (and save) once the run has taken this many minutes"
     )
     g.add_argument("--seed", type=int, help="random seed: initialisation, dropout, data order and PATH:N subsets")

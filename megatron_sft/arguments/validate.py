@@ -187,6 +187,9 @@ def _check_schedule(args: Namespace, problems: list[str]) -> None:
     ]
     if len(given) > 1:
         problems.append(f"give --train-iters or --train-samples or --train-epochs, not {' and '.join(given)}")
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        problems.append("give --override-opt_param-scheduler (the schedule of these flags) or "
+                        "--use-checkpoint-opt_param-scheduler (the checkpoint's), not both")
     if args.train_epochs is not None and args.train_epochs < 1:
         problems.append(f"--train-epochs {args.train_epochs} must be at least 1")
     if args.train_epochs is not None:  # sized in iterations once the data is prepared

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+# What every checkpoint this project writes holds, whatever its manifest lists: dist_checkpointing's index
+# (.metadata), format (metadata.json) and common state (common.pt), and the run's arguments.
+REQUIRED = (".metadata", "metadata.json", "common.pt", "run_args.json")
 SAMPLE = 1 << 20  # checksummed unit: 1 MiB
 MAX_SAMPLES = 64  # a file of up to 64 MiB is checksummed whole; a larger one at 64 evenly spaced MiB
 _deep_ok: set[tuple[str, int]] = set()  # (directory, manifest mtime) already checked deeply by this process
@@ -81,7 +85,7 @@ def write_durably(path: Path, text: str) -> None:
     """Replace `path` with `text` atomically and durably: a temporary file, fsynced, renamed over it, and the
     directory fsynced. A reader sees the old contents or the new, never a part."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")  # one writer's own temporary
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -158,6 +162,9 @@ def check_checkpoint(ckpt_dir: Path, deep: bool = False) -> str | None:
         return None if (ckpt_dir / "metadata.json").is_file() else f"{ckpt_dir}: no metadata.json (incomplete save)"
     if not files:
         return f"{ckpt_dir / MANIFEST}: unreadable manifest"
+    missing = [name for name in REQUIRED if name not in files]
+    if missing:  # a manifest written over an incomplete directory (two runs in one --save did that once)
+        return f"{ckpt_dir / missing[0]}: missing; every checkpoint has one (an incomplete save)"
     for name, want in sorted(files.items()):
         path = ckpt_dir / name
         if not path.is_file():

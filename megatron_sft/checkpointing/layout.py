@@ -8,7 +8,9 @@
                                           and the chat template used: everything of the HF
                                           source but its weights (what export needs)
         manifest.json                     every file's size and CRC32, written last (integrity.py)
-      .iter_0000100.saving/               a save in progress (never loaded; removed by the next save)
+      .iter_0000100.saving.<run>/         a save in progress (never loaded; a killed run's is removed by the
+                                          next run that claims the directory)
+      .owner.json                         the claim of the run writing here (checkpointing/owner.py)
 
 A save is written into the staging directory, fsynced, renamed into place and only then named by the
 tracker: a crash at any point leaves the previous checkpoint intact and current.
@@ -109,14 +111,24 @@ def is_megatron_checkpoint(path: str | os.PathLike) -> bool:
     return (p / TRACKER).is_file() or (p / "release").is_dir() or any(p.glob("iter_[0-9]*"))
 
 
+def resumable_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The training checkpoint a run saving into `root` continues from (finetune.sh, sft()): None when `root`
+    holds no checkpoint, or weights only (a conversion's release/). Damaged or unreadable checkpoint state raises
+    the loader's own one-line UserError: no launcher may start over silently on top of saved work."""
+    if not Path(root).is_dir() or not is_megatron_checkpoint(root):
+        return None
+    path, _ = latest_checkpoint_dir(root)
+    return path if (path / TRAIN_STATE).is_file() else None
+
+
 def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
     """Atomically mark `iteration` as the latest complete checkpoint."""
     integrity.write_durably(Path(root) / TRACKER, "release" if iteration is None else str(iteration))
 
 
-def staging_dir(final: Path) -> Path:
-    """Where the save of `final` is written before it is renamed into place."""
-    return final.parent / f".{final.name}.saving"
+def staging_dir(final: Path, token: str) -> Path:
+    """Where the run named `token` writes its save of `final` before renaming it into place."""
+    return final.parent / f".{final.name}.saving.{token}"
 
 
 def remove_dir(path: Path) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import shutil
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -50,6 +52,20 @@ def load_chunk_states(chunks: list, loaded: dict, keep=None) -> None:
             raise RuntimeError(f"checkpoint load: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
+_token: list[str] = []
+
+
+def _run_token() -> str:
+    """A name for this run that every rank agrees on (rank 0's host and pid): its staging directories carry it,
+    so no two runs ever write into, or delete, each other's."""
+    if not _token:
+        token = [f"{socket.gethostname()}-{os.getpid()}"]
+        if dist.is_initialized():
+            dist.broadcast_object_list(token, src=0)
+        _token.append(token[0])
+    return _token[0]
+
+
 def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -64,8 +80,8 @@ class SaveFailed(UserError):
 
 
 @contextlib.contextmanager
-def _sigterm_deferred():
-    """SIGTERM waits while dist_checkpointing runs, and the helper processes it spawns ignore it.
+def _stop_signals_deferred():
+    """SIGTERM and SIGINT wait while dist_checkpointing runs, and the helper processes it spawns ignore them.
 
     torchrun forwards a preemption notice to each worker's whole process group (os.killpg); the helpers of the
     save are in it, and killed they leave the next save hanging. A process started while SIGTERM is ignored keeps
@@ -74,12 +90,14 @@ def _sigterm_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signals = (signal.SIGTERM, signal.SIGINT)  # torchrun forwards Ctrl-C the same way
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
@@ -88,7 +106,7 @@ def _write_files(staging: Path, sharded_state: dict, args_record: dict, hf_asset
     """Everything of one checkpoint but its manifest, into the staging directory."""
     from megatron.core import dist_checkpointing
 
-    with _sigterm_deferred():
+    with _stop_signals_deferred():
         dist_checkpointing.save(sharded_state, str(staging))
         if write_collective is not None:
             write_collective(staging)
@@ -113,7 +131,7 @@ def save_checkpoint(
     write_extras=None,
     write_collective=None,
 ) -> Path:
-    """Write one checkpoint atomically: into `.iter_N.saving/`, then the manifest (fsynced), then the rename
+    """Write one checkpoint atomically: into `.iter_N.saving.<run>/`, then the manifest (fsynced), then the rename
     to `iter_N/`, then the tracker. A crash at any point leaves the previous checkpoint current and
     intact; a failure (ENOSPC, EIO) removes the partial save and raises SaveFailed on every rank.
 
@@ -122,10 +140,10 @@ def save_checkpoint(
     model's modelopt state), both before the manifest, so they are covered."""
     root = Path(root)
     final = layout.iteration_dir(root, iteration)
-    staging = layout.staging_dir(final)
+    staging = layout.staging_dir(final, _run_token())
     if _is_rank0():
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
+        shutil.rmtree(staging, ignore_errors=True)  # this run's own save of `final` that failed earlier
         staging.mkdir()
     _barrier()
     error = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -85,7 +86,10 @@ def prepare(
             with contextlib.suppress(FileNotFoundError):
                 os.remove(failed)
             tmp = f"{final}.tmp{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            # a build of this key killed before its rename left its staging; we hold the build lock, so none is live
+            for stale in glob.glob(glob.escape(final) + ".tmp*"):
+                log.info("data: removing %s, left by an interrupted build", stale)
+                shutil.rmtree(stale, ignore_errors=True)
             log.info("data: building cache %s", final)
             try:
                 meta = build_cache(cfg, tokenizer, tmp, progress=progress,

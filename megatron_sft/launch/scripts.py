@@ -9,7 +9,7 @@ from pathlib import Path
 
 from megatron_sft.arguments.run_config import field_default
 from megatron_sft.checkpointing.gguf import is_gguf
-from megatron_sft.checkpointing.layout import TRAIN_STATE, latest_checkpoint_dir
+from megatron_sft.checkpointing.layout import TRAIN_STATE, latest_checkpoint_dir, resumable_checkpoint
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
 from megatron_sft.launch.layout import Layout, launcher, read_layout
@@ -173,7 +173,7 @@ def _start(s: Settings, model: str, work: str) -> list[str]:
     resume = s.lookup("MLM_RESUME", "1")[0]
     if resume not in ("0", "1"):
         raise LaunchError(f"MLM_RESUME={resume}: use 1 (resume, default) or 0 (start over)")
-    last = _complete_checkpoint(save)
+    last = resumable_checkpoint(save) if resume == "1" else _complete_checkpoint(save)  # MLM_RESUME=0: explicit
     trained = last is not None and (last / TRAIN_STATE).is_file()
     if trained and resume == "1":
         s.note("start", f"resuming {save} from iteration {int(last.name.removeprefix('iter_'))} (MLM_RESUME=0 "

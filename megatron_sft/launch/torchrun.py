@@ -1,18 +1,32 @@
-"""`python -m megatron_sft.launch.torchrun ARGS`: torchrun, minus its failure report when the workers stopped on a
-user error.
+"""`python -m megatron_sft.launch.torchrun ARGS`: torchrun, with a user error reported in its one line.
 
-A worker that meets a UserError prints one `error:` line (rank 0) and exits 2 (cli.run_main). torchrun would then
-log each worker's exit and raise a ChildFailedError whose report of a dozen lines buries that line. Here the run
-ends with exit code 2 and nothing more; any other failure gets torchrun's full report, as before. A signal
-(SIGTERM from a scheduler) is forwarded to the workers exactly as torchrun does; the run then ends with one line
-and exit code 128 + the signal, instead of torchrun's traceback."""
+A worker that meets a UserError exits 2 (cli.run_main) after writing its `error:` line into a folder this wrapper
+made (cli.ERRORS_DIR_ENV). torchrun stops the other workers as soon as one exits, often before rank 0 could
+print, and would then log each worker's exit and raise a ChildFailedError whose report of a dozen lines buries the
+message. Here, once every worker has stopped, the distinct lines of all local ranks are printed (rank order) and
+the run ends with exit code 2; any other failure gets torchrun's full report, as before. A signal (Ctrl-C, SIGTERM
+from a scheduler) is forwarded to the workers exactly as torchrun does; they save and stop, say so in one line,
+and the run ends with exit code 128 + the signal, without torchrun's traceback."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
+import tempfile
 
-from megatron_sft.cli import EXIT_USER_ERROR
+from megatron_sft.cli import ERRORS_DIR_ENV, EXIT_USER_ERROR
+
+
+def worker_errors(folder: str) -> list[str]:
+    """The distinct lines the workers wrote, in rank order."""
+    lines: list[str] = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("rank"):
+            with open(os.path.join(folder, name)) as f:
+                lines += [line for line in f.read().splitlines() if line not in lines]
+    return lines
 
 
 def main() -> int:
@@ -23,17 +37,23 @@ def main() -> int:
     elastic = logging.getLogger("torch.distributed.elastic")
     level = elastic.level
     elastic.setLevel(logging.CRITICAL)  # its per-worker "failed (exitcode: 2)" lines; the report below says it all
+    folder = tempfile.mkdtemp(prefix="megatron_sft_errors.")
+    os.environ[ERRORS_DIR_ENV] = folder  # inherited by the workers
     try:
         torchrun_main()
     except ChildFailedError as err:
         _, first = err.get_first_failure()
-        if first.exitcode == EXIT_USER_ERROR:
+        lines = worker_errors(folder)
+        if lines:
+            print("\n".join(lines), file=sys.stderr, flush=True)
+        if first.exitcode == EXIT_USER_ERROR and lines:
             return EXIT_USER_ERROR
         elastic.setLevel(level)
         raise
-    except SignalException as err:  # SIGTERM / SIGINT: forwarded to the workers, which saved and stopped
-        print(f"torchrun: stopped by signal {err.sigval}", file=sys.stderr, flush=True)
+    except SignalException as err:  # Ctrl-C / SIGTERM: forwarded to the workers, which saved and stopped
         return 128 + int(err.sigval)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

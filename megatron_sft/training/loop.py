@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from megatron_sft.models.builder import padded_vocab_size
 from megatron_sft.runtime.distributed import any_rank, collective_device
 from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, save_loss_curve, training_flops
 from megatron_sft.training.progress import Progress
+from megatron_sft.training.resume_check import check_resume
 from megatron_sft.training.runlog import RunFiles
 from megatron_sft.training.signals import ExitController
 from megatron_sft.training.state import (
@@ -112,6 +114,8 @@ class Trainer:
         self.files = files if files is not None else RunFiles(cfg.checkpoint.save)
         self.tokenizer = load_run_tokenizer(cfg)
         resume = resume_point(cfg)
+        if resume is not None:
+            check_resume(cfg, resume[0])  # before the data is prepared: a refusal costs nothing
         self.state = resume[1] if resume is not None else TrainState()
         # Data first: --train-epochs sizes the run (and the LR schedule) from the training split.
         self.data = _build_data(cfg, self.tokenizer, self.state.consumed_samples)
@@ -121,7 +125,7 @@ class Trainer:
         _log_batch(cfg, self.data.train)
         self.model = build_training_model(cfg, resume[0] if resume is not None else None)
         if resume is not None:
-            load_training_checkpoint(resume[0], self.model, self.state)
+            load_training_checkpoint(resume[0], self.model, self.state, cfg)
         # Each save copies the HF config and tokenizer from here; after the first, from the run's own last save
         # (the checkpoint resumed from may be deleted by --keep-last).
         self.assets = hf_assets_source(cfg)
@@ -266,12 +270,15 @@ class Trainer:
         self.finish(reason)
 
     def finish(self, reason: str | None) -> None:
-        if reason:
+        if reason and not self.exit.interrupted:
             log.info("stopping early: %s", reason)
-        else:
+        elif not reason:
             self.maybe_evaluate(force=True)  # as Megatron-LM, validate once more at the end of training
         if self.cfg.checkpoint.save and self.saved_iteration != self.state.iteration:
             self.save()
+        if self.exit.interrupted:
+            log.info("interrupted at iteration %d; saved %s", self.state.iteration,
+                     self.last_save or "nothing (no --save)")
         if self.cfg.checkpoint.save_hf and self.saved_iteration is not None and \
                 self.hf_iteration != self.saved_iteration:  # --save-hf final, or the last save was periodic
             self.export_hf(Path(self.last_save), self.saved_iteration)
@@ -329,10 +336,27 @@ def start_training(cfg: RunConfig, files: RunFiles | None = None) -> Trainer:
 
 def finetune(cfg: RunConfig) -> Trainer:
     """Train as `cfg` says; returns the Trainer (its history is what tests and tools read)."""
+    claim = claim_save_dir(cfg.checkpoint.save)  # before this run writes anything there
     files = RunFiles(cfg.checkpoint.save)  # training.log gets the start-up lines too
     try:
         trainer = start_training(cfg, files)
         trainer.run()
     finally:
         files.close()
+        if claim is not None:
+            claim.release()
     return trainer
+
+
+def claim_save_dir(save: str | None):
+    """Rank 0 claims --save for this run (checkpointing/owner.py) and clears what killed runs left there. A live
+    owner's directory is refused in one line; rank 0 exits on it before the process group forms, and torchrun stops
+    the other ranks."""
+    if not save or int(os.environ.get("RANK", "0")) != 0:
+        return None
+    from megatron_sft.checkpointing.owner import SaveClaim, cleanup_leftovers
+
+    claim = SaveClaim(save)
+    claim.acquire()
+    cleanup_leftovers(save)
+    return claim

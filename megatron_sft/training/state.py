@@ -173,8 +173,11 @@ def _restore_adam_step(optimizer, steps: int) -> None:
 
 
 @torch.no_grad()
-def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
-    """Restore everything saved by save_training_checkpoint into a freshly built model."""
+def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState, cfg: RunConfig) -> None:
+    """Restore everything saved by save_training_checkpoint into a freshly built model (the schedule's values as
+    resume_check.load_scheduler decides)."""
+    from megatron_sft.training.resume_check import load_scheduler
+
     from megatron.core import dist_checkpointing
 
     from megatron_sft.models.builder import unwrap
@@ -191,7 +194,7 @@ def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState) -> None:
     load_chunk_states(chunks, loaded, _adapters_only(model))
     model.optimizer.load_state_dict(loaded["optimizer"])
     _restore_adam_step(model.optimizer, state.optimizer_steps)
-    model.scheduler.load_state_dict(state.scheduler)
+    load_scheduler(model.scheduler, state.scheduler, cfg, state.iteration)
     if "rng_state" in loaded:
         _set_rng(loaded["rng_state"])
     else:
