@@ -14,7 +14,8 @@ import torch
 
 from tests.conftest import WORKERS, torchrun
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]  # the fixture: 3 launches
+# the fixture: 3 launches
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
 
 FAMILIES = ("qwen3", "qwen3_untied", "llama3", "qwen2", "qwen3_moe")
 # fp32 logits (size ~1-10) of a 4-layer model from two implementations: other kernels and reduction orders

@@ -12,7 +12,8 @@ import torch
 from tests.conftest import WORKERS, torchrun
 from tests.distributed.test_training import rel, write_reversal_data
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]  # the fixture: 3 launches
+# the fixture: 3 launches
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
 
 RANK, ALPHA = 4, 8.0
 EXPORT_FAMILIES = ("qwen3", "llama3", "qwen2", "qwen3_moe")

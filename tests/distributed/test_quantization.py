@@ -154,8 +154,8 @@ def test_fake_quantized_logits_equal_modelopt_on_transformers(out, family, fmt, 
     are not a property of the product: calibration reduces activations in the layout's order (TP2's partial
     sums, another CPU's matmul blocking), so its values differ in the last bits (TP2 vs TP1: up to 1.1e-6
     relative), and a weight or activation that sits on a rounding boundary then moves one code; each such flip
-    moves every later position's logits (measured: Qwen3 INT8-SQ at TP2 on an AVX512-FP16/AMX CPU, 3 codes,
-    max 4.8e-3, 0.033 of the quantization's own effect).
+    moves every later position's logits (measured: Qwen3 INT8-SQ calibrated at TP2 on an AVX512-FP16/AMX CPU,
+    values up to 1.7e-6 apart, logits up to 4.8e-3, 0.033 of the quantization's own effect).
     1. Every quantizer value (amax, pre_quant_scale) = modelopt's, to 1e-5 relative: a scale 1% off, a row
        block in the wrong order or a missing quantizer is 1e-2 or more.
     2. The logits within FLIP_BOUND (0.1) of the quantization's own effect (relative RMS): a forward that

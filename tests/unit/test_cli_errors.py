@@ -67,3 +67,20 @@ def test_bad_input_is_one_line_before_heavy_work(tmp_path, case):
     for word in must_mention:
         assert word in lines[0], f"{word!r} not in: {lines[0]}"
     assert not imported & set(HEAVY), f"imported before the error: {sorted(imported & set(HEAVY))}"
+
+
+def test_under_the_torchrun_wrapper_each_rank_hands_its_error_to_the_wrapper(tmp_path):
+    """The workers print nothing themselves (torchrun may kill rank 0 before it could); the wrapper prints the
+    distinct lines of all ranks once."""
+    from megatron_sft.cli import ERRORS_DIR_ENV
+    from megatron_sft.launch.torchrun import worker_errors
+
+    code = "from megatron_sft.cli import run_main\nfrom megatron_sft.arguments import parse_args\n" \
+           "run_main(lambda: parse_args(['--load', '/nope/x']))"
+    for rank in ("1", "0"):
+        env = {**os.environ, "RANK": rank, ERRORS_DIR_ENV: str(tmp_path)}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+        assert (out.returncode, out.stderr) == (2, ""), out.stderr
+    assert sorted(os.listdir(tmp_path)) == ["rank000000", "rank000001"]
+    assert worker_errors(str(tmp_path)) == [
+        "error: --load /nope/x: no such directory; give a Hugging Face model directory or a Megatron checkpoint"]

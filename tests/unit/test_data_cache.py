@@ -202,3 +202,16 @@ def test_a_build_by_another_process_is_waited_for_with_a_notice(data, caplog):
         prepared = cache.prepare(data, tok, progress=False)
     assert any("another process is building" in r.getMessage() for r in caplog.records)
     assert len(prepared) > 0
+
+
+def test_a_killed_builds_staging_is_removed_by_the_next_build(data, caplog):
+    """A build killed before its rename leaves `<key>.tmpPID`; the next builder (holding the lock) removes it."""
+    tok = make_tiny_tokenizer("qwen3")
+    key = cache.cache_key(data, tok)[0]
+    left = os.path.join(data.cache_root, key) + ".tmp999999"
+    os.makedirs(os.path.join(left, "partial"))
+    with caplog.at_level("INFO"):
+        prepared = cache.prepare(data, tok, progress=False)
+    assert len(prepared) > 0 and not os.path.exists(left)
+    assert any(left in r.getMessage() and "interrupted build" in r.getMessage() for r in caplog.records)
+    assert sorted(os.listdir(data.cache_root)) == sorted([key, key + ".lock"])
