@@ -63,6 +63,18 @@ def error_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("error:")]
 
 
+def signalled_after_iteration_3(base: dict, save: Path, signum: int, worker: Path) -> tuple[int, str]:
+    """A DP=2 run (tests/distributed/workers/slow_step.py) sent `signum` while it holds after iteration 3, as a
+    scheduler (SIGTERM) or a terminal's Ctrl-C (SIGINT) would send it to the launcher: (exit code, output)."""
+    proc = launch([str(worker), "3", "5"], flags_for(base, save))
+    for line in proc.stdout:
+        if "holding after iteration 3" in line:
+            proc.send_signal(signum)
+            break
+    out = proc.communicate(timeout=300)[0]
+    return proc.returncode, out
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """kill -9 torchrun and every worker (they run in sessions of their own)."""
     parent = psutil.Process(proc.pid)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import WORKERS
 from tests.distributed.runs import (FINETUNE, ITERS, digests, error_lines, flags_for, kill_tree, launch, losses, run,
-                                    tracker)
+                                    signalled_after_iteration_3, tracker)
 from tests.workflow.helpers import run_script, script_env
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -65,14 +65,9 @@ def test_sigterm_saves_and_the_resume_is_exact(base):
     """A scheduler's preemption notice (SIGTERM to torchrun, forwarded to the workers) after iteration 3: the run
     saves iteration 3 and stops; the resume continues as the straight run did."""
     save = base["out"] / "sigterm"
-    proc = launch([str(WORKERS / "slow_step.py"), "3", "5"], flags_for(base, save))
-    for line in proc.stdout:
-        if "holding after iteration 3" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out = proc.communicate(timeout=300)[0]
+    code, out = signalled_after_iteration_3(base, save, signal.SIGTERM, WORKERS / "slow_step.py")
     assert "SIGTERM received" in out and tracker(save) == "3", out[-3000:]
-    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in out, out[-3000:]
+    assert code == 128 + signal.SIGTERM and "Traceback" not in out, out[-3000:]
     code, out = run(FINETUNE, flags_for(base, save, load=save))
     assert code == 0 and f"resumed {save}/iter_0000003 at iteration 3" in out, out[-3000:]
     got, want = losses(save), losses(base["straight"])

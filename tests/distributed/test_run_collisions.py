@@ -12,7 +12,8 @@ import signal
 import pytest
 
 from tests.conftest import WORKERS
-from tests.distributed.runs import FINETUNE, ITERS, digests, error_lines, flags_for, launch, losses, run, tracker
+from tests.distributed.runs import (FINETUNE, ITERS, digests, error_lines, flags_for, launch, losses, run,
+                                    signalled_after_iteration_3, tracker)
 from tests.workflow.helpers import run_script, script_env
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -135,13 +136,8 @@ def test_resume_with_another_data_path_is_refused(base, tmp_path):
 def test_ctrl_c_saves_says_so_in_one_line_and_the_resume_is_exact(base, tmp_path):
     """Ctrl-C in a terminal sends SIGINT to the launcher (torchrun's workers run in sessions of their own)."""
     save = tmp_path / "interrupted"
-    proc = launch([str(WORKERS / "slow_step.py"), "3", "5"], flags_for(base, save))
-    for line in proc.stdout:
-        if "holding after iteration 3" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 130, out[-3000:]
+    code, out = signalled_after_iteration_3(base, save, signal.SIGINT, WORKERS / "slow_step.py")
+    assert code == 130, out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
     assert f"interrupted at iteration 3; saved {save}/iter_0000003" in out and tracker(save) == "3", out[-3000:]
     code, out = run(FINETUNE, flags_for(base, save, load=save))

@@ -176,11 +176,11 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(result
 def test_sigkill_during_save_leaves_previous_checkpoint(tiny_models, results):
     """Kill -9 while iteration 10 is being saved: 5 stays current, and a resume from it completes."""
     import os
-    import signal
     import subprocess
     import sys
 
     from tests.conftest import REPO, free_port
+    from tests.distributed.runs import kill_tree
 
     out = results["out"] / "killed"
     flags = ["--load", str(tiny_models["qwen3"]), "--data-path", str(results["out"] / "data.jsonl"),
@@ -203,8 +203,9 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tiny_models, results):
         else:
             raise AssertionError("the run ended without reaching the paused save")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        # torchrun and its worker, which runs in a session of its own (a kill of torchrun's group alone left it
+        # running, and the resume below then wrote into a directory a live run still held)
+        kill_tree(proc)
     assert (out / "iter_0000010").is_dir(), "the partial save should exist on disk"
     assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "5"
     resume = [f if f != str(tiny_models["qwen3"]) else str(out) for f in flags]

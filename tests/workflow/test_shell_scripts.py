@@ -110,7 +110,7 @@ def resumed(demo, work):
         work,
         DP="2",
         MLM_MODEL_SAVE=str(save),
-        MLM_DATA_ARGS=f"--train-iters {DEMO_ITERS + 4}",
+        MLM_DATA_ARGS=f"--train-iters {DEMO_ITERS + 4} --split 98,2,0",  # the demo's data: a resume keeps it
         MLM_EVAL_ARGS="--eval-iters 0 --log-interval 1",
     )
     return {"proc": run_script("finetune", "tiny", env), "save": save}
