@@ -20,7 +20,7 @@ from tests.distributed.test_training import write_reversal_data
 from tests.distributed.workers.quantization import (EXPORT_FORMATS, EXPORT_VARIANTS, FAMILIES, FORMATS,
                                                     QAT_FORMATS)
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
 MODELOPT_CFG = {"fp8": "FP8_DEFAULT_CFG", "int8_sq": "INT8_SMOOTHQUANT_CFG", "int4_awq": "INT4_AWQ_CFG",
                 "INT4_BLOCKWISE_WEIGHT_ONLY_CFG": "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"}
 EXPORT_ALGO = {"fp8": "FP8", "int8_sq": "W8A8_SQ_PER_CHANNEL", "int8": "W8A8_SQ_PER_CHANNEL",
