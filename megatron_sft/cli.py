@@ -15,7 +15,7 @@ from megatron_sft.errors import UserError
 EXIT_USER_ERROR = 2  # argparse's code for a bad command line
 EXIT_INTERRUPTED = 130  # a shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 # Set by the torchrun wrapper (megatron_sft.launch.torchrun) to a folder of its own: each rank writes its error
-# there and the wrapper prints the distinct lines once, after every worker has stopped. Printing from the worker
+# there and the wrapper prints the lowest rank's lines once, after every worker has stopped. Printing from the worker
 # is not enough: torchrun kills the other workers as soon as one exits, often before rank 0 has printed.
 ERRORS_DIR_ENV = "MEGATRON_SFT_ERRORS_DIR"
 

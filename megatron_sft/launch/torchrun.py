@@ -3,8 +3,8 @@
 A worker that meets a UserError exits 2 (cli.run_main) after writing its `error:` line into a folder this wrapper
 made (cli.ERRORS_DIR_ENV). torchrun stops the other workers as soon as one exits, often before rank 0 could
 print, and would then log each worker's exit and raise a ChildFailedError whose report of a dozen lines buries the
-message. Here, once every worker has stopped, the distinct lines of all local ranks are printed (rank order) and
-the run ends with exit code 2; any other failure gets torchrun's full report, as before. A signal (Ctrl-C, SIGTERM
+message. Here, once every worker has stopped, the lowest such rank's lines are printed once and the run ends
+with exit code 2; any other failure gets torchrun's full report, as before. A signal (Ctrl-C, SIGTERM
 from a scheduler) is forwarded to the workers exactly as torchrun does; they save and stop, say so in one line,
 and the run ends with exit code 128 + the signal, without torchrun's traceback."""
 
@@ -20,13 +20,13 @@ from megatron_sft.cli import ERRORS_DIR_ENV, EXIT_USER_ERROR
 
 
 def worker_errors(folder: str) -> list[str]:
-    """The distinct lines the workers wrote, in rank order."""
-    lines: list[str] = []
+    """The lines of the lowest rank that wrote any: rank 0's when it got that far (its words are the run's, e.g. the
+    disk that filled up, where another rank only knows that the save failed), else the first rank that did."""
     for name in sorted(os.listdir(folder)):
         if name.startswith("rank"):
             with open(os.path.join(folder, name)) as f:
-                lines += [line for line in f.read().splitlines() if line not in lines]
-    return lines
+                return [line for line in f.read().splitlines() if line]
+    return []
 
 
 def main() -> int:

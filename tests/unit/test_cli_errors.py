@@ -71,7 +71,7 @@ def test_bad_input_is_one_line_before_heavy_work(tmp_path, case):
 
 def test_under_the_torchrun_wrapper_each_rank_hands_its_error_to_the_wrapper(tmp_path):
     """The workers print nothing themselves (torchrun may kill rank 0 before it could); the wrapper prints the
-    distinct lines of all ranks once."""
+    lowest rank's lines once."""
     from megatron_sft.cli import ERRORS_DIR_ENV
     from megatron_sft.launch.torchrun import worker_errors
 
