@@ -12,17 +12,13 @@ have the switch) unless --no-chat-template; generation stops at the eos / end-of
 from __future__ import annotations
 
 
-def main() -> None:
-    from megatron_sft.arguments import add_inference_args, parse_args
-    from megatron_sft.arguments.inference import add_generation_extra_args
+def main() -> int:
+    from megatron_sft.apps import main as run_app
 
-    args = parse_args(extra=[add_inference_args, add_generation_extra_args])  # fails fast, before heavy imports
-    from megatron_sft.inference.run import generate_main
-
-    generate_main(args)
+    return run_app("generate")
 
 
-if __name__ == "__main__":  # keep the work out of module import: spawned helpers re-import this file
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file: work only here
     from megatron_sft.cli import run_main
 
     run_main(main)

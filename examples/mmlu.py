@@ -13,16 +13,13 @@ logit. Prints accuracy by subject and category; exits 1 when below --lower-bound
 from __future__ import annotations
 
 
-def main() -> None:
-    from megatron_sft.arguments import add_inference_args, parse_args
+def main() -> int:
+    from megatron_sft.apps import main as run_app
 
-    args = parse_args(extra=[add_inference_args])  # fails fast, before heavy imports
-    from megatron_sft.inference.run import mmlu_main
-
-    mmlu_main(args)
+    return run_app("mmlu")
 
 
-if __name__ == "__main__":  # keep the work out of module import: spawned helpers re-import this file
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file: work only here
     from megatron_sft.cli import run_main
 
     run_main(main)

@@ -13,27 +13,13 @@ tools/convert.py (export.sh) writes modelopt's quantized Hugging Face format.
 from __future__ import annotations
 
 
-def main() -> None:
-    from megatron_sft.arguments import parse_args
-    from megatron_sft.arguments.inputs import check_not_converting_in_place
-    from megatron_sft.arguments.quantize import add_quantize_args, check_cuda_format
-    from megatron_sft.runtime.log import setup_logging
+def main() -> int:
+    from megatron_sft.apps import main as run_app
 
-    setup_logging()
-    args = parse_args(extra=[add_quantize_args])  # fails fast, before heavy imports
-    check_not_converting_in_place(args)
-    import torch
-
-    check_cuda_format(args.quantization.export_quant_cfg, args.runtime.device, torch.cuda.is_available())
-    from megatron_sft.quantization.ptq import quantize
-    from megatron_sft.runtime.distributed import init_from_args, shutdown
-
-    out = quantize(init_from_args(args))
-    print(f"wrote {out}")
-    shutdown()
+    return run_app("quantize")
 
 
-if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file: work only here
     from megatron_sft.cli import run_main
 
     run_main(main)

@@ -9,17 +9,18 @@
 The package is layered; a module imports only from its own layer or the layers below it, function-level
 imports included (tests/unit/test_layering.py enforces LAYERS and the absence of import cycles):
 
-    errors, cli            user errors, the entry-point wrapper
+    errors, config, cli    user errors; the run's configuration (RunConfig, its sections); the entry-point wrapper
     runtime, tiny, tasks   devices, process groups, the CPU mode; tiny test models and tokenizers; demo tasks
     models                 model families, layer specs, GPTModel construction, unwrap
-    config                 RunConfig -> Megatron-Core's TransformerConfig, DDP and optimizer configs
+    to_mcore               RunConfig -> Megatron-Core's TransformerConfig, DDP and optimizer configs
     checkpointing          checkpoint layout, integrity, dist-checkpoint save/load, HF weights (no LoRA), GGUF
     peft                   LoRA adapters, their record and the PEFT folders
     data                   rendering, tokenizer, sources, packing, cache, batches
-    arguments              the flags, resolved against checkpoints, validated, frozen into a RunConfig
-    loading                what --load holds (HF, Megatron, LoRA), decided once: weights and tokenizer
-    training, inference, conversion, quantization      the applications
-    launch, api, run_finetune            the shell scripts' planner, sft(), the entry point
+    arguments              the flags: parsed, resolved against checkpoints, derived, validated, made a RunConfig
+    loading, startup       what --load holds (HF, Megatron, LoRA), decided once; the common start of every app
+    training, inference, conversion, quantization      the applications' work
+    apps, launch, api, run_finetune, __main__          the table of apps and their main(); the shell scripts'
+                                                       planner; sft(); the entry points
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from __future__ import annotations
 __all__ = ["sft", "lora_sft", "SFTResult", "SFTError"]
 
 LAYERS = (
-    ("errors", "cli"),
+    ("errors", "config", "cli"),
     ("runtime", "tiny", "tasks"),
     ("models",),
-    ("config",),
+    ("to_mcore",),
     ("checkpointing",),
     ("peft",),
     ("data",),
     ("arguments",),
-    ("loading",),
+    ("loading", "startup"),
     ("training", "inference", "conversion", "quantization"),
-    ("launch", "api", "run_finetune"),
+    ("apps", "launch", "api", "run_finetune", "__main__"),
 )
 
 

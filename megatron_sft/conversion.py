@@ -6,12 +6,12 @@ import logging
 import time
 from pathlib import Path
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import layout
 from megatron_sft.checkpointing.hf import export_hf_weights
 from megatron_sft.checkpointing.modelopt_state import is_quantized, read_record
 from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
-from megatron_sft.config import dtype_from_name
+from megatron_sft.to_mcore import dtype_from_name
 from megatron_sft.errors import UserError
 from megatron_sft.loading import build_and_load, hf_assets_source
 
@@ -105,6 +105,13 @@ def _export_adapter(cfg: RunConfig, chunks: list, dtype) -> Path:
     base = lora_base(cfg)  # named in adapter_config.json when PEFT can load it (a Hugging Face directory)
     return save_peft_adapter(chunks, LoraSpec.from_config(cfg), cfg.checkpoint.save,
                              base.path if base.format == "hf" else None, dtype)
+
+
+def run(cfg: RunConfig) -> None:
+    """The convert and export apps (apps.py)."""
+    from megatron_sft.startup import start
+
+    print(f"wrote {convert(start(cfg))}", flush=True)
 
 
 def convert(cfg: RunConfig) -> Path:

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import layout, modelopt_state
 from megatron_sft.checkpointing.hf import import_hf_weights
 from megatron_sft.checkpointing.megatron_ckpt import load_model_weights
-from megatron_sft.config import dtype_from_name, transformer_config
+from megatron_sft.to_mcore import dtype_from_name, transformer_config
 from megatron_sft.errors import UserError
 from megatron_sft.models.builder import build_model_chunks, padded_vocab_size
 

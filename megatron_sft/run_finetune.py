@@ -1,25 +1,25 @@
-"""`python -m megatron_sft.run_finetune <flags>`: the finetune entry point inside the package.
+"""`python -m megatron_sft.run_finetune <flags>` (= `python -m megatron_sft finetune`): the finetune entry point.
 
-examples/finetune.py and `megatron_sft.sft()` both run this. Heavy imports stay inside main():
+examples/finetune.py and `megatron_sft.sft()` both run this. Heavy imports stay inside the functions:
 dist_checkpointing's saver process re-imports the launching module.
 """
 
 from __future__ import annotations
 
 
-def main() -> int:
-    from megatron_sft.arguments import parse_args
-    from megatron_sft.runtime.log import setup_logging
-
-    setup_logging()
-    args = parse_args()  # all flag errors reported together, before any heavy work
-    from megatron_sft.runtime.distributed import shutdown
-    from megatron_sft.training.loop import finetune
+def run(cfg) -> int:
+    """The finetune app's run (apps.py): train as `cfg` says; 130 when stopped by Ctrl-C or SIGTERM (saved)."""
     from megatron_sft.cli import EXIT_INTERRUPTED
+    from megatron_sft.training.loop import finetune
 
-    trainer = finetune(args)
-    shutdown()
+    trainer = finetune(cfg)
     return EXIT_INTERRUPTED if trainer.exit.interrupted else 0
+
+
+def main() -> int:
+    from megatron_sft.apps import main as run_app
+
+    return run_app("finetune")
 
 
 if __name__ == "__main__":

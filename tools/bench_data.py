@@ -117,7 +117,7 @@ def write_data(path: str, n: int, short: bool, seed: int = 0) -> None:
 
 
 def timed_build(path: str, tok, workers: int, out: str, seq_length: int = 4096):
-    from megatron_sft.data.config import DataConfig
+    from megatron_sft.config import DataConfig
     from megatron_sft.data.prepare import build_cache
 
     shutil.rmtree(out, ignore_errors=True)

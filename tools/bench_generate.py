@@ -46,12 +46,12 @@ def build_model(seq_length: int, device: str) -> list:
     import torch
 
     from megatron_sft.arguments import parse_args
-    from megatron_sft.config import transformer_config
+    from megatron_sft.to_mcore import transformer_config
     from megatron_sft.models.builder import build_model_chunks
-    from megatron_sft.runtime.distributed import init_from_args
+    from megatron_sft.startup import start
 
     args = parse_args(megatron_flags(QWEN3_0_6B, seq_length) + ["--device", device], world_size=1)
-    args = init_from_args(args)
+    args = start(args)
     config = transformer_config(args)
     config.perform_initialization = False  # filled below, much faster than Megatron's init pass
     chunks = build_model_chunks(args, config, QWEN3_0_6B["vocab_size"])

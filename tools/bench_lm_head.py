@@ -110,7 +110,7 @@ def main() -> None:
     if cli.one:
         print(json.dumps(one(cli.one)))
         return
-    from megatron_sft.arguments.run_config import field_default
+    from megatron_sft.config import field_default
 
     work = Path(tempfile.mkdtemp(prefix="bench_lm_head_"))
     write_data(work / "data.jsonl")

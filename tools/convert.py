@@ -12,23 +12,13 @@ layout) is loaded at TP=1 and exported as a Hugging Face directory.
 from __future__ import annotations
 
 
-def main() -> None:
-    from megatron_sft.arguments import parse_args
-    from megatron_sft.arguments.inputs import check_not_converting_in_place
-    from megatron_sft.runtime.log import setup_logging
+def main() -> int:
+    from megatron_sft.apps import main as run_app
 
-    setup_logging()
-    args = parse_args()  # validation first: user errors surface before the heavy imports
-    check_not_converting_in_place(args)
-    from megatron_sft.conversion import convert
-    from megatron_sft.runtime.distributed import init_from_args, shutdown
-    args = init_from_args(args)
-    out = convert(args)
-    print(f"wrote {out}")
-    shutdown()
+    return run_app("convert")
 
 
-if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file
+if __name__ == "__main__":  # dist_checkpointing's spawned saver re-imports this file: work only here
     from megatron_sft.cli import run_main
 
     run_main(main)

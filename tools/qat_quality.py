@@ -59,9 +59,9 @@ def _nll_main(ckpt: str, heldout: str, bf16: bool) -> None:
     from megatron_sft.data.render import ChatRenderer
     from megatron_sft.inference.logits import forward_logits
     from megatron_sft.loading import build_and_load, load_run_tokenizer
-    from megatron_sft.runtime.distributed import init_from_args
+    from megatron_sft.startup import start
 
-    cfg = init_from_args(parse_args(["--load", ckpt, "--device", "cpu", *(["--bf16"] if bf16 else [])]))
+    cfg = start(parse_args(["--load", ckpt, "--device", "cpu", *(["--bf16"] if bf16 else [])]))
     chunks, tokenizer = build_and_load(cfg), load_run_tokenizer(cfg)
     renderer = ChatRenderer(tokenizer)
     total, count = 0.0, 0

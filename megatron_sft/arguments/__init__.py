@@ -23,14 +23,14 @@ from megatron_sft.arguments.parallel import add_parallel_args
 from megatron_sft.arguments.derive import derive_values
 from megatron_sft.arguments.peft import LORA_RECORDED, add_peft_args, resolve_peft
 from megatron_sft.arguments.resolve import MEGATRON_DEFAULTS, resolve_architecture
-from megatron_sft.arguments.run_config import SECTION_OF, SECTIONS, RunConfig, field_default
+from megatron_sft.config import SECTION_OF, SECTIONS, RunConfig, field_default
 from megatron_sft.arguments.runtime import add_runtime_args
 from megatron_sft.arguments.training import add_training_args
 from megatron_sft.arguments.validate import check_sizes, validate_args
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.errors import ConfigErrors, UserError
 
-__all__ = ["build_parser", "parse_args", "add_inference_args", "option_names", "RunConfig"]
+__all__ = ["ArgsAdder", "build_parser", "parse_args", "add_inference_args", "option_names", "RunConfig"]
 
 ArgsAdder = Callable[[argparse.ArgumentParser], None]
 DEFAULT_GROUPS: tuple[ArgsAdder, ...] = (
@@ -62,12 +62,11 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigErrors([f"{message} (see --help)"])
 
 
-def build_parser(extra: Iterable[ArgsAdder] = ()) -> argparse.ArgumentParser:
+def build_parser(extra: Iterable[ArgsAdder] = (), prog: str | None = None) -> argparse.ArgumentParser:
     """The parser of every entry script; `extra` adds groups such as add_inference_args."""
     # allow_abbrev=False like Megatron-LM: a prefix of one flag must not silently mean another.
-    parser = _Parser(
-        description="Supervised fine-tuning on Megatron-Core", allow_abbrev=False, formatter_class=_HelpFormatter
-    )
+    parser = _Parser(prog=prog, description="Supervised fine-tuning on Megatron-Core", allow_abbrev=False,
+                     formatter_class=_HelpFormatter)
     for add in (*DEFAULT_GROUPS, *extra):
         add(parser)
     apply_field_defaults(parser)
@@ -75,7 +74,7 @@ def build_parser(extra: Iterable[ArgsAdder] = ()) -> argparse.ArgumentParser:
 
 
 def apply_field_defaults(parser: argparse.ArgumentParser) -> None:
-    """Each flag's default is its RunConfig field's, written once in run_config.py. Flags that stay None mean
+    """Each flag's default is its RunConfig field's, written once in config.py. Flags that stay None mean
     "not given": the architecture (resolved: flag > checkpoint > field default) and the data flags (DataConfig
     reads None as its field default) and LoRA's sizes (flag > the LoRA checkpoint > field default)."""
     for action in parser._actions:
@@ -97,14 +96,15 @@ def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def parse_args(
-    argv: list[str] | None = None, *, world_size: int | None = None, extra: Iterable[ArgsAdder] = ()
+    argv: list[str] | None = None, *, world_size: int | None = None, extra: Iterable[ArgsAdder] = (),
+    prog: str | None = None,
 ) -> RunConfig:
     """Parse; resolve the architecture and LoRA (flag > checkpoint > default); derive (derive.py, the only place
     values are computed); validate (reads only); freeze.
 
     Raises ConfigErrors listing every problem. `world_size` defaults to $WORLD_SIZE (else 1).
     """
-    parser = build_parser(extra)
+    parser = build_parser(extra, prog)
     args = parser.parse_args(argv)
     args.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     args.notices = []

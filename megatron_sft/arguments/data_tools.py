@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from megatron_sft.arguments.data import add_data_args
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.errors import UserError
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from argparse import Namespace
 
 from megatron_sft.arguments.resolve import derive_architecture
-from megatron_sft.data.config import DEFAULT_SPLIT
+from megatron_sft.config import DEFAULT_SPLIT
 
 
 def derive_values(args: Namespace, options: dict[str, str]) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 
+from megatron_sft.errors import UserError
+
 
 def add_inference_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("generation")
@@ -51,3 +53,37 @@ def add_generation_extra_args(parser: ArgumentParser) -> None:
         action="store_true",
         help="generate: feed prompts as raw text instead of rendering them with the chat template",
     )
+
+
+def _check_inference_layout(cfg) -> None:
+    if cfg.parallel.context_parallel_size > 1:
+        raise UserError(f"--context-parallel-size {cfg.parallel.context_parallel_size}: generation and MMLU run with "
+                        "context parallelism 1; use tensor or pipeline parallelism instead")
+    if cfg.inference.inference_batch_size < 1:
+        raise UserError(f"--inference-batch-size {cfg.inference.inference_batch_size}: must be >= 1")
+
+
+def check_generation_args(cfg) -> None:
+    """generate's refusals that need no model (the sampling settings' own, too)."""
+    _check_inference_layout(cfg)
+    if cfg.inference.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {cfg.inference.max_new_tokens}: must be >= 1")
+    check_sampling(cfg.inference.temperature, cfg.inference.top_k, cfg.inference.top_p)
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """The one check of the sampling settings (inference/sampling.py's SamplingSettings makes it too)."""
+    if temperature < 0:
+        raise UserError(f"--temperature {temperature}: must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k {top_k}: must be >= 1 (or left out)")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise UserError(f"--top-p {top_p}: must be in (0, 1] (or left out)")
+
+
+def check_mmlu_args(cfg) -> None:
+    _check_inference_layout(cfg)
+    if not 0.0 < cfg.inference.fraction <= 1.0:
+        raise UserError(f"--fraction {cfg.inference.fraction}: must be in (0, 1]")
+    if cfg.inference.few_shot < 0:
+        raise UserError(f"--few-shot {cfg.inference.few_shot}: must be >= 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 
-from megatron_sft.arguments.run_config import LORA_TARGETS, field_default
+from megatron_sft.config import LORA_TARGETS, field_default
 
 
 def add_peft_args(parser: ArgumentParser) -> None:

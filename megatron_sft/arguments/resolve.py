@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_sft.arguments.run_config import field_default
+from megatron_sft.config import field_default
 from megatron_sft.checkpointing.gguf import hf_dir_from_gguf, is_gguf
 from megatron_sft.checkpointing.layout import (
     RUN_ARGS,

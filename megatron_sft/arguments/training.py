@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 
+from megatron_sft.errors import ConfigErrors
+
 
 def add_training_args(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("training")
@@ -137,3 +139,13 @@ def _add_logging_args(parser: ArgumentParser) -> None:
     g.add_argument("--tensorboard-dir", help="write TensorBoard scalars here (pip install .[loggers])")
     g.add_argument("--wandb-project", help="log to this Weights & Biases project (wandb installed and logged in)")
     g.add_argument("--wandb-exp-name", help="the Weights & Biases run name")
+
+
+def check_run_length(cfg) -> None:
+    """Training needs a peak LR and a run length; the flags are optional in the parser that generation shares."""
+    t = cfg.training
+    missing = [] if t.lr is not None else ["--lr is required to train: the peak learning rate, e.g. --lr 1e-5"]
+    if t.train_iters is None and t.train_samples is None and t.train_epochs is None:
+        missing.append("give the run length: --train-iters, --train-samples or --train-epochs")
+    if missing:
+        raise ConfigErrors(missing)

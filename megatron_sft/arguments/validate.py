@@ -276,9 +276,9 @@ def _check_precision_and_misc(args: Namespace, problems: list[str]) -> None:
 
 
 def _check_data(args: Namespace, problems: list[str]) -> None:
-    """The data pipeline's own checks (data/config.py, shared with the data tools), made now: the data named
+    """The data pipeline's own checks (DataConfig.problems in config.py, shared with the data tools), made now: the data named
     (for a run that trains), the two ways of naming it not mixed, sample and sequence lengths, CP padding."""
-    from megatron_sft.data.config import DataConfig
+    from megatron_sft.config import DataConfig
 
     data = DataConfig.from_args(args, validate=False)
     problems.extend(data.problems(require_data=is_training(args)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "DataConfig": "megatron_sft.data.config",
+    "DataConfig": "megatron_sft.config",
     "SFTDataset": "megatron_sft.data.dataset",
     "SFTSplits": "megatron_sft.data.dataset",
     "build_sft_datasets": "megatron_sft.data.dataset",

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_sft.checkpointing.integrity import file_checksums, write_durably
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.data.packing import PACKER_VERSION
 from megatron_sft.data.prepare import build_cache, read_chat_template
 from megatron_sft.data.sources import fingerprint, parse_sources

@@ -10,7 +10,7 @@ import torch
 
 from megatron_sft.data.batch import build_pack, collate
 from megatron_sft.data.cache import PreparedData, prepare
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.data.prepare import SPLITS
 from megatron_sft.data.sharding import PackStream
 from megatron_sft.data.stats import summary_lines

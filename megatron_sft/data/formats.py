@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from megatron_sft.config import DATA_FORMATS
 from megatron_sft.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -56,7 +57,8 @@ _SINGLE_TURN = {
     "input_output": _SingleTurn(("input",), "output", excludes="instruction"),
 }
 _CHAT_FIELDS = {"messages": "messages", "sharegpt": "conversations"}
-DATA_FORMATS = ("auto", *_CHAT_FIELDS, *_SINGLE_TURN)
+# config.py names the formats for the flag and the config checks (it sits below data/); they are these.
+assert DATA_FORMATS == ("auto", *_CHAT_FIELDS, *_SINGLE_TURN), DATA_FORMATS
 
 
 class InvalidRecord(UserError):

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.data.mixture import blend, split_indices
 from megatron_sft.data.packing import PACKER_VERSION, fill, pack, padded_sizes
 from megatron_sft.data.pipeline import CHUNK_RECORDS, ChunkProcessor

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.errors import UserError
 
 DEFAULT_PROMPTS = (

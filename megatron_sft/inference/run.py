@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.errors import UserError
 from megatron_sft.inference.mmlu_data import load_mmlu
 from megatron_sft.inference.prompts import Prompt, load_prompts, render_prompt
@@ -23,26 +23,15 @@ def _is_rank0() -> bool:
 
 
 def prepare(cfg: RunConfig):
-    """Logging, device, process groups and parallel state for inference; returns the config as resolved."""
-    from megatron_sft.runtime.distributed import init_from_args
-    from megatron_sft.runtime.log import setup_logging
+    """The common start (startup.start) for inference; returns the config as resolved. Its flags were checked
+    before (arguments/inference.py: check_generation_args, check_mmlu_args)."""
+    from megatron_sft.startup import start
 
-    setup_logging()
-    if cfg.parallel.context_parallel_size > 1:
-        raise UserError(f"--context-parallel-size {cfg.parallel.context_parallel_size}: generation and MMLU run with "
-                        "context parallelism 1; use tensor or pipeline parallelism instead")
     if cfg.parallel.sequence_parallel:
         # Decoding one token cannot be split along the sequence; the weights are the same without it.
         cfg = cfg.replace(sequence_parallel=False)
         log.info("--sequence-parallel has no effect in generation and is turned off")
-    if cfg.inference.inference_batch_size < 1:
-        raise UserError(f"--inference-batch-size {cfg.inference.inference_batch_size}: must be >= 1")
-    from megatron_sft.arguments.resolve import describe_sources
-
-    cfg = init_from_args(cfg)
-    for line in [*describe_sources(cfg), *(f"note: {n}" for n in cfg.notices)]:
-        log.info("%s", line)
-    return cfg
+    return start(cfg)
 
 
 def generation_options(cfg: RunConfig, tokenizer):
@@ -105,9 +94,6 @@ def emit_records(records: list[dict], output: str | None) -> None:
 
 def generate_main(cfg: RunConfig) -> None:
     prompts = load_prompts(cfg)  # a bad prompts file fails before the model loads
-    SamplingSettings.from_config(cfg)  # bad sampling flags fail here, before the model loads
-    if cfg.inference.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {cfg.inference.max_new_tokens}: must be >= 1")
     cfg = prepare(cfg)
     from megatron_sft.loading import build_and_load, load_run_tokenizer
     from megatron_sft.runtime.distributed import shutdown
@@ -143,11 +129,8 @@ def mmlu_report(cfg: RunConfig, chunks: list, tokenizer, data: tuple | None = No
     return report
 
 
-def mmlu_main(cfg: RunConfig) -> None:
-    if not 0.0 < cfg.inference.fraction <= 1.0:
-        raise UserError(f"--fraction {cfg.inference.fraction}: must be in (0, 1]")
-    if cfg.inference.few_shot < 0:
-        raise UserError(f"--few-shot {cfg.inference.few_shot}: must be >= 0")
+def mmlu_main(cfg: RunConfig) -> int:
+    """0, or 1 when the accuracy is below --lower-bound."""
     data = load_mmlu(cfg.inference.mmlu_dataset)  # a missing directory or bad file fails before the model loads
     cfg = prepare(cfg)
     from megatron_sft.inference.mmlu_report import format_table
@@ -168,4 +151,5 @@ def mmlu_main(cfg: RunConfig) -> None:
         if rank0:
             print(f"MMLU accuracy {micro:.4f} (micro average) is below --lower-bound {cfg.inference.lower_bound}",
                   file=sys.stderr, flush=True)
-        sys.exit(1)
+        return 1
+    return 0

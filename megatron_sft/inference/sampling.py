@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_sft.arguments.run_config import RunConfig
-from megatron_sft.errors import UserError
+from megatron_sft.config import RunConfig
+from megatron_sft.arguments.inference import check_sampling
 
 
 @dataclass(frozen=True)
@@ -24,12 +24,7 @@ class SamplingSettings:
         return self.temperature == 0.0
 
     def check(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"--temperature {self.temperature}: must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"--top-k {self.top_k}: must be >= 1 (or left out)")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"--top-p {self.top_p}: must be in (0, 1] (or left out)")
+        check_sampling(self.temperature, self.top_k, self.top_p)
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> SamplingSettings:

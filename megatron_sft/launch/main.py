@@ -31,35 +31,11 @@ the default; the settings block printed before launch shows which.
 """
 
 
-def _parser_groups(script: str) -> list:
-    if script == "quantize":
-        from megatron_sft.arguments.quantize import add_quantize_args
-
-        return [add_quantize_args]
-    if script not in ("generate", "mmlu"):
-        return []
-    from megatron_sft.arguments import add_inference_args
-
-    if script == "mmlu":
-        return [add_inference_args]
-    from megatron_sft.arguments.inference import add_generation_extra_args
-
-    return [add_inference_args, add_generation_extra_args]
-
-
 def check_command(script: str, plan: Plan) -> None:
-    """The entry script's own parse and validation, at the launch's world size: the same checks, the same words."""
-    from megatron_sft.arguments import parse_args
+    """The app's own parse and checks (apps.py), at the launch's world size: the same checks, the same words."""
+    from megatron_sft.apps import parse
 
-    args = parse_args(plan.flags, world_size=plan.layout.nproc, extra=_parser_groups(script))
-    if script == "quantize":  # what needs no model: formats, block sizes per TP rank, LoRA input, CP
-        from megatron_sft.arguments.quantize import check_quantize_args
-
-        check_quantize_args(args)
-    if script in ("convert", "export", "quantize"):
-        from megatron_sft.arguments.inputs import check_not_converting_in_place
-
-        check_not_converting_in_place(args)
+    parse(script, plan.flags, world_size=plan.layout.nproc)
 
 
 def plan_launch(script: str, model: str, env: dict[str, str], checkout: Path = REPO_DIR,

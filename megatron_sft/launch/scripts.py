@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_sft.arguments.run_config import field_default
+from megatron_sft.config import field_default
 from megatron_sft.checkpointing.gguf import is_gguf
 from megatron_sft.checkpointing.layout import TRAIN_STATE, latest_checkpoint_dir, resumable_checkpoint
 from megatron_sft.errors import UserError

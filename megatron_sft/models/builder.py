@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 from megatron_sft.errors import UserError
 from megatron_sft.models.specs import decoder_block_spec
 
-if TYPE_CHECKING:
-    from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 
 log = logging.getLogger(__name__)
 

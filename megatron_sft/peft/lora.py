@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +29,7 @@ from megatron.core.utils import get_pg_rank, get_pg_size
 
 from megatron_sft.errors import UserError
 
-if TYPE_CHECKING:
-    from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 
 COLUMN_TARGETS = ("linear_qkv", "linear_fc1")
 ROW_TARGETS = ("linear_proj", "linear_fc2")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,8 +19,7 @@ from megatron_sft.errors import UserError
 from megatron_sft.peft import record
 from megatron_sft.peft.lora import LoraSpec, attach_lora, is_lora_key
 
-if TYPE_CHECKING:
-    from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from megatron_sft.arguments.quantize import check_quantize_args, quant_format
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.arguments.quantize import check_cuda_format, check_quantize_args, quant_format
+from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import modelopt_state
 from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
 from megatron_sft.errors import UserError
@@ -55,10 +55,20 @@ def _skipped_local_layers(cfg: RunConfig, module) -> list[int]:
     return [i for i, layer in enumerate(module.decoder.layers) if layer.layer_number - 1 in skipped]
 
 
+def run(cfg: RunConfig) -> None:
+    """The quantize app (apps.py): a CUDA-only format needs CUDA; then start, calibrate, save."""
+    import torch
+
+    from megatron_sft.startup import start
+
+    check_cuda_format(cfg.quantization.export_quant_cfg, cfg.runtime.device, torch.cuda.is_available())
+    print(f"wrote {quantize(start(cfg))}", flush=True)
+
+
 def quantize(cfg: RunConfig) -> Path:
     import modelopt.torch.quantization as mtq
 
-    check_quantize_args(cfg)
+    check_quantize_args(cfg)  # again: the transformer implementation (--export-kv-cache-quant) is known only now
     chunks = build_and_load(cfg)
     if modelopt_state.model_is_quantized(chunks):
         raise UserError(f"--load {cfg.checkpoint.load} is quantized already; quantize its unquantized source")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 
 from megatron_sft.errors import UserError
 from megatron_sft.runtime import cpu_mode
 
-if TYPE_CHECKING:
-    from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,11 @@ import datetime
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 
 log = logging.getLogger(__name__)
 

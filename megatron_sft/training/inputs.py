@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.data.batch import attention_mask_from_cu_seqlens, join_rows, split_for_context_parallel
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import layout, space
 from megatron_sft.checkpointing.integrity import checkpoint_size
 from megatron_sft.errors import UserError
@@ -237,7 +237,7 @@ class Trainer:
 
     def export_hf(self, ckpt_dir: Path, iteration: int) -> None:
         """--save-hf: the Hugging Face directory beside the checkpoint just saved (training/hf_output.py)."""
-        from megatron_sft.config import dtype_from_name
+        from megatron_sft.to_mcore import dtype_from_name
         from megatron_sft.training.hf_output import HfOutput, save_hf
 
         cfg = self.cfg
@@ -315,23 +315,11 @@ class Trainer:
 
 def start_training(cfg: RunConfig, files: RunFiles | None = None) -> Trainer:
     """The one start-up sequence of a training run: finetune.py, sft(), the tests' workers and tools/bench_*.
-    Device, layer spec and process groups, the notices, then data, model and resume inside the Trainer."""
-    from megatron_sft.arguments.resolve import describe_sources
-    from megatron_sft.errors import ConfigErrors
-    from megatron_sft.runtime.distributed import init_from_args
+    Device, layer spec and process groups, the notices (startup.start), then data, model and resume inside the
+    Trainer. --lr and the run length were checked with the flags (arguments/training.py: check_run_length)."""
+    from megatron_sft.startup import start
 
-    t = cfg.training
-    missing = [] if t.lr is not None else ["--lr is required to train: the peak learning rate, e.g. --lr 1e-5"]
-    if t.train_iters is None and t.train_samples is None and t.train_epochs is None:
-        missing.append("give the run length: --train-iters, --train-samples or --train-epochs")
-    if missing:  # inference shares the parser, so these are required here, before anything starts
-        raise ConfigErrors(missing)
-    cfg = init_from_args(cfg, training=True)
-    for line in describe_sources(cfg):
-        log.info("%s", line)
-    for notice in cfg.notices:
-        log.info("note: %s", notice)
-    return Trainer(cfg, files)
+    return Trainer(start(cfg, training=True), files)
 
 
 def finetune(cfg: RunConfig) -> Trainer:

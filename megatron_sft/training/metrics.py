@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import layout
 from megatron_sft.errors import UserError
 

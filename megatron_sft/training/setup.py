@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from megatron_sft.arguments.run_config import RunConfig
-from megatron_sft.config import ddp_config, optimizer_config, transformer_config
+from megatron_sft.config import RunConfig
+from megatron_sft.to_mcore import ddp_config, optimizer_config, transformer_config
 from megatron_sft.loading import load_weights
 from megatron_sft.models.builder import build_model_chunks
 from megatron_sft.training.inputs import PackedLayout

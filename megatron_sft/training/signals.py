@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.cli import EXIT_INTERRUPTED
 
 

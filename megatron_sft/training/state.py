@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_sft.arguments.run_config import RunConfig
+from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import layout, modelopt_state
 from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sharded_state_dict, save_checkpoint
 from megatron_sft.errors import UserError

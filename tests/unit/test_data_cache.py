@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from megatron_sft.data import cache
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.errors import UserError
 from megatron_sft.tiny import make_tiny_tokenizer
 

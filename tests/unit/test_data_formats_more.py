@@ -13,7 +13,7 @@ import re
 import pytest
 
 from megatron_sft.data import cache
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.data.formats import InvalidRecord, detect_format, to_conversation
 from megatron_sft.data.prepare import build_cache
 from megatron_sft.data.render import ChatRenderer

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from megatron_sft.data.cache import PreparedData
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import DataConfig
 from megatron_sft.data.prepare import build_cache
 from megatron_sft.errors import UserError
 from megatron_sft.tiny import make_tiny_tokenizer

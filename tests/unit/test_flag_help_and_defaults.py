@@ -12,8 +12,8 @@ from megatron_sft.arguments import build_parser
 from megatron_sft.arguments.inference import add_generation_extra_args, add_inference_args
 from megatron_sft.arguments.peft import LORA_RECORDED
 from megatron_sft.arguments.resolve import ARCHITECTURE_KEYS, MEGATRON_DEFAULTS
-from megatron_sft.arguments.run_config import SECTION_OF, SECTIONS, field_default
-from megatron_sft.data.config import DataConfig
+from megatron_sft.config import SECTION_OF, SECTIONS, field_default
+from megatron_sft.config import DataConfig
 from tests.conftest import REPO
 
 ENTRY_POINTS = ["megatron_sft/run_finetune.py", "examples/generate.py", "examples/mmlu.py", "tools/convert.py",
@@ -79,7 +79,7 @@ def test_megatron_defaults_are_the_fields():
 
 def test_a_changed_field_default_reaches_the_flag(monkeypatch):
     """Computed, not copied: change the field and the parser follows."""
-    from megatron_sft.arguments import run_config
+    from megatron_sft import config as run_config
 
     section = SECTIONS[SECTION_OF["lr_decay_style"]]
     patched = dict(section.__dataclass_fields__)

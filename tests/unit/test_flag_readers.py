@@ -1,6 +1,6 @@
 """Every flag the parsers accept is read by the code that acts on it: a flag nothing reads would be accepted
-and silently ignored. Reads inside the parser and the config definitions (arguments/run_config.py,
-data/config.py) do not count; validate.py, derive.py, resolve.py and the other checks do: they act on the
+and silently ignored. Reads inside the parser and the config definitions (megatron_sft/config.py)
+do not count; validate.py, derive.py, resolve.py and the other checks do: they act on the
 value, with a problem, a notice or a derived value."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from megatron_sft.arguments import add_inference_args, build_parser
 from megatron_sft.arguments.inference import add_generation_extra_args
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_DEFINITIONS = {REPO / "megatron_sft" / "arguments" / "run_config.py",
-                      REPO / "megatron_sft" / "data" / "config.py"}
+CONFIG_DEFINITIONS = {REPO / "megatron_sft" / "config.py"}
 # Where flags are only declared: reading a dest there does not act on it.
 DECLARATIONS = {"__init__.py", "checkpoint.py", "data.py", "inference.py", "model.py", "parallel.py", "runtime.py",
                 "training.py"}

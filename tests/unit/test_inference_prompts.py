@@ -13,7 +13,7 @@ from megatron_sft.inference.sampling import SamplingSettings, choose_tokens
 
 
 def _args(**kw):
-    from megatron_sft.arguments.run_config import RunConfig
+    from megatron_sft.config import RunConfig
 
     return RunConfig.from_values(kw)
 

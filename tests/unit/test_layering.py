@@ -19,23 +19,11 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
 
 
-def _without_type_checking_blocks(tree: ast.Module) -> ast.Module:
-    """Imports under `if TYPE_CHECKING:` only name types for annotations: nothing is imported at run time."""
-    class Strip(ast.NodeTransformer):
-        def visit_If(self, node: ast.If):
-            test = node.test
-            if isinstance(test, ast.Name) and test.id == "TYPE_CHECKING":
-                return None
-            return self.generic_visit(node)
-
-    return Strip().visit(tree)
-
-
 def imports_of(path: Path) -> list[tuple[str, int]]:
-    """Every megatron_sft module `path` imports (at any depth, outside `if TYPE_CHECKING:`), with the line;
+    """Every megatron_sft module `path` imports (at any depth, `if TYPE_CHECKING:` blocks included), with the line;
     `from pkg import x` counts as an import of pkg.x when that is a module."""
     found = []
-    for node in ast.walk(_without_type_checking_blocks(ast.parse(path.read_text()))):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "megatron_sft":
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
@@ -124,3 +112,16 @@ def test_the_checks_can_fail():
     edges["megatron_sft.training.loop"] = edges["megatron_sft.training.loop"] + [("megatron_sft.models.builder", 1)]
     assert ["megatron_sft.models.builder", "megatron_sft.training.loop"] in [
         [m for m in c if m in ("megatron_sft.models.builder", "megatron_sft.training.loop")] for c in cycles(edges)]
+
+
+def test_one_module_is_called_config():
+    """The run's configuration has one home (megatron_sft/config.py); nothing else is named after it."""
+    assert sorted(m for m in MODULES if m.rsplit(".", 1)[-1] in ("config", "configs", "run_config")) == [
+        "megatron_sft.config"]
+
+
+def test_nothing_below_the_arguments_layer_names_it():
+    """The flag parser sits above what it configures: no module under it imports it, even for a type."""
+    rank = {name: i for i, layer in enumerate(megatron_sft.LAYERS) for name in layer}
+    below = {m for m in MODULES if unit(m) != "__init__" and rank[unit(m)] < rank["arguments"]}
+    assert below and not [(m, t) for m in below for t, _ in graph()[m] if unit(t) == "arguments"]

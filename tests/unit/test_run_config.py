@@ -8,7 +8,7 @@ import json
 import pytest
 
 from megatron_sft.arguments import parse_args
-from megatron_sft.arguments.run_config import SECTIONS, RunConfig
+from megatron_sft.config import SECTIONS, RunConfig
 from tests.unit.test_arguments import hf_dir
 
 FLAGS = ["--seq-length", "64", "--lr", "1e-4", "--train-iters", "5", "--data-path", "chat.jsonl",

@@ -20,7 +20,7 @@ def test_sample_lengths_skip_each_rows_padding():
 
 
 def test_causal_flops_formula():
-    from megatron_sft.arguments.run_config import RunConfig
+    from megatron_sft.config import RunConfig
 
     args = RunConfig.from_values(dict(hidden_size=8, num_layers=2, num_attention_heads=2, kv_channels=4,
                                       num_query_groups=1, ffn_hidden_size=16, swiglu=True, padded_vocab_size=32))

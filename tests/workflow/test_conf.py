@@ -80,7 +80,7 @@ def expected_config(fact: dict) -> dict:
 
 @pytest.mark.parametrize("model", sorted(FACT_MODELS))
 def test_the_right_architecture_reaches_megatron(model, tmp_path):
-    from megatron_sft.config import transformer_config
+    from megatron_sft.to_mcore import transformer_config
 
     fact = FACT_MODELS[model]
     _, plan, args = _planned_args(model, _fake_hf_dir(fact, tmp_path / "hf"), tmp_path)

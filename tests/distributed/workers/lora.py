@@ -99,7 +99,7 @@ def base_unchanged(trainer, family: str, cli) -> float:
     import torch
 
     from megatron_sft.checkpointing.hf import import_hf_weights
-    from megatron_sft.config import transformer_config
+    from megatron_sft.to_mcore import transformer_config
     from megatron_sft.models.builder import build_model_chunks
     from megatron_sft.peft.lora import is_lora_key
     from megatron_sft.models.builder import unwrap

@@ -120,7 +120,7 @@ def cp_runs(ws: int, cli, results: dict) -> None:
     """Each CP layout for 3 steps, with what every rank's attention saw; at CP=2 an exact resume."""
     import torch
 
-    from megatron_sft.data.config import DataConfig
+    from megatron_sft.config import DataConfig
 
     DataConfig.cp_multiple = property(lambda self: CP_PAD)
     base = f"{common(cli.models / 'qwen3', cli.data, cli.out / 'cp_cache')} --micro-batch-size 2 " \
