@@ -34,28 +34,49 @@ def hf_to_megatron(cfg: RunConfig) -> Path:
 
 
 def megatron_to_hf(cfg: RunConfig) -> Path:
-    """Export a Megatron checkpoint (loaded at TP=1, any saved layout) to an HF directory."""
-    if cfg.parallel.tensor_model_parallel_size != 1:
-        raise UserError("export to Hugging Face runs at --tensor-model-parallel-size 1; the checkpoint "
-                        "is resharded on load whatever layout it was saved at")
+    """Export a Megatron checkpoint to a Hugging Face directory: unquantized through the project's writer (the one
+    --save-hf uses: any layout, staged, parity.json, manifest.json); quantized through nvidia-modelopt's exporters,
+    which run at TP=1."""
     source = hf_assets_source(cfg)
     if source is None or not (Path(source) / "config.json").is_file():
         raise UserError(f"{cfg.checkpoint.load}: the checkpoint has no {layout.HF_ASSETS}/config.json and no "
                         "--pretrained-model-path was given; pass the HF directory it came from")
     path = quantized_export_path(cfg)
+    if path is None:
+        _check_export_target(Path(cfg.checkpoint.save))
+    elif cfg.parallel.tensor_model_parallel_size != 1:
+        raise UserError("a quantized checkpoint is exported at --tensor-model-parallel-size 1 (nvidia-modelopt's "
+                        "exporters); the checkpoint is resharded on load whatever layout it was saved at")
     chunks = build_and_load(cfg)
     dtype = dtype_from_name(cfg.checkpoint.export_dtype)  # derived: the run's dtype unless given
     if path == "hf":
         from megatron_sft.quantization.hf_export import export_quantized_hf
 
         return export_quantized_hf(cfg, chunks, source, dtype)
-    if cfg.is_lora:
-        from megatron_sft.peft.lora import unload_lora
+    if path == "megatron":
+        return export_hf_weights(chunks, source, cfg.checkpoint.save, dtype)
+    from megatron_sft.training.hf_output import HfOutput, write_hf
 
-        if not cfg.lora.merge_lora:
-            return _export_adapter(cfg, chunks, dtype)
-        unload_lora(chunks)  # W + alpha/r * B A in every targeted layer; then a plain model to export
-    return export_hf_weights(chunks, source, cfg.checkpoint.save, dtype)
+    lora = _lora_of(cfg) if cfg.is_lora else None
+    spec = HfOutput(dtype, cfg.lora.merge_lora, lora, adapter=not cfg.lora.merge_lora, who="convert")
+    return write_hf(chunks, Path(cfg.checkpoint.save), Path(source), spec)
+
+
+def _lora_of(cfg: RunConfig):
+    """The adapters' spec and base, as the writer needs them (the base is named in adapter_config.json)."""
+    from megatron_sft.peft.lora import LoraSpec
+    from megatron_sft.peft.model import LoraModel, lora_base
+
+    return LoraModel(LoraSpec.from_config(cfg), lora_base(cfg), record_text="", checkpoint_dir=None, iteration=None)
+
+
+def _check_export_target(out: Path) -> None:
+    """The export replaces its directory whole: only an earlier export (it has a manifest) or an empty directory."""
+    from megatron_sft.checkpointing.integrity import MANIFEST
+
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise UserError(f"--save {out}: the directory holds files that are not an earlier export (no {MANIFEST}); "
+                        "the export would replace them: choose a new or empty directory")
 
 
 # The quantized formats written by nvidia-modelopt's Megatron exporter (as convert.sh's export). Checked with
@@ -95,16 +116,6 @@ def quantized_export_path(cfg: RunConfig) -> str | None:
         raise UserError(f"{where}: this format's export does not write a quantized KV cache; quantize without "
                         "--export-kv-cache-quant, or with fp8")
     return "hf"
-
-
-def _export_adapter(cfg: RunConfig, chunks: list, dtype) -> Path:
-    from megatron_sft.peft.hf_adapter import save_peft_adapter
-    from megatron_sft.peft.lora import LoraSpec
-    from megatron_sft.peft.model import lora_base
-
-    base = lora_base(cfg)  # named in adapter_config.json when PEFT can load it (a Hugging Face directory)
-    return save_peft_adapter(chunks, LoraSpec.from_config(cfg), cfg.checkpoint.save,
-                             base.path if base.format == "hf" else None, dtype)
 
 
 def run(cfg: RunConfig) -> None:

@@ -25,7 +25,8 @@ def import_hf_weights(chunks: list, hf_dir: str | Path, dtype: torch.dtype) -> N
 
 
 def export_hf_weights(chunks: list, hf_source: str | Path, out_dir: str | Path, dtype: torch.dtype) -> Path:
-    """Write a Hugging Face directory (config, safetensors, tokenizer). Must run at TP=1.
+    """Write a Hugging Face directory with nvidia-modelopt's Megatron exporter: kept for the quantized formats it owns
+    (FP8); every unquantized export goes through training/hf_output.py's writer. Must run at TP=1.
 
     modelopt's exporter writes wrongly shaped shards at TP>1; load the checkpoint at TP=1
     (dist_checkpointing reshards) and export there. PP is fine.

@@ -59,8 +59,8 @@ def full_tensor(param: torch.Tensor, dtype: torch.dtype, gated: bool = False, gr
 
 
 def module_tensors(module, dtype: torch.dtype, gated: bool = False, merge_lora: bool = False) -> dict:
-    """{"weight": ..., "bias": ...} of a linear or norm, whole; a LoRA layer's adapter merged in with
-    `merge_lora` exactly as `lora.merge_lora` does it at TP=1 (so a merged export equals convert.sh's)."""
+    """{"weight": ..., "bias": ...} of a linear or norm, whole; with `merge_lora` a LoRA layer's adapter merged in
+    (W + scaling * B A, in fp32 factors: the one place adapters are merged, for --save-hf and convert.sh)."""
     out, group = {}, getattr(module, "tp_group", None)
     weight = getattr(module, "weight", None)
     if weight is not None and weight.numel() > 0:

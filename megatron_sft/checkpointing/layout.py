@@ -187,6 +187,21 @@ def saved_layout(ckpt_dir: str | os.PathLike) -> dict | None:
     return saved
 
 
+def saved_model_layout(ckpt_dir: str | os.PathLike) -> dict[str, int | None]:
+    """How the model was split when it was saved (run_args.json): tp, pp, ep, etp, vp_layers (layers per virtual
+    pipeline stage, or None). An exporter that runs at this layout reads each rank's own shards, no resharding."""
+    path = Path(ckpt_dir) / RUN_ARGS
+    try:
+        args = json.loads(path.read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: unreadable ({type(err).__name__}: {err}); the checkpoint is incomplete") from None
+    tp = int(args.get("tensor_model_parallel_size") or 1)
+    return {"tp": tp, "pp": int(args.get("pipeline_model_parallel_size") or 1),
+            "ep": int(args.get("expert_model_parallel_size") or 1),
+            "etp": int(args.get("expert_tensor_parallel_size") or tp),
+            "vp_layers": args.get("num_layers_per_virtual_pipeline_stage")}
+
+
 def resume_layout_problem(ckpt_dir: str | os.PathLike, saved: dict, now: dict) -> str | None:
     """Why a run at layout `now` cannot resume a checkpoint saved at `saved`: optimizer state and data
     position reshard over DP only."""

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from megatron_sft.config import field_default
 from megatron_sft.checkpointing.gguf import is_gguf
-from megatron_sft.checkpointing.layout import TRAIN_STATE, latest_checkpoint_dir, resumable_checkpoint
+from megatron_sft.checkpointing.layout import (
+    TRAIN_STATE,
+    latest_checkpoint_dir,
+    resumable_checkpoint,
+    saved_model_layout,
+)
+from megatron_sft.checkpointing.modelopt_state import is_quantized
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
 from megatron_sft.launch.layout import Layout, launcher, read_layout
@@ -267,42 +273,66 @@ Hugging Face -> Megatron (MLM_MODEL_CKPT unset): imports HF_MODEL_CKPT into a we
   at the layout TP/PP/EP/ETP, saved in MLM_MODEL_SAVE (default $MLM_WORK_DIR/<MODEL>_mlm); finetune.sh can
   start from it (MLM_MODEL_CKPT=<that directory>).
 Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at any layout) to EXPORT_DIR
-  (default $MLM_WORK_DIR/<MODEL>_export), loadable by transformers. Runs at TP=1 (PP allowed); EXPORT_DTYPE:
-  fp32, bf16 or fp16 (default: the training dtype). A LoRA checkpoint exports as a PEFT adapter folder, or
-  with MERGE_LORA=1 as a full model with the adapters merged in.
+  (default $MLM_WORK_DIR/<MODEL>_export), loadable by transformers, with manifest.json (sizes, checksums) and
+  parity.json (its logits checked against the Megatron model's). Runs at the layout the checkpoint was saved at
+  (TP/PP/EP from its run_args.json; TP and PP given here win); EXPORT_DTYPE: fp32, bf16 or fp16 (default: the
+  training dtype). A LoRA checkpoint exports as a PEFT adapter folder, or with MERGE_LORA=1 as a full model with
+  the adapters merged in. The same writer as finetune.sh's --save-hf.
 """
     ckpt = s.given("MLM_MODEL_CKPT")
     if ckpt:
         s.note("direction", "Megatron -> Hugging Face")
-        if _complete_checkpoint(ckpt) is None:
+        ckpt_dir = _complete_checkpoint(ckpt)
+        if ckpt_dir is None:
             raise LaunchError(f"MLM_MODEL_CKPT={ckpt}: not a complete Megatron checkpoint "
                               "(latest_checkpointed_iteration.txt and the directory it names)")
-        ignored = [f"{n}={s.given(n)}" for n in ("TP", "CP", "EP", "ETP", "DP") if s.given(n) not in ("", "1")]
-        s.note("note", "export runs at TP=1 with one process per pipeline stage"
-                       + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
-        layout = read_layout(s, forced={n: 1 for n in ("TP", "CP", "EP", "ETP", "DP")})
+        layout, layout_flags = _export_layout(s, ckpt_dir)
         launch = launcher(s, layout)
         s.note("MLM_MODEL_CKPT", ckpt, "env")
         save = s.setting("EXPORT_DIR", f"{work}/{conf.name}_export")
-        flags = ["--load", ckpt, "--save", save]
+        flags = [*layout_flags, "--load", ckpt, "--save", save]
         dtype = s.given("EXPORT_DTYPE")
         flags += ["--export-dtype", dtype] if dtype else []
         s.note("EXPORT_DTYPE", dtype or "(as trained: --bf16/--fp16 flags, else fp32)")
         merge = s.choice("MERGE_LORA", "0", {"1": "a LoRA checkpoint exported merged", "0": "as a PEFT adapter"})
         flags += ["--merge-lora"] if merge == "1" else []
-    else:
-        s.note("direction", "Hugging Face -> Megatron")
-        layout = read_layout(s)
-        launch = launcher(s, layout)
-        hf = s.setting("HF_MODEL_CKPT")
-        if not hf:
-            raise LaunchError(f"set HF_MODEL_CKPT (a Hugging Face directory of {conf.name}) to import it, or "
-                              "MLM_MODEL_CKPT (a Megatron checkpoint) to export it")
-        _check_hf_dir("HF_MODEL_CKPT", hf)
-        save = s.setting("MLM_MODEL_SAVE", f"{work}/{conf.name}_mlm")
-        flags = ["--load", hf, "--save", save]
+        return Plan("tools/convert.py", launch, [*conf.model_args, *flags, *_extra(s)], layout)
+    s.note("direction", "Hugging Face -> Megatron")
+    layout = read_layout(s)
+    launch = launcher(s, layout)
+    hf = s.setting("HF_MODEL_CKPT")
+    if not hf:
+        raise LaunchError(f"set HF_MODEL_CKPT (a Hugging Face directory of {conf.name}) to import it, or "
+                          "MLM_MODEL_CKPT (a Megatron checkpoint) to export it")
+    _check_hf_dir("HF_MODEL_CKPT", hf)
+    save = s.setting("MLM_MODEL_SAVE", f"{work}/{conf.name}_mlm")
+    flags = ["--load", hf, "--save", save]
     # Writing into the input is refused by check_not_converting_in_place, as for tools/convert.py itself.
     return Plan("tools/convert.py", launch, [*conf.model_args, *layout.flags(), *flags, *_extra(s)], layout)
+
+
+def _export_layout(s: Settings, ckpt_dir: Path) -> tuple[Layout, list[str]]:
+    """An unquantized checkpoint is exported at the layout it was saved at (each rank writes the layers it holds,
+    nothing is resharded; TP and PP given in the environment win); a quantized one at TP=1, one process per
+    pipeline stage (nvidia-modelopt's exporters)."""
+    if is_quantized(ckpt_dir):
+        ignored = [f"{n}={s.given(n)}" for n in ("TP", "CP", "EP", "ETP", "DP") if s.given(n) not in ("", "1")]
+        s.note("note", "a quantized checkpoint is exported at TP=1 with one process per pipeline stage"
+                       + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
+        layout = read_layout(s, forced={n: 1 for n in ("TP", "CP", "EP", "ETP", "DP")})
+        return layout, layout.flags()
+    saved = saved_model_layout(ckpt_dir)
+    forced = {"CP": 1, "DP": 1}
+    for name in ("TP", "PP", "EP", "ETP"):
+        if not s.given(name) and not (name == "ETP" and s.given("TP")):  # ETP defaults to a given TP
+            forced[name] = saved[name.lower()]
+    s.note("note", f"exported at the checkpoint's own layout (TP={saved['tp']} PP={saved['pp']} EP={saved['ep']}); "
+                   "TP and PP in the environment choose another")
+    layout = read_layout(s, forced=forced)
+    flags = layout.flags()
+    if saved["vp_layers"] and layout.pp == saved["pp"]:
+        flags += ["--num-layers-per-virtual-pipeline-stage", str(saved["vp_layers"])]
+    return layout, flags
 
 
 def quantize(s: Settings, conf: ModelConf, work: str) -> Plan:
@@ -375,7 +405,8 @@ def export(s: Settings, conf: ModelConf, work: str) -> Plan:
                   with EXPORT_DTYPE=fp16); an unquantized one as convert.sh writes it
   EXPORT_DIR      the Hugging Face directory (default $MLM_WORK_DIR/<MODEL>_export)
   EXPORT_DTYPE    the unquantized tensors' dtype: bf16, fp16, fp32 (default: the training dtype)
-Runs at TP=1 with one process per pipeline stage (PP), whatever layout the checkpoint was saved at.
+A quantized checkpoint is exported at TP=1 with one process per pipeline stage (PP), whatever layout it was saved
+at; an unquantized one at its own layout, as convert.sh does.
 """
     if not s.given("MLM_MODEL_CKPT"):
         quant = s.setting("MLM_QUANT_CKPT", f"{work}/{conf.name}_quant")

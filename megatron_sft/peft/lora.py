@@ -113,12 +113,6 @@ class _LoraMixin:
             state[f"{prefix}lora_B"] = apply_swiglu_sharded_factory(state[f"{prefix}lora_B"], sharded_offsets)
         return state
 
-    @torch.no_grad()
-    def merge_lora(self) -> None:
-        """W += scaling * B A on this rank's shard (both factors already hold this shard's rows/columns)."""
-        self.weight.add_((self.lora_B.float() @ self.lora_A.float() * self.lora_scaling).to(self.weight.dtype))
-        self.lora_B.zero_()
-
 
 class LoraColumnParallelLinear(_LoraMixin, tp_layers.ColumnParallelLinear):
     lora_sharded_axis = {"lora_B": 0}
@@ -241,13 +235,3 @@ def lora_modules(chunks: list):
 
 def is_lora_key(key: str) -> bool:
     return key.endswith(".lora_A") or key.endswith(".lora_B")
-
-
-def unload_lora(chunks: list) -> None:
-    """Merge every adapter into its weight and turn the layers back into plain Megatron linears (what the
-    Hugging Face exporter knows)."""
-    plain = {lora: base for base, lora in _LORA_CLASS.items()}
-    for _, module in list(lora_modules(chunks)):
-        module.merge_lora()
-        del module.lora_A, module.lora_B
-        module.__class__ = plain[type(module)]

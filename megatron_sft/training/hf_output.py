@@ -1,4 +1,5 @@
-"""--save-hf: a Hugging Face directory beside a checkpoint, `iter_N/hf/`, written by the training run itself.
+"""The one writer of Hugging Face directories from a Megatron model: --save-hf (`iter_N/hf/`, written by the
+training run itself) and convert.sh's export (write_hf, at the checkpoint's own layout).
 
     iter_N/hf/          full fine-tuning: config.json, generation_config.json, tokenizer files, safetensors
                         (one file per layer and writer, model.safetensors.index.json); LoRA: the PEFT adapter
@@ -45,6 +46,9 @@ class HfOutput:
     dtype: torch.dtype
     merge_lora: bool = False
     lora: object | None = None  # peft.model.LoraModel of a LoRA run
+    adapter: bool = True  # LoRA: write the PEFT adapter (with merge_lora, the merged model goes into merged/);
+    # False (convert.sh MERGE_LORA=1): only the merged full model, at the top of the directory
+    who: str = "--save-hf"  # for messages: which command asked for it
 
 
 def hf_dir(ckpt_dir: str | os.PathLike) -> Path:
@@ -124,14 +128,14 @@ def _side_files_on_rank0(out: Path, assets: Path, dtype: torch.dtype, full_model
 
 
 def _export_into(out: Path, chunks: list, assets: Path, spec: HfOutput) -> dict:
-    """The files of `hf/` (and `hf/merged/`), then their parity checks. Returns parity.json's content."""
+    """The files of the directory (and of `merged/`), then their parity checks. Returns parity.json's content."""
     models = [unwrap(c) for c in chunks]
     vocab = json.loads((assets / "config.json").read_text())["vocab_size"]
     reports = {}
-    if spec.lora is None:
-        _write_weights(models, out, assets, spec.dtype, merge=False)
+    if spec.lora is None or not spec.adapter:  # a full model; LoRA's adapters merged into it (W + s B A)
+        _write_weights(models, out, assets, spec.dtype, merge=spec.lora is not None)
         _side_files_on_rank0(out, assets, spec.dtype, True, reports)
-        reports["model"] = check_parity(chunks, out, spec.dtype, vocab)
+        reports["model" if spec.lora is None else "merged"] = check_parity(chunks, out, spec.dtype, vocab)
         return reports
     from megatron_sft.peft.hf_adapter import save_peft_adapter
 
@@ -179,41 +183,48 @@ def _readable_by_all(directory: Path) -> None:
 
 
 def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
-    """Write `ckpt_dir/hf/` from the live model (collective: every rank calls it). Returns its path."""
+    """--save-hf: write `ckpt_dir/hf/` from the live model (collective: every rank calls it). Returns its path."""
     ckpt_dir = Path(ckpt_dir)
-    final, staging = hf_dir(ckpt_dir), ckpt_dir / f".{HF_DIR}.saving"
     assets = layout.hf_assets_dir(ckpt_dir)
     if not (assets / "config.json").is_file():
         raise UserError(f"--save-hf: {assets}/config.json is missing, so there is no Hugging Face config to write; "
                         "train from a Hugging Face model (or a checkpoint that has its hf_assets)")
+    return write_hf(chunks, hf_dir(ckpt_dir), assets, spec)
+
+
+def write_hf(chunks: list, final: Path, assets: Path, spec: HfOutput) -> Path:
+    """The one writer of Hugging Face directories from a Megatron model, at whatever layout it runs (--save-hf and
+    convert.sh): staged in `.NAME.saving/`, parity-checked (parity.json), checksummed (manifest.json), renamed into
+    place. A parity failure keeps the files as `NAME.rejected/` and raises one line on every rank."""
+    staging = final.parent / f".{final.name}.saving"
     t0 = time.perf_counter()
     if _rank0():
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed export
-        staging.mkdir()
+        staging.mkdir(parents=True)
     dist.barrier()
     _sync_params(chunks)
     reports = _export_into(staging, chunks, assets, spec)
     failed = _rank0() and any(not r["ok"] for r in reports.values())
     if _rank0():
         (staging / PARITY).write_text(json.dumps(reports, indent=1))
+    rejected = final.parent / f"{final.name}.rejected"
     if any_rank(failed):
         if _rank0():
-            rejected = ckpt_dir / f"{HF_DIR}.rejected"
             shutil.rmtree(rejected, ignore_errors=True)
             os.replace(staging, rejected)
         worst = "; ".join(f"{k}: {r['metric']} {r['value']:.3g} > {r['bound']:.3g}" for k, r in reports.items()
                           if not r["ok"]) if _rank0() else "see rank 0's log"
-        raise UserError(f"--save-hf: the Hugging Face export of {ckpt_dir} does not reproduce the model's logits "
-                        f"({worst}); kept as {ckpt_dir / (HF_DIR + '.rejected')} with {PARITY}; the Megatron "
-                        "checkpoint itself is intact (convert.sh exports it another way)")
+        raise UserError(f"{spec.who}: the Hugging Face export into {final} does not reproduce the model's logits "
+                        f"({worst}); kept as {rejected} with {PARITY}; the Megatron checkpoint itself is intact")
     if _rank0():
         _readable_by_all(staging)
     size = integrity.write_manifest(staging)
     if _rank0():
         layout.publish(staging, final)
-        shutil.rmtree(ckpt_dir / f"{HF_DIR}.rejected", ignore_errors=True)  # an earlier failed try
+        shutil.rmtree(rejected, ignore_errors=True)  # an earlier failed try
     dist.barrier()
     summary = ", ".join(f"{k} {r['metric']} {r['value']:.2g}" for k, r in reports.items()) if _rank0() else ""
     log.info("saved Hugging Face %s %s (%.1f MB, %.1f s; parity: %s)",
-             "adapter" if spec.lora is not None else "model", final, size / 1e6, time.perf_counter() - t0, summary)
+             "adapter" if spec.lora is not None and spec.adapter else "model", final, size / 1e6,
+             time.perf_counter() - t0, summary)
     return final

@@ -1,7 +1,7 @@
 """--save-hf: the Hugging Face directory a run writes beside each checkpoint, at TP=2, PP=2 and EP=2, against
 independent references: transformers (and peft) loading it, the checkpoint's own logits reloaded at TP=1 by
-dist_checkpointing, and the files convert.py (convert.sh's function, modelopt's exporter) writes from the
-same checkpoint."""
+dist_checkpointing, and the files nvidia-modelopt's Megatron exporter writes from the same checkpoint; and the
+files convert.py (convert.sh's function: the same writer, at TP=1) writes."""
 
 from __future__ import annotations
 
@@ -75,9 +75,10 @@ def test_hf_directory_gives_the_checkpoint_logits(out, tiny_models, name):
     assert diff <= 1e-4, f"{name}: max |logit difference| {diff:.3g} > 1e-4"
 
 
+@pytest.mark.parametrize("writer", ["modelopt", "convert"])
 @pytest.mark.parametrize("name", FULL)
-def test_hf_tensors_are_bitwise_those_convert_writes(out, name):
-    ours, theirs = _tensors(out / "ckpt" / name / ITER / "hf"), _tensors(out / "convert" / name)
+def test_hf_tensors_are_bitwise_those_modelopt_and_convert_write(out, name, writer):
+    ours, theirs = _tensors(out / "ckpt" / name / ITER / "hf"), _tensors(out / writer / name)
     assert ours.keys() == theirs.keys(), sorted(set(ours) ^ set(theirs))[:6]
     for key, t in theirs.items():
         assert ours[key].dtype == t.dtype and torch.equal(ours[key], t), key

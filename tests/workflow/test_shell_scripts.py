@@ -3,9 +3,10 @@
 One chain of launches, shared by the tests below (each python process costs ~15 s of imports):
   demo.sh (cut down)    build, generate before, finetune.sh (1 process), generate after, report
   finetune.sh DP=2      a second call on a copy of the demo's run: resumes it, now on 2 processes
-  finetune.sh TP=2      a fresh run from the Hugging Face model on 2 processes
-  convert.sh            the demo's checkpoint -> Hugging Face (transformers loads it and answers like generate.sh),
-                        and that directory -> Megatron again
+  finetune.sh TP=2 PP=2 a fresh run from the Hugging Face model on 4 processes, with SAVE_HF=1
+  convert.sh            that checkpoint -> Hugging Face at its own layout (== its --save-hf directory); the demo's
+                        checkpoint -> Hugging Face (transformers loads it and answers like generate.sh), and that
+                        directory -> Megatron again
   mmlu.sh               on the converted Megatron checkpoint, with the MMLU fixture
 """
 
@@ -130,31 +131,61 @@ def test_second_call_resumes_at_dp2(resumed):
     assert state["consumed_samples"] == (DEMO_ITERS + 4) * 16
 
 
-def test_fresh_run_at_tp2(demo, work):
-    save = work / "tp2"
-    env = script_env(
-        work,
-        TP="2",
-        MLM_MODEL_SAVE=str(save),
-        MLM_DATA_ARGS="--train-iters 3",
-        MLM_EVAL_ARGS="--eval-iters 0 --log-interval 1",
-    )
-    proc = run_script("finetune", "tiny", env)
-    assert "torchrun --standalone --nproc_per_node=2" in proc.stdout
+@pytest.fixture(scope="module")
+def tp2pp2(demo, work):
+    """A fresh run at TP=2 x PP=2 (4 processes) with SAVE_HF=1, then convert.sh on its checkpoint."""
+    save, export = work / "tp2pp2", work / "tp2pp2_export"
+    env = script_env(work, TP="2", PP="2", SAVE_HF="1", MLM_MODEL_SAVE=str(save), MLM_DATA_ARGS="--train-iters 3",
+                     MLM_EVAL_ARGS="--eval-iters 0 --log-interval 1")
+    trained = run_script("finetune", "tiny", env)
+    env = script_env(work, MLM_MODEL_CKPT=str(save), EXPORT_DIR=str(export), EXPORT_DTYPE="bf16")
+    return {"trained": trained, "converted": run_script("convert", "tiny", env), "save": save, "export": export}
+
+
+def test_fresh_run_at_tp2_pp2(tp2pp2):
+    proc, save = tp2pp2["trained"], tp2pp2["save"]
+    assert "torchrun --standalone --nproc_per_node=4" in proc.stdout
     assert "imported on the fly" in proc.stdout
     iterations, first, _ = done_line(proc.stdout + proc.stderr)
     assert iterations == 3 and first > 3.0  # from the untrained model: about ln(vocabulary)
     assert tracker(save) == "3"
     it = save / "iter_0000003"
-    assert read_json(it / "train_state.json")["layout"] == {"tp": 2, "pp": 1, "dp": 1, "ep": 1, "cp": 1}
+    assert read_json(it / "train_state.json")["layout"] == {"tp": 2, "pp": 2, "dp": 1, "ep": 1, "cp": 1}
     assert read_json(it / "run_args.json")["args"]["tensor_model_parallel_size"] == 2
-    assert len(list(it.glob("*.distcp"))) >= 2, "sharded weights from both ranks"
+    assert len(list(it.glob("*.distcp"))) >= 4, "sharded weights from every rank"
+
+
+def test_convert_exports_tp2_pp2_at_its_layout_as_save_hf_does(tp2pp2):
+    """convert.sh runs at the checkpoint's own TP=2 x PP=2 (no reload at TP=1) and writes what --save-hf wrote
+    during training, tensor for tensor (both bf16), with the manifest and the parity check."""
+    import torch
+    from safetensors.torch import load_file
+
+    proc, export = tp2pp2["converted"], tp2pp2["export"]
+    assert "torchrun --standalone --nproc_per_node=4" in proc.stdout
+    assert "exported at the checkpoint's own layout (TP=2 PP=2" in proc.stdout
+    assert "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2" in proc.stdout
+    parity = read_json(export / "parity.json")["model"]
+    assert parity["ok"] and parity["value"] <= parity["bound"], parity
+    listed = json.dumps(read_json(export / "manifest.json"))
+    assert all(p.name in listed for p in export.glob("*.safetensors")), "every weight file is in the manifest"
+
+    def tensors(directory: Path) -> dict:
+        found = {}
+        for path in sorted(directory.glob("*.safetensors")):
+            found.update(load_file(path))
+        return found
+
+    ours, saved = tensors(export), tensors(tp2pp2["save"] / "iter_0000003" / "hf")
+    assert saved and ours.keys() == saved.keys(), sorted(set(ours) ^ set(saved))[:6]
+    for name, t in saved.items():
+        assert ours[name].dtype == t.dtype == torch.bfloat16 and torch.equal(ours[name], t), name
 
 
 @pytest.fixture(scope="module")
 def exported(demo, work):
     export = work / "export"
-    env = script_env(work, MLM_MODEL_CKPT=str(demo["tiny"] / "sft"), EXPORT_DIR=str(export), TP="2")
+    env = script_env(work, MLM_MODEL_CKPT=str(demo["tiny"] / "sft"), EXPORT_DIR=str(export))
     proc = run_script("convert", "tiny", env)
     return {"proc": proc, "dir": export}
 
@@ -163,7 +194,7 @@ def test_export_is_a_hugging_face_model_that_answers_like_generate(demo, exporte
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert "ignored: TP=2" in exported["proc"].stdout  # export runs at TP=1
+    assert "exported at the checkpoint's own layout (TP=1 PP=1" in exported["proc"].stdout
     export = exported["dir"]
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (export / name).is_file(), name

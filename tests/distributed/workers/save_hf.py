@@ -5,7 +5,7 @@
                                                     checkpoint and the checkpoint's logits, loaded at TP=1
 
 OUT/tokens.pt (written by the test) are the tokens of every logits check. World size 1 writes
-OUT/convert/<name>/ (the function behind convert.sh) and OUT/logits/<name>.pt; the test compares them with
+OUT/convert/<name>/ (the function behind convert.sh), OUT/modelopt/<name>/ (nvidia-modelopt's exporter) and OUT/logits/<name>.pt; the test compares them with
 OUT/ckpt/<name>/iter_0000003/hf/ loaded by transformers and peft.
 """
 
@@ -115,22 +115,28 @@ def unperturbed(cli) -> None:
 
 
 def references(cli) -> None:
-    """The checkpoint's own logits (dist_checkpointing resharded to TP=1) and convert.py's export of it."""
+    """The checkpoint's own logits (dist_checkpointing resharded to TP=1), convert.py's export of it (the project's
+    writer, here at TP=1) and, for full models, nvidia-modelopt's Megatron exporter's: an independent writer."""
     import torch
 
+    from megatron_sft.checkpointing.hf import export_hf_weights
     from megatron_sft.conversion import convert
     from megatron_sft.inference.logits import forward_logits
-    from megatron_sft.loading import build_and_load
+    from megatron_sft.loading import build_and_load, hf_assets_source
 
     tokens = torch.load(cli.out / "tokens.pt")
     for name, (family, flags) in runs().items():
         ckpt = cli.out / "ckpt" / name
         (cli.out / "logits").mkdir(exist_ok=True)
-        torch.save(forward_logits(build_and_load(with_runtime(f"--load {ckpt}")), tokens),
-                   cli.out / "logits" / f"{name}.pt")
+        cfg = with_runtime(f"--load {ckpt}")
+        chunks = build_and_load(cfg)
+        torch.save(forward_logits(chunks, tokens), cli.out / "logits" / f"{name}.pt")
+        dtype = "bf16" if name.startswith("bf16") else "fp32"
+        if not name.startswith("lora"):
+            export_hf_weights(chunks, hf_assets_source(cfg), cli.out / "modelopt" / name,
+                              torch.bfloat16 if dtype == "bf16" else torch.float32)
         merge = "--merge-lora" if name.startswith("lora") else ""
-        convert(with_runtime(f"--load {ckpt} --save {cli.out / 'convert' / name} --export-dtype "
-                             f"{'bf16' if name.startswith('bf16') else 'fp32'} {merge}"))
+        convert(with_runtime(f"--load {ckpt} --save {cli.out / 'convert' / name} --export-dtype {dtype} {merge}"))
 
 
 def main() -> None:
