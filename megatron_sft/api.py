@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_sft.checkpointing.names import METRICS
 from megatron_sft.errors import UserError
 
 
@@ -188,8 +189,8 @@ def _run(command: list[str], quiet: bool) -> None:
 
 def _result(save: Path, save_hf: bool = False) -> SFTResult:
     records = []
-    if (save / "metrics.jsonl").is_file():
-        records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if (save / METRICS).is_file():
+        records = [json.loads(line) for line in (save / METRICS).read_text().splitlines() if line.strip()]
     train = [r for r in records if r["kind"] == "train"]
     valid = [r for r in records if r["kind"] == "validation"]
     last = train[-1] if train else {}

@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).resolve().parent / "distributed" / "workers"
 
 
+def checkpoint_entries(ckpt_dir: Path) -> set[str]:
+    """What a checkpoint directory holds at its top level, dist_checkpointing's shard files as their pattern: the
+    files a save wrote, to compare with checkpointing/names.py's list for that kind of checkpoint."""
+    from megatron_sft.checkpointing.names import DIST_SHARDS
+
+    return {DIST_SHARDS if p.name.endswith(".distcp") else p.name for p in Path(ckpt_dir).iterdir()}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -100,9 +100,9 @@ def main() -> None:
     results = {"save": [], "hf export": []}
     for _ in range(cli.rounds):
         with PeakRss() as s:
-            trainer.save()  # --save-hf is off in these flags: the save alone
+            path = trainer.checkpointer.save(trainer.state.iteration, trainer.content())  # --save-hf off: alone
         with PeakRss() as h:
-            trainer.export_hf(Path(trainer.last_save), trainer.state.iteration)
+            trainer.content().write_hf(path)
         results["save"].append(s)
         results["hf export"].append(h)
     print(f"Qwen3-0.6B shape, CPU fp32 training state, 1 process; best of {cli.rounds} rounds; hf export in bf16")

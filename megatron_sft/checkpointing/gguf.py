@@ -18,11 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_sft.checkpointing.names import GGUF_SOURCE
 from megatron_sft.errors import UserError
 from megatron_sft.models.registry import FAMILIES, family_for_gguf
 
 DEFAULT_WORK_DIR = "/tmp/megatron_workspace"  # the launcher's MLM_WORK_DIR default
-SOURCE_RECORD = "gguf_source.json"
+SOURCE_RECORD = GGUF_SOURCE
 CONVERTER = 1  # bump when the conversion changes: older cache entries are then converted again
 
 

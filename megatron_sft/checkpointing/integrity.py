@@ -21,10 +21,11 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-MANIFEST = "manifest.json"
+from megatron_sft.checkpointing.names import DIST_FILES, MANIFEST, RUN_ARGS
+
 # What every checkpoint this project writes holds, whatever its manifest lists: dist_checkpointing's index
 # (.metadata), format (metadata.json) and common state (common.pt), and the run's arguments.
-REQUIRED = (".metadata", "metadata.json", "common.pt", "run_args.json")
+REQUIRED = (*DIST_FILES, RUN_ARGS)
 SAMPLE = 1 << 20  # checksummed unit: 1 MiB
 MAX_SAMPLES = 64  # a file of up to 64 MiB is checksummed whole; a larger one at 64 evenly spaced MiB
 _deep_ok: set[tuple[str, int]] = set()  # (directory, manifest mtime) already checked deeply by this process

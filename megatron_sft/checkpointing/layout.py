@@ -1,19 +1,6 @@
-"""The on-disk layout of checkpoints this project writes (Megatron-LM compatible).
-
-    ROOT/
-      latest_checkpointed_iteration.txt   "release" or the iteration; written LAST
-      iter_0000100/ | release/            dist_checkpointing (torch_dist) files
-        run_args.json                     resolved arguments, incl. the HF source path
-        hf_assets/                        config.json, generation_config.json, tokenizer files
-                                          and the chat template used: everything of the HF
-                                          source but its weights (what export needs)
-        manifest.json                     every file's size and CRC32, written last (integrity.py)
-      .iter_0000100.saving.<run>/         a save in progress (never loaded; a killed run's is removed by the
-                                          next run that claims the directory)
-      .owner.json                         the claim of the run writing here (checkpointing/owner.py)
-
-A save is written into the staging directory, fsynced, renamed into place and only then named by the
-tracker: a crash at any point leaves the previous checkpoint intact and current.
+"""Reading and arranging checkpoint directories (Megatron-LM compatible): the tracker, iteration directories,
+the checkpoint to load (checked against its manifest), publishing, pruning, the saved layout. The names inside a
+checkpoint directory, and the layout they make, are in names.py.
 """
 
 from __future__ import annotations
@@ -25,20 +12,26 @@ import shutil
 from pathlib import Path
 
 from megatron_sft.checkpointing import integrity
+from megatron_sft.checkpointing.names import (
+    CHAT_TEMPLATE,
+    HF_ASSETS,
+    ITERATION_DIR,
+    RELEASE,
+    RUN_ARGS,
+    STAGING,
+    TRACKER,
+    TRAIN_STATE,
+)
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
 
-TRACKER = "latest_checkpointed_iteration.txt"
-RUN_ARGS = "run_args.json"
-TRAIN_STATE = "train_state.json"  # iteration, data position, scheduler and layout of a training checkpoint
-HF_ASSETS = "hf_assets"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 
 
 def iteration_dir(root: str | os.PathLike, iteration: int | None) -> Path:
     """`release/` for weights-only conversions (iteration None), else `iter_NNNNNNN/`."""
-    return Path(root) / ("release" if iteration is None else f"iter_{iteration:07d}")
+    return Path(root) / (RELEASE if iteration is None else ITERATION_DIR % iteration)
 
 
 def read_tracker(root: str | os.PathLike) -> int | None:
@@ -128,7 +121,7 @@ def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
 
 def staging_dir(final: Path, token: str) -> Path:
     """Where the run named `token` writes its save of `final` before renaming it into place."""
-    return final.parent / f".{final.name}.saving.{token}"
+    return final.parent / f".{final.name}{STAGING}.{token}"
 
 
 def remove_dir(path: Path) -> None:
@@ -230,4 +223,4 @@ def copy_hf_assets(src_dir: str | os.PathLike | None, ckpt_dir: Path, chat_templ
             if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
                 shutil.copy2(path, dest / path.name)
     if chat_template is not None:
-        (dest / "chat_template.jinja").write_text(chat_template)
+        (dest / CHAT_TEMPLATE).write_text(chat_template)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -102,21 +103,22 @@ def _stop_signals_deferred():
 
 
 def _write_files(staging: Path, sharded_state: dict, args_record: dict, hf_assets_src, chat_template,
-                 extra_files: dict, write_extras, write_collective) -> None:
-    """Everything of one checkpoint but its manifest, into the staging directory."""
+                 parts: Sequence) -> None:
+    """Everything of one checkpoint but its manifest, into the staging directory: the sharded state and the
+    collective parts on every rank, then run_args.json, hf_assets/ and the other parts on rank 0."""
     from megatron.core import dist_checkpointing
 
     with _stop_signals_deferred():
         dist_checkpointing.save(sharded_state, str(staging))
-        if write_collective is not None:
-            write_collective(staging)
+        for part in parts:
+            if part.collective:
+                part.write(staging)
     if _is_rank0():
         layout.write_run_args(staging, args_record)
         layout.copy_hf_assets(hf_assets_src, staging, chat_template)
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
-        if write_extras is not None:
-            write_extras(staging)
+        for part in parts:
+            if not part.collective:
+                part.write(staging)
 
 
 def save_checkpoint(
@@ -127,17 +129,15 @@ def save_checkpoint(
     *,
     hf_assets_src: str | Path | None = None,
     chat_template: str | None = None,
-    extra_files: dict[str, str] | None = None,
-    write_extras=None,
-    write_collective=None,
+    parts: Sequence = (),
 ) -> Path:
     """Write one checkpoint atomically: into `.iter_N.saving.<run>/`, then the manifest (fsynced), then the rename
     to `iter_N/`, then the tracker. A crash at any point leaves the previous checkpoint current and
     intact; a failure (ENOSPC, EIO) removes the partial save and raises SaveFailed on every rank.
 
-    `sharded_state` is e.g. `model_sharded_state_dict(chunks)`, plus optimizer state for training;
-    `write_extras(dir)` writes further files on rank 0 and `write_collective(dir)` on every rank (a quantized
-    model's modelopt state), both before the manifest, so they are covered."""
+    `sharded_state` is e.g. `model_sharded_state_dict(chunks)`, plus optimizer state for training; `parts`
+    (checkpointer.Part: a name and its writer) are the checkpoint's other files, written before the manifest, so
+    it covers them. Checkpointer.save is the caller for runs that save repeatedly; conversions call it once."""
     root = Path(root)
     final = layout.iteration_dir(root, iteration)
     staging = layout.staging_dir(final, _run_token())
@@ -148,8 +148,7 @@ def save_checkpoint(
     _barrier()
     error = None
     try:
-        _write_files(staging, sharded_state, args_record, hf_assets_src, chat_template, extra_files, write_extras,
-                     write_collective)
+        _write_files(staging, sharded_state, args_record, hf_assets_src, chat_template, parts)
         _barrier()
         size = integrity.write_manifest(staging)
     except (OSError, RuntimeError, CheckpointException) as err:  # a writer's OSError arrives wrapped in these

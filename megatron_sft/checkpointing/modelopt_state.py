@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from megatron_sft.checkpointing.names import MODELOPT_STATE, QUANT_RECORD
 from megatron_sft.errors import UserError
 from megatron_sft.models.builder import unwrap
 
-MODELOPT_STATE = "modelopt_state"
-RECORD = "quantization.json"
+RECORD = QUANT_RECORD
 
 
 def is_quantized(ckpt_dir: str | Path | None) -> bool:

@@ -28,11 +28,11 @@ import time
 import uuid
 from pathlib import Path
 
+from megatron_sft.checkpointing.names import CLAIM
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CLAIM = ".owner.json"
 HEARTBEAT = 30.0  # seconds between touches of the claim file
 STALE = 300.0  # a claim from another host untouched this long is a dead owner's (10 missed heartbeats)
 

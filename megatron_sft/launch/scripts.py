@@ -16,6 +16,7 @@ from megatron_sft.checkpointing.layout import (
     saved_model_layout,
 )
 from megatron_sft.checkpointing.modelopt_state import is_quantized
+from megatron_sft.checkpointing.names import TRACKER
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
 from megatron_sft.launch.layout import Layout, launcher, read_layout
@@ -48,7 +49,7 @@ class Plan:
 
 def _complete_checkpoint(path: str) -> Path | None:
     """The iteration directory of a complete Megatron checkpoint at `path`, else None."""
-    if not (Path(path) / "latest_checkpointed_iteration.txt").is_file():
+    if not (Path(path) / TRACKER).is_file():
         return None
     try:
         return latest_checkpoint_dir(path)[0]

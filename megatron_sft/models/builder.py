@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import math
 
+from megatron_sft.config import RunConfig
 from megatron_sft.errors import UserError
 from megatron_sft.models.specs import decoder_block_spec
-
-from megatron_sft.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,28 @@ def build_model_chunks(cfg: RunConfig, config, vocab_size: int) -> list:
     chunks = [build_gpt_model(cfg, config, vocab_size, vp_stage=s) for s in stages]
     for chunk in chunks:
         chunk.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
+        if not config.perform_initialization:
+            _mark_tensor_parallel(chunk)
     return chunks
+
+
+def _mark_tensor_parallel(model) -> None:
+    """Megatron-Core's CPU-initialisation path sets a parameter's tensor-parallel attributes (which dimension is
+    split) only while initialising it; a model built to be loaded (perform_initialization off) lacks them, and
+    whatever reads them (the Hugging Face writer's gathers) would take a shard for the whole tensor. Set them as
+    the initialiser would: column-parallel and embedding rows (dim 0), row-parallel columns (dim 1)."""
+    import torch
+    from megatron.core.tensor_parallel import layers as tp
+
+    split = ((tp.ColumnParallelLinear, 0, ("weight", "bias")), (tp.VocabParallelEmbedding, 0, ("weight",)),
+             (tp.RowParallelLinear, 1, ("weight",)))
+    for module in model.modules():
+        for cls, dim, names in split:
+            if isinstance(module, cls):
+                for name in names:
+                    param = getattr(module, name, None)
+                    if isinstance(param, torch.nn.Parameter) and not hasattr(param, "tensor_model_parallel"):
+                        tp.set_tensor_model_parallel_attributes(param, True, dim, 1)
 
 
 def unwrap(chunk):

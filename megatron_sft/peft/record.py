@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from megatron_sft.checkpointing import layout
+from megatron_sft.checkpointing.names import LORA_RECORD
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
-RECORD = "lora.json"
+RECORD = LORA_RECORD
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ import torch
 from megatron_sft.arguments.quantize import check_cuda_format, check_quantize_args, quant_format
 from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import modelopt_state
+from megatron_sft.checkpointing.checkpointer import Part
 from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
+from megatron_sft.checkpointing.names import MODELOPT_STATE
 from megatron_sft.errors import UserError
 from megatron_sft.inference.logits import forward_logits
 from megatron_sft.loading import build_and_load, hf_assets_source, load_run_tokenizer
@@ -94,7 +96,8 @@ def quantize(cfg: RunConfig) -> Path:
     unwrap(chunks[0]).quantization_record = record  # written by modelopt_state.save, here and after QAT
     return save_checkpoint(cfg.checkpoint.save, None, model_sharded_state_dict(chunks), cfg.to_record(),
                            hf_assets_src=hf_assets_source(cfg),
-                           write_collective=lambda staging: modelopt_state.save(chunks, staging))
+                           parts=[Part(MODELOPT_STATE, lambda staging: modelopt_state.save(chunks, staging),
+                                       collective=True)])
 
 
 def _calibration_loop(chunks: list, samples: list):

@@ -29,14 +29,14 @@ import torch.distributed as dist
 
 from megatron_sft.checkpointing import integrity, layout
 from megatron_sft.checkpointing.hf_tensors import LayerExporter
+from megatron_sft.checkpointing.names import GGUF_SOURCE, HF_DIR, MERGED, PARITY, STAGING
 from megatron_sft.errors import UserError
 from megatron_sft.models.builder import unwrap
 from megatron_sft.runtime.distributed import any_rank
-from megatron_sft.training.hf_parity import PARITY, check_parity
+from megatron_sft.training.hf_parity import check_parity
 
 log = logging.getLogger(__name__)
-HF_DIR, MERGED = "hf", "merged"
-_NOT_COPIED = ("config.json", "gguf_source.json")  # config.json is written for the export's dtype
+_NOT_COPIED = ("config.json", GGUF_SOURCE)  # config.json is written for the export's dtype
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def write_hf(chunks: list, final: Path, assets: Path, spec: HfOutput) -> Path:
     """The one writer of Hugging Face directories from a Megatron model, at whatever layout it runs (--save-hf and
     convert.sh): staged in `.NAME.saving/`, parity-checked (parity.json), checksummed (manifest.json), renamed into
     place. A parity failure keeps the files as `NAME.rejected/` and raises one line on every rank."""
-    staging = final.parent / f".{final.name}.saving"
+    staging = final.parent / f".{final.name}{STAGING}"
     t0 = time.perf_counter()
     if _rank0():
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed export

@@ -18,7 +18,6 @@ import torch.distributed as dist
 from megatron_sft.models.builder import unwrap
 
 log = logging.getLogger(__name__)
-PARITY = "parity.json"
 TOKENS = 16
 
 

@@ -5,32 +5,23 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from megatron_sft.config import RunConfig
-from megatron_sft.checkpointing import layout, space
-from megatron_sft.checkpointing.integrity import checkpoint_size
+from megatron_sft.checkpointing.checkpointer import Checkpointer, claim_save_dir
 from megatron_sft.errors import UserError
 from megatron_sft.loading import hf_assets_source, load_run_tokenizer
 from megatron_sft.models.builder import padded_vocab_size
-from megatron_sft.runtime.distributed import any_rank, collective_device
-from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, save_loss_curve, training_flops
+from megatron_sft.runtime.distributed import collective_device
+from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, training_flops
 from megatron_sft.training.progress import Progress
 from megatron_sft.training.resume_check import check_resume
 from megatron_sft.training.runlog import RunFiles
 from megatron_sft.training.signals import ExitController
-from megatron_sft.training.state import (
-    TrainState,
-    estimated_checkpoint_bytes,
-    estimated_hf_bytes,
-    load_training_checkpoint,
-    resume_point,
-    save_training_checkpoint,
-)
+from megatron_sft.training.state import TrainingContent, TrainState, load_training_checkpoint, resume_point
 from megatron_sft.training.step import evaluate, train_step
 
 log = logging.getLogger(__name__)
@@ -83,7 +74,7 @@ def _batch_counts(batches: list[dict], cfg: RunConfig) -> torch.Tensor:
     return counts
 
 
-def _check_finite(result, iteration: int, cfg: RunConfig, last_save: str | None) -> None:
+def _check_finite(result, iteration: int, cfg: RunConfig, last_save: Path | None) -> None:
     if not cfg.training.check_for_nan_in_loss_and_grad:
         return
     bad = [name for name, v in (("loss", result.loss), ("grad norm", result.grad_norm))
@@ -126,32 +117,23 @@ class Trainer:
         self.model = build_training_model(cfg, resume[0] if resume is not None else None)
         if resume is not None:
             load_training_checkpoint(resume[0], self.model, self.state, cfg)
-        # Each save copies the HF config and tokenizer from here; after the first, from the run's own last save
-        # (the checkpoint resumed from may be deleted by --keep-last).
-        self.assets = hf_assets_source(cfg)
+        self.checkpointer = Checkpointer(cfg.checkpoint, hf_assets_source(cfg), resume[0] if resume else None)
         if cfg.checkpoint.save_hf:
             from megatron_sft.checkpointing.modelopt_state import model_is_quantized
             from megatron_sft.training.hf_output import check_save_hf
 
-            check_save_hf(cfg, self.assets, model_is_quantized(self.model.chunks))
-        self.hf_bytes: int | None = None  # the last --save-hf directory's size
-        self.checkpoint_bytes = checkpoint_size(resume[0]) if resume is not None else None
+            check_save_hf(cfg, self.checkpointer.assets, model_is_quantized(self.model.chunks))
         self.train_batches = iter(self.data.train)
         self.history: list[tuple[int, float]] = []
         self.records: list[dict] = []  # every step's figures, for tests and tools
         self.eval_history: list[tuple[int, float]] = []
-        self.last_save: str | None = None
-        self.saved_iteration: int | None = None
-        self.resumed_from = resume[0] if resume is not None else None
-        self.hf_path: str | None = None  # the last --save-hf directory
-        self.hf_iteration: int | None = None
         self.exit = ExitController(cfg)
         self.reporters = Reporters(cfg, torch.distributed.get_rank() == 0)
         self.peak_flops = gpu_peak_flops()
         self.totals = torch.zeros(3, dtype=torch.float64)  # tokens, supervised tokens, FLOPs
         self.train_seconds = 0.0
         if cfg.checkpoint.save:
-            self.check_space("at start-up")
+            self.checkpointer.check_space("at start-up", self.content())
 
     def next_global_batch(self) -> list[dict]:
         batches = list(itertools.islice(self.train_batches, self.cfg.training.num_microbatches))
@@ -170,7 +152,7 @@ class Trainer:
         self.state.iteration += 1
         self.state.consumed_samples += cfg.training.global_batch_size
         self.state.optimizer_steps += 0 if result.skipped else 1
-        _check_finite(result, self.state.iteration, cfg, self.last_save)
+        _check_finite(result, self.state.iteration, cfg, self.checkpointer.last_save)
         counts = _batch_counts(batches, cfg)
         self.totals += counts
         self.history.append((self.state.iteration, result.loss))
@@ -199,59 +181,16 @@ class Trainer:
         self.reporters.scalars({"validation/loss": loss, "validation/ppl": math.exp(min(loss, 50.0))},
                                self.state.iteration)
 
-    def check_space(self, when: str) -> None:
-        """Room for one more checkpoint (the last one's size, or an estimate before the first), agreed by all
-        ranks; too little is one line, before anything is written."""
-        if self.checkpoint_bytes is not None:
-            need, basis = self.checkpoint_bytes, "the size of the last one"
-        else:
-            need, basis = estimated_checkpoint_bytes(self.model), "estimated from the parameters and optimizer"
-        if self.cfg.checkpoint.save_hf:  # its Hugging Face directory too (--save-hf final: at the last save)
-            need += self.hf_bytes if self.hf_bytes is not None else estimated_hf_bytes(
-                self.model, self.cfg.checkpoint.save_hf_dtype)
-            basis += ", plus its Hugging Face directory"
-        problem = space.shortfall(self.cfg.checkpoint.save, need, basis)
-        if any_rank(problem is not None):
-            last = f"; last intact checkpoint: {self.last_save}" if self.last_save else ""
-            raise UserError(f"not enough disk space {when}: {problem or 'too little on another rank'}{last}")
-
-    def save(self) -> None:
-        cfg = self.cfg
-        if not cfg.checkpoint.save:
-            return
-        self.check_space(f"to save iteration {self.state.iteration}")
-        rank0 = torch.distributed.get_rank() == 0
-        curve = (lambda d: save_loss_curve(self.history, self.eval_history, d / "loss_curve.png")) if rank0 else None
-        path = save_training_checkpoint(cfg.checkpoint.save, self.model, self.state, cfg.to_record(), self.assets,
-                                        write_extras=curve)
-        self.last_save, self.saved_iteration = str(path), self.state.iteration
-        self.checkpoint_bytes = checkpoint_size(path) or self.checkpoint_bytes
-        if layout.hf_assets_dir(path).is_dir():
-            self.assets = layout.hf_assets_dir(path)
-        if cfg.checkpoint.save_hf == "all":
-            self.export_hf(path, self.state.iteration)
-        if cfg.checkpoint.keep_last and rank0:
-            for old in layout.prune(Path(cfg.checkpoint.save), cfg.checkpoint.keep_last, self.state.iteration):
-                log.info("--keep-last %d: deleted %s", cfg.checkpoint.keep_last, old)
-        torch.distributed.barrier()
-
-    def export_hf(self, ckpt_dir: Path, iteration: int) -> None:
-        """--save-hf: the Hugging Face directory beside the checkpoint just saved (training/hf_output.py)."""
-        from megatron_sft.to_mcore import dtype_from_name
-        from megatron_sft.training.hf_output import HfOutput, save_hf
-
-        cfg = self.cfg
-        spec = HfOutput(dtype_from_name(cfg.checkpoint.save_hf_dtype), cfg.lora.merge_lora, self.model.lora)
-        path = save_hf(self.model.chunks, ckpt_dir, spec)
-        self.hf_path, self.hf_iteration = str(path), iteration
-        self.hf_bytes = checkpoint_size(path) or self.hf_bytes
+    def content(self) -> TrainingContent:
+        """What a checkpoint of this run holds now (the checkpointer writes it)."""
+        return TrainingContent(self.model, self.state, self.cfg, self.history, self.eval_history)
 
     def run(self) -> None:
         cfg, total = self.cfg, total_iterations(self.cfg)
         if self.state.iteration >= total:  # a finished run started again: nothing to do, nothing to rewrite
             log.info("already at iteration %d of %d; nothing to train (the checkpoint stays as it is)",
                      self.state.iteration, total)
-            self._export_missing_hf()
+            self.checkpointer.repair_missing_hf(self.state.iteration, self.content())
             return
         progress = Progress(self.state.iteration, total, cfg.logging.log_interval)
         reason = None
@@ -263,8 +202,8 @@ class Trainer:
                 self.files.write("train", self.state.iteration, figures)
             self.reporters.scalars({f"train/{k}": v for k, v in figures.items()}, self.state.iteration)
             self.maybe_evaluate()
-            if cfg.checkpoint.save_interval and self.state.iteration % cfg.checkpoint.save_interval == 0:
-                self.save()
+            if self.checkpointer.due(self.state.iteration):
+                self.checkpointer.save(self.state.iteration, self.content())
             reason = self.exit.reason_to_exit(self.state.iteration)
         progress.close()
         self.finish(reason)
@@ -274,14 +213,10 @@ class Trainer:
             log.info("stopping early: %s", reason)
         elif not reason:
             self.maybe_evaluate(force=True)  # as Megatron-LM, validate once more at the end of training
-        if self.cfg.checkpoint.save and self.saved_iteration != self.state.iteration:
-            self.save()
+        self.checkpointer.finish(self.state.iteration, self.content())
         if self.exit.interrupted:
             log.info("interrupted at iteration %d; saved %s", self.state.iteration,
-                     self.last_save or "nothing (no --save)")
-        if self.cfg.checkpoint.save_hf and self.saved_iteration is not None and \
-                self.hf_iteration != self.saved_iteration:  # --save-hf final, or the last save was periodic
-            self.export_hf(Path(self.last_save), self.saved_iteration)
+                     self.checkpointer.last_save or "nothing (no --save)")
         self.reporters.close()
         self.summary()
         self.files.close()
@@ -293,24 +228,9 @@ class Trainer:
         last = self.history[-1][1] if self.history else math.nan
         epochs = self.state.consumed_samples / self.data.train.packs_per_epoch
         log.info("done: %d iterations, %d samples consumed (%.2f epochs) | loss %.4f -> %.4f | %.0f tokens (%.0f "
-                 "supervised) in %.1f s: %.1f tokens/s, %.1f supervised tokens/s | checkpoint: %s%s",
+                 "supervised) in %.1f s: %.1f tokens/s, %.1f supervised tokens/s | %s",
                  self.state.iteration, self.state.consumed_samples, epochs, first, last, tokens, supervised, secs,
-                 tokens / secs, supervised / secs, self.last_save or "not saved (no --save)",
-                 f" | Hugging Face: {self.hf_path}" if self.hf_path else "")
-
-    def _export_missing_hf(self) -> None:
-        """A finished run started again with --save-hf: its last checkpoint gets the HF directory it lacks."""
-        from megatron_sft.training.hf_output import hf_dir
-
-        done = self.resumed_from
-        if not self.cfg.checkpoint.save_hf or done is None:
-            return
-        if any_rank(not hf_dir(done).is_dir()):
-            log.info("--save-hf: %s has no Hugging Face directory yet; writing it", done)
-            self.export_hf(Path(done), self.state.iteration)
-        else:
-            self.hf_path = str(hf_dir(done))
-        log.info("Hugging Face: %s", self.hf_path)
+                 tokens / secs, supervised / secs, self.checkpointer.describe())
 
 
 def start_training(cfg: RunConfig, files: RunFiles | None = None) -> Trainer:
@@ -334,17 +254,3 @@ def finetune(cfg: RunConfig) -> Trainer:
         if claim is not None:
             claim.release()
     return trainer
-
-
-def claim_save_dir(save: str | None):
-    """Rank 0 claims --save for this run (checkpointing/owner.py) and clears what killed runs left there. A live
-    owner's directory is refused in one line; rank 0 exits on it before the process group forms, and torchrun stops
-    the other ranks."""
-    if not save or int(os.environ.get("RANK", "0")) != 0:
-        return None
-    from megatron_sft.checkpointing.owner import SaveClaim, cleanup_leftovers
-
-    claim = SaveClaim(save)
-    claim.acquire()
-    cleanup_leftovers(save)
-    return claim

@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from megatron_sft.checkpointing.names import METRICS, TRAINING_LOG
+
 
 class RunFiles:
     """Opened at the start of a run that has --save; a no-op elsewhere (other ranks, no --save)."""
@@ -20,11 +22,11 @@ class RunFiles:
             return
         folder = Path(save_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(folder / "training.log", mode="a", encoding="utf-8")
+        self.handler = logging.FileHandler(folder / TRAINING_LOG, mode="a", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
         self.handler.setLevel(logging.INFO)
         logging.getLogger().addHandler(self.handler)
-        self.metrics = open(folder / "metrics.jsonl", "a", encoding="utf-8")
+        self.metrics = open(folder / METRICS, "a", encoding="utf-8")
 
     def write(self, kind: str, iteration: int, values: dict) -> None:
         """One line: {"kind": "train" | "validation", "iteration": N, ...}; NaN/inf become null."""

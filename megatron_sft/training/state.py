@@ -1,6 +1,6 @@
 """Full training checkpoints: model, optimizer, scheduler, RNG, and where the run stands.
 
-Layout per checkpoint (see checkpointing/layout.py): the dist checkpoint holds 'model',
+Layout per checkpoint (see checkpointing/names.py): the dist checkpoint holds 'model',
 'optimizer' (distributed optimizer in the DP-reshardable form, so a run saved at DP=2 resumes
 at DP=1) and 'rng_state'; train_state.json holds the iteration, consumed samples, the scheduler
 state and the layout it was saved at.
@@ -18,13 +18,15 @@ import numpy as np
 import torch
 
 from megatron_sft.config import RunConfig
-from megatron_sft.checkpointing import layout, modelopt_state
-from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sharded_state_dict, save_checkpoint
+from megatron_sft.checkpointing import layout, modelopt_state, names
+from megatron_sft.checkpointing.checkpointer import Part
+from megatron_sft.checkpointing.megatron_ckpt import load_chunk_states, model_sharded_state_dict
 from megatron_sft.errors import UserError
 from megatron_sft.runtime.distributed import collective_device
+from megatron_sft.training.metrics import save_loss_curve
 
 log = logging.getLogger(__name__)
-TRAIN_STATE = layout.TRAIN_STATE
+TRAIN_STATE = names.TRAIN_STATE
 OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
@@ -80,18 +82,50 @@ def _training_sharded_state(model, is_loading: bool, with_rng: bool) -> dict:
     return state
 
 
-def save_training_checkpoint(root, model, train_state: TrainState, args_record: dict, hf_assets_src,
-                             write_extras=None) -> Path:
-    train_state.scheduler = model.scheduler.state_dict()
-    train_state.layout = _layout()
-    extra = {TRAIN_STATE: json.dumps(asdict(train_state), indent=1)}
-    if model.lora is not None:
-        from megatron_sft.peft.record import RECORD
+@dataclass
+class TrainingContent:
+    """What a training checkpoint holds (checkpointing/checkpointer.py saves it): model, optimizer and RNG sharded
+    state; train_state.json; lora.json (LoRA); the modelopt state (quantized models); the loss curve; and, for
+    --save-hf, the Hugging Face directory beside it."""
 
-        extra[RECORD] = model.lora.record_text
-    return save_checkpoint(root, train_state.iteration, _training_sharded_state(model, False, True), args_record,
-                           hf_assets_src=hf_assets_src, extra_files=extra, write_extras=write_extras,
-                           write_collective=lambda staging: modelopt_state.save(model.chunks, staging))
+    model: object  # setup.TrainingModel
+    state: TrainState
+    cfg: RunConfig
+    history: list  # (iteration, loss) of every step, for the loss curve
+    eval_history: list
+
+    def sharded_state(self) -> dict:
+        return _training_sharded_state(self.model, False, True)
+
+    def args_record(self) -> dict:
+        return self.cfg.to_record()
+
+    def parts(self) -> list[Part]:
+        self.state.scheduler = self.model.scheduler.state_dict()
+        self.state.layout = _layout()
+        text = json.dumps(asdict(self.state), indent=1)
+        parts = [Part(names.TRAIN_STATE, lambda d: (d / names.TRAIN_STATE).write_text(text)),
+                 Part(names.LOSS_CURVE, lambda d: save_loss_curve(self.history, self.eval_history,
+                                                                  d / names.LOSS_CURVE)),
+                 Part(names.MODELOPT_STATE, lambda d: modelopt_state.save(self.model.chunks, d), collective=True)]
+        if self.model.lora is not None:
+            record = self.model.lora.record_text
+            parts.append(Part(names.LORA_RECORD, lambda d: (d / names.LORA_RECORD).write_text(record)))
+        return parts
+
+    def estimated_bytes(self) -> int:
+        return estimated_checkpoint_bytes(self.model)
+
+    def estimated_hf_bytes(self) -> int:
+        return estimated_hf_bytes(self.model, self.cfg.checkpoint.save_hf_dtype)
+
+    def write_hf(self, ckpt_dir: Path) -> Path:
+        """--save-hf: the Hugging Face directory beside the checkpoint just saved (training/hf_output.py)."""
+        from megatron_sft.to_mcore import dtype_from_name
+        from megatron_sft.training.hf_output import HfOutput, save_hf
+
+        spec = HfOutput(dtype_from_name(self.cfg.checkpoint.save_hf_dtype), self.cfg.lora.merge_lora, self.model.lora)
+        return save_hf(self.model.chunks, ckpt_dir, spec)
 
 
 def estimated_checkpoint_bytes(model) -> int:
@@ -174,7 +208,7 @@ def _restore_adam_step(optimizer, steps: int) -> None:
 
 @torch.no_grad()
 def load_training_checkpoint(ckpt_dir: Path, model, state: TrainState, cfg: RunConfig) -> None:
-    """Restore everything saved by save_training_checkpoint into a freshly built model (the schedule's values as
+    """Restore everything TrainingContent saved into a freshly built model (the schedule's values as
     resume_check.load_scheduler decides)."""
     from megatron_sft.training.resume_check import load_scheduler
 

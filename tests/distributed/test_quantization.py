@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import WORKERS, torchrun
+from tests.conftest import WORKERS, checkpoint_entries, torchrun
 from tests.distributed.test_training import write_reversal_data
 from tests.distributed.workers.quantization import (EXPORT_FORMATS, EXPORT_VARIANTS, FAMILIES, FORMATS,
                                                     QAT_FORMATS)
@@ -353,6 +353,16 @@ def test_qat_at_tp2_equals_tp1(out, fmt):
     quant = out / "qat" / f"{fmt}_tp2" / "iter_0000003"
     assert (quant / "modelopt_state").is_dir()
     assert json.loads((quant / "quantization.json").read_text())["format"] == fmt
+
+
+@pytest.mark.parametrize("kind", ["quantize", "qat"])
+def test_a_quantized_save_writes_what_the_layout_module_lists(out, kind):
+    """quantize's weights-only release/ and a QAT training checkpoint: the files on disk are names.py's list."""
+    from megatron_sft.checkpointing.names import checkpoint_entries as listed
+
+    ckpt = out / "quant" / "qwen3_fp8_tp1" / "release" if kind == "quantize" else \
+        out / "qat" / "fp8_tp2" / "iter_0000003"
+    assert checkpoint_entries(ckpt) == listed(training=kind == "qat", quantized=True)
 
 
 def test_qat_resume_is_exact(out):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import WORKERS, torchrun
+from tests.conftest import WORKERS, checkpoint_entries, torchrun
 from tests.distributed.test_training import write_reversal_data
 from tests.distributed.workers.save_hf import runs
 
@@ -162,3 +162,12 @@ def test_exporting_does_not_change_the_training(out):
     runs = json.loads((out / "unperturbed.json").read_text())
     assert len(runs["exported"]) == 3 and runs["exported"] == runs["plain"], runs
     assert all((out / "ckpt" / "every_step" / f"iter_000000{i}" / "hf" / "merged").is_dir() for i in (1, 2, 3))
+
+
+@pytest.mark.parametrize(("name", "iteration", "lora", "save_hf"), [
+    ("qwen3_tp2", ITER, False, True), ("llama3_pp2", "iter_0000002", False, False), ("lora_tp2", ITER, True, True)])
+def test_a_save_writes_what_the_layout_module_lists(out, name, iteration, lora, save_hf):
+    """Full and LoRA training checkpoints, with and without --save-hf: the files on disk are names.py's list."""
+    from megatron_sft.checkpointing.names import checkpoint_entries as listed
+
+    assert checkpoint_entries(out / "ckpt" / name / iteration) == listed(training=True, lora=lora, save_hf=save_hf)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import checkpoint_entries
 from tests.workflow.helpers import EXAMPLES, REPO, run_script, script_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.timeout(900)]
@@ -83,9 +84,12 @@ def test_demo_builds_trains_and_compares_answers(demo):
 
 
 def test_demo_checkpoint_contents(demo):
+    from megatron_sft.checkpointing.names import checkpoint_entries as listed
+
     sft = demo["tiny"] / "sft"
     assert tracker(sft) == str(DEMO_ITERS)
     it = sft / f"iter_{DEMO_ITERS:07d}"
+    assert checkpoint_entries(it) == listed(training=True)
     for name in (
         "metadata.json",
         "run_args.json",

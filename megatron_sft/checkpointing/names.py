@@ -1,0 +1,59 @@
+"""Every name inside a checkpoint directory this project writes, in one place; this docstring is the layout
+docs/checkpoints.md shows (Megatron-LM compatible).
+
+    ROOT/                                   --save
+      latest_checkpointed_iteration.txt     TRACKER: "release" or the iteration; written last
+      .owner.json                           CLAIM: the run writing here (owner.py)
+      training.log metrics.jsonl            TRAINING_LOG, METRICS: the runs' log and per-step figures (appended)
+      iter_0000100/ | release/              one checkpoint (ITERATION_DIR % N, RELEASE)
+        .metadata metadata.json common.pt   DIST_FILES: dist_checkpointing's index, format and common state
+        __0_0.distcp ...                    DIST_SHARDS: its sharded tensors (one file per writer)
+        run_args.json                       RUN_ARGS: the resolved arguments (RunConfig.to_record)
+        hf_assets/                          HF_ASSETS: config.json, generation_config.json, tokenizer files and
+                                            the chat template used (CHAT_TEMPLATE): the HF source but its weights
+        train_state.json                    TRAIN_STATE: iteration, data position, scheduler, layout (training)
+        loss_curve.png                      LOSS_CURVE: the run's loss so far (training)
+        lora.json                           LORA_RECORD: the adapters' spec and their base, hashed (LoRA runs)
+        modelopt_state/ quantization.json   MODELOPT_STATE, QUANT_RECORD: the quantizers (quantized models)
+        hf/                                 HF_DIR: --save-hf's Hugging Face directory (or PEFT adapter), with
+          merged/ parity.json manifest.json MERGED (LoRA --merge-lora), PARITY, MANIFEST
+        manifest.json                       MANIFEST: every file's size and checksums, written before publishing
+      .iter_0000100.saving.<run>/           a save in progress (STAGING); never loaded, removed by the next owner
+
+A save is written into its staging directory, checksummed, renamed into place and only then named by the
+tracker: a crash at any point leaves the previous checkpoint intact and current.
+"""
+
+from __future__ import annotations
+
+TRACKER = "latest_checkpointed_iteration.txt"
+CLAIM = ".owner.json"
+TRAINING_LOG = "training.log"
+METRICS = "metrics.jsonl"
+RELEASE = "release"
+ITERATION_DIR = "iter_%07d"
+DIST_FILES = (".metadata", "metadata.json", "common.pt")
+DIST_SHARDS = "*.distcp"
+RUN_ARGS = "run_args.json"
+HF_ASSETS = "hf_assets"
+CHAT_TEMPLATE = "chat_template.jinja"
+TRAIN_STATE = "train_state.json"
+LOSS_CURVE = "loss_curve.png"
+LORA_RECORD = "lora.json"
+MODELOPT_STATE = "modelopt_state"
+QUANT_RECORD = "quantization.json"
+HF_DIR = "hf"
+MERGED = "merged"
+PARITY = "parity.json"
+MANIFEST = "manifest.json"
+GGUF_SOURCE = "gguf_source.json"  # in a dequantized .gguf's Hugging Face directory: what it was made from
+STAGING = ".saving"  # suffix of staging directories: .iter_N.saving.<run>, .hf.saving
+
+
+def checkpoint_entries(training: bool, lora: bool = False, quantized: bool = False, save_hf: bool = False) -> set:
+    """The top-level names of one checkpoint directory of this kind (DIST_SHARDS as its pattern)."""
+    names = {*DIST_FILES, DIST_SHARDS, RUN_ARGS, HF_ASSETS, MANIFEST}
+    names |= {TRAIN_STATE, LOSS_CURVE} if training else set()
+    names |= {LORA_RECORD} if lora else set()
+    names |= {MODELOPT_STATE, QUANT_RECORD} if quantized else set()
+    return names | ({HF_DIR} if save_hf else set())
