@@ -83,15 +83,20 @@ def check_quantize_args(cfg) -> None:
     if cfg.is_lora:
         raise UserError(f"--load {cfg.checkpoint.load} is a LoRA run: merge it first (convert.sh with MERGE_LORA=1 "
                         "writes the merged Hugging Face model) and quantize that (HF_MODEL_CKPT=<it>)")
-    impl = cfg.runtime.transformer_impl  # None before start-up (the launcher's check): decided then
-    if q.export_kv_cache_quant and impl not in (None, "transformer_engine"):
-        raise UserError("--export-kv-cache-quant: modelopt quantizes the KV cache in Transformer Engine's "
-                        "attention only; run on a GPU with Transformer Engine, or drop the flag")
+    check_kv_cache_quant(cfg)
     if cfg.parallel.context_parallel_size > 1:
         raise UserError("quantize runs at --context-parallel-size 1 (calibration samples are short); a "
                         "quantized checkpoint still trains at any CP")
     if fmt.blocks:
         _check_blocks(cfg)
+
+
+def check_kv_cache_quant(cfg) -> None:
+    """The layer implementation is known once the device is (start-up); before that (parsing), nothing to say."""
+    impl = cfg.runtime.transformer_impl
+    if cfg.quantization.export_kv_cache_quant and impl not in (None, "transformer_engine"):
+        raise UserError("--export-kv-cache-quant: modelopt quantizes the KV cache in Transformer Engine's "
+                        "attention only; run on a GPU with Transformer Engine, or drop the flag")
 
 
 def _check_blocks(cfg, block: int = 128) -> None:

@@ -15,8 +15,7 @@ from megatron_sft.checkpointing.layout import (
     resumable_checkpoint,
     saved_model_layout,
 )
-from megatron_sft.checkpointing.modelopt_state import is_quantized
-from megatron_sft.checkpointing.names import TRACKER
+from megatron_sft.checkpointing.names import MODELOPT_STATE, TRACKER
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
 from megatron_sft.launch.layout import Layout, launcher, read_layout
@@ -316,7 +315,7 @@ def _export_layout(s: Settings, ckpt_dir: Path) -> tuple[Layout, list[str]]:
     """An unquantized checkpoint is exported at the layout it was saved at (each rank writes the layers it holds,
     nothing is resharded; TP and PP given in the environment win); a quantized one at TP=1, one process per
     pipeline stage (nvidia-modelopt's exporters)."""
-    if is_quantized(ckpt_dir):
+    if (ckpt_dir / MODELOPT_STATE).is_dir():  # quantized (modelopt_state.is_quantized, without its imports)
         ignored = [f"{n}={s.given(n)}" for n in ("TP", "CP", "EP", "ETP", "DP") if s.given(n) not in ("", "1")]
         s.note("note", "a quantized checkpoint is exported at TP=1 with one process per pipeline stage"
                        + (f" (ignored: {' '.join(ignored)})" if ignored else ""))

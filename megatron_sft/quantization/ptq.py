@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_sft.arguments.quantize import check_cuda_format, check_quantize_args, quant_format
+from megatron_sft.arguments.quantize import check_cuda_format, check_kv_cache_quant, quant_format
 from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import modelopt_state
 from megatron_sft.checkpointing.checkpointer import Part
@@ -70,7 +70,7 @@ def run(cfg: RunConfig) -> None:
 def quantize(cfg: RunConfig) -> Path:
     import modelopt.torch.quantization as mtq
 
-    check_quantize_args(cfg)  # again: the transformer implementation (--export-kv-cache-quant) is known only now
+    check_kv_cache_quant(cfg)  # the rest was checked with the flags (apps.py); the layer implementation is known now
     chunks = build_and_load(cfg)
     if modelopt_state.model_is_quantized(chunks):
         raise UserError(f"--load {cfg.checkpoint.load} is quantized already; quantize its unquantized source")

@@ -124,4 +124,5 @@ def test_nothing_below_the_arguments_layer_names_it():
     """The flag parser sits above what it configures: no module under it imports it, even for a type."""
     rank = {name: i for i, layer in enumerate(megatron_sft.LAYERS) for name in layer}
     below = {m for m in MODULES if unit(m) != "__init__" and rank[unit(m)] < rank["arguments"]}
-    assert below and not [(m, t) for m in below for t, _ in graph()[m] if unit(t) == "arguments"]
+    edges = graph()
+    assert below and not [(m, t) for m in below for t, _ in edges[m] if unit(t) == "arguments"]

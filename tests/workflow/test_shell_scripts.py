@@ -89,7 +89,7 @@ def test_demo_checkpoint_contents(demo):
     sft = demo["tiny"] / "sft"
     assert tracker(sft) == str(DEMO_ITERS)
     it = sft / f"iter_{DEMO_ITERS:07d}"
-    assert checkpoint_entries(it) == listed(training=True)
+    assert checkpoint_entries(it) == listed(training=True, save_hf=True)  # demo.sh: SAVE_HF=final
     for name in (
         "metadata.json",
         "run_args.json",
