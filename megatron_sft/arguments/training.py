@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 
-from megatron_sft.errors import ConfigErrors
+from megatron_sft.errors import UserError
 
 
 def add_training_args(parser: ArgumentParser) -> None:
@@ -142,10 +142,8 @@ def _add_logging_args(parser: ArgumentParser) -> None:
 
 
 def check_run_length(cfg) -> None:
-    """Training needs a peak LR and a run length; the flags are optional in the parser that generation shares."""
+    """Training needs a run length; generation shares the parser, where it is optional (validate.py requires --lr
+    and --seq-length once a run length makes the command a training one)."""
     t = cfg.training
-    missing = [] if t.lr is not None else ["--lr is required to train: the peak learning rate, e.g. --lr 1e-5"]
     if t.train_iters is None and t.train_samples is None and t.train_epochs is None:
-        missing.append("give the run length: --train-iters, --train-samples or --train-epochs")
-    if missing:
-        raise ConfigErrors(missing)
+        raise UserError("give the run length: --train-iters, --train-samples or --train-epochs")
