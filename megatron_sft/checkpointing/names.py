@@ -1,24 +1,30 @@
 """Every name inside a checkpoint directory this project writes, in one place; this docstring is the layout
-docs/checkpoints.md shows (Megatron-LM compatible).
+docs/checkpoints.md shows (Megatron-LM compatible; tests/unit/test_docs.py keeps the two the same).
 
     ROOT/                                   --save
-      latest_checkpointed_iteration.txt     TRACKER: "release" or the iteration; written last
-      .owner.json                           CLAIM: the run writing here (owner.py)
-      training.log metrics.jsonl            TRAINING_LOG, METRICS: the runs' log and per-step figures (appended)
-      iter_0000100/ | release/              one checkpoint (ITERATION_DIR % N, RELEASE)
+      latest_checkpointed_iteration.txt     TRACKER: "release" or the iteration; written last, after the
+                                            iteration directory is complete and in place
+      training.log                          TRAINING_LOG: what the console showed (rank 0), appended on resume
+      metrics.jsonl                         METRICS: a JSON line per logged iteration (loss, lr, grad norm,
+                                            tokens/s, epoch, ...) and per validation (loss, perplexity)
+      .owner.json                           CLAIM: the run writing here: host, pid, start time (owner.py)
+      iter_0000200/ | release/              one checkpoint (ITERATION_DIR % N; RELEASE: weights only); loads at
+                                            any TP/PP
         .metadata metadata.json common.pt   DIST_FILES: dist_checkpointing's index, format and common state
-        __0_0.distcp ...                    DIST_SHARDS: its sharded tensors (one file per writer)
-        run_args.json                       RUN_ARGS: the resolved arguments (RunConfig.to_record)
-        hf_assets/                          HF_ASSETS: config.json, generation_config.json, tokenizer files and
-                                            the chat template used (CHAT_TEMPLATE): the HF source but its weights
-        train_state.json                    TRAIN_STATE: iteration, data position, scheduler, layout (training)
-        loss_curve.png                      LOSS_CURVE: the run's loss so far (training)
+        __0_0.distcp ...                    DIST_SHARDS: its sharded tensors, one file per writer
+        run_args.json                       RUN_ARGS: every resolved argument, incl. the HF source path
+        hf_assets/                          HF_ASSETS: config.json, generation_config.json, the tokenizer and the
+                                            chat template used (CHAT_TEMPLATE): the HF source but its weights;
+                                            GGUF_SOURCE: what a .gguf --load was dequantized from
+        train_state.json                    TRAIN_STATE: iteration, consumed samples, scheduler, layout (training)
+        loss_curve.png                      LOSS_CURVE: the losses up to this checkpoint (training)
         lora.json                           LORA_RECORD: the adapters' spec and their base, hashed (LoRA runs)
-        modelopt_state/ quantization.json   MODELOPT_STATE, QUANT_RECORD: the quantizers (quantized models)
-        hf/                                 HF_DIR: --save-hf's Hugging Face directory (or PEFT adapter), with
-          merged/ parity.json manifest.json MERGED (LoRA --merge-lora), PARITY, MANIFEST
-        manifest.json                       MANIFEST: every file's size and checksums, written before publishing
-      .iter_0000100.saving.<run>/           a save in progress (STAGING); never loaded, removed by the next owner
+        modelopt_state/ quantization.json   MODELOPT_STATE, QUANT_RECORD: a quantized model (quantize.sh, QAT)
+        hf/                                 HF_DIR: --save-hf's Hugging Face model (or PEFT adapter), with
+          merged/ parity.json manifest.json MERGED (LoRA --merge-lora), PARITY, MANIFEST; .hf.saving/ meanwhile
+        manifest.json                       MANIFEST: every file's size and CRC32 checksums, written last
+      .iter_0000400.saving.<run>/           a save in progress (STAGING): never loaded; a killed run's is removed
+                                            by the next run that claims the directory
 
 A save is written into its staging directory, checksummed, renamed into place and only then named by the
 tracker: a crash at any point leaves the previous checkpoint intact and current.
@@ -46,7 +52,7 @@ HF_DIR = "hf"
 MERGED = "merged"
 PARITY = "parity.json"
 MANIFEST = "manifest.json"
-GGUF_SOURCE = "gguf_source.json"  # in a dequantized .gguf's Hugging Face directory: what it was made from
+GGUF_SOURCE = "gguf_source.json"  # in a dequantized .gguf's Hugging Face directory, so in hf_assets/ too
 STAGING = ".saving"  # suffix of staging directories: .iter_N.saving.<run>, .hf.saving
 
 

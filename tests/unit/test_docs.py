@@ -201,3 +201,20 @@ def test_the_checks_fail_on_a_broken_page(tmp_path, source):
                       "                the line goes on\nno_such_dir/    top level\n```\n")
     assert check_code_map(readme) == ["README.md: code map: no such path megatron_sft/gone.py",
                                       "README.md: code map: no such path no_such_dir/"]
+
+
+def layout_block(names_doc: str) -> str:
+    """The checkpoint layout drawn in checkpointing/names.py's docstring, unindented."""
+    start, end = names_doc.index("    ROOT/"), names_doc.index("A save is written")
+    return "\n".join(line[4:] for line in names_doc[start:end].rstrip("\n").splitlines())
+
+
+def test_the_checkpoint_layout_page_shows_the_names_module():
+    """docs/checkpoints.md draws the layout names.py's docstring draws, line for line; every constant there is
+    drawn in it (a new name cannot go undocumented)."""
+    from megatron_sft.checkpointing import names
+
+    block = layout_block(names.__doc__)
+    assert block in (REPO / "docs" / "checkpoints.md").read_text()
+    constants = [k for k, v in vars(names).items() if k.isupper() and isinstance(v, (str, tuple))]
+    assert constants and [k for k in constants if k not in block] == []
