@@ -9,7 +9,6 @@ from pathlib import Path
 from megatron_sft.config import RunConfig
 from megatron_sft.checkpointing import layout
 from megatron_sft.checkpointing.hf import export_hf_weights
-from megatron_sft.checkpointing.modelopt_state import is_quantized, read_record
 from megatron_sft.checkpointing.megatron_ckpt import model_sharded_state_dict, save_checkpoint
 from megatron_sft.to_mcore import dtype_from_name
 from megatron_sft.errors import UserError
@@ -72,7 +71,7 @@ def _lora_of(cfg: RunConfig):
 
 def _check_export_target(out: Path) -> None:
     """The export replaces its directory whole: only an earlier export (it has a manifest) or an empty directory."""
-    from megatron_sft.checkpointing.integrity import MANIFEST
+    from megatron_sft.checkpointing.names import MANIFEST
 
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise UserError(f"--save {out}: the directory holds files that are not an earlier export (no {MANIFEST}); "
@@ -91,9 +90,10 @@ def quantized_export_path(cfg: RunConfig) -> str | None:
     from megatron_sft.quantization.hf_export import HF_PATH
 
     ckpt_dir = layout.latest_checkpoint_dir(cfg.checkpoint.load, cfg.checkpoint.ckpt_step)[0]
-    if not is_quantized(ckpt_dir):
+    view = layout.CheckpointDir(ckpt_dir)
+    if not view.is_quantized:
         return None
-    record = read_record(ckpt_dir)
+    record = view.quant_record()
     name = record.get("modelopt_cfg")
     if name is None or name in MEGATRON_EXPORTER:  # quantized elsewhere (Megatron-LM): its own exporter's call
         return "megatron"

@@ -24,8 +24,8 @@ def hf_assets_source(cfg: RunConfig) -> Path | None:
         return Path(cfg.checkpoint.hf_model_path or cfg.checkpoint.load)
     if cfg.checkpoint.load_format == "megatron":
         ckpt_dir = Path(cfg.checkpoint.load_iteration_dir)
-        if layout.hf_assets_dir(ckpt_dir).is_dir():
-            return layout.hf_assets_dir(ckpt_dir)
+        if layout.CheckpointDir(ckpt_dir).hf_assets.is_dir():
+            return layout.CheckpointDir(ckpt_dir).hf_assets
     hf = cfg.checkpoint.hf_model_path
     return Path(hf) if hf else None
 
@@ -86,7 +86,7 @@ def load_weights(cfg: RunConfig, chunks: list, resume_dir: Path | None = None) -
 def restore_quantization(chunks: list, ckpt_dir) -> None:
     """A checkpoint made by quantize (or QAT on one) turns `chunks` into its fake-quantized model; the weights and
     calibrated quantizer values are loaded next, with the rest of the checkpoint."""
-    if modelopt_state.is_quantized(ckpt_dir):
+    if layout.CheckpointDir(ckpt_dir).is_quantized:
         modelopt_state.restore(chunks, ckpt_dir)
         log.info("%s is quantized (%s): the model runs fake-quantized", ckpt_dir, modelopt_state.describe(ckpt_dir))
 

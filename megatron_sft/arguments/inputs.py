@@ -9,7 +9,7 @@ import os
 from argparse import Namespace
 from pathlib import Path
 
-from megatron_sft.checkpointing.layout import TRAIN_STATE, resume_layout_problem, saved_layout
+from megatron_sft.checkpointing.layout import CheckpointDir, resume_layout_problem
 from megatron_sft.errors import UserError
 
 
@@ -64,7 +64,7 @@ def resumes_training(args: Namespace) -> bool:
     return (
         args.load_format == "megatron"
         and not args.finetune
-        and (Path(args.load_iteration_dir) / TRAIN_STATE).is_file()
+        and CheckpointDir(args.load_iteration_dir).is_training
     )
 
 
@@ -107,7 +107,7 @@ def _check_resume_layout(args: Namespace, problems: list[str]) -> None:
         "ep": args.expert_model_parallel_size,
         "cp": args.context_parallel_size,
     }
-    problem = resume_layout_problem(args.load, saved_layout(args.load_iteration_dir), now)
+    problem = resume_layout_problem(args.load, CheckpointDir(args.load_iteration_dir).saved_layout(), now)
     if problem:
         problems.append(problem)
 

@@ -18,7 +18,7 @@ from megatron_sft.checkpointing.gguf import hf_dir_from_gguf, is_gguf
 from megatron_sft.checkpointing.layout import (
     RUN_ARGS,
     TRACKER,
-    hf_assets_dir,
+    CheckpointDir,
     is_megatron_checkpoint,
     latest_checkpoint_dir,
 )
@@ -212,16 +212,14 @@ def check_hf_dir(path: Path, flag: str) -> None:
 def _megatron_source(args: Namespace, load: Path) -> Source | None:
     iter_dir, _ = latest_checkpoint_dir(load, args.ckpt_step)
     args.load_format, args.load_iteration_dir = "megatron", str(iter_dir)
-    assets = hf_assets_dir(iter_dir)  # the tokenizer saved with the checkpoint outlives the HF source
+    view = CheckpointDir(iter_dir)
+    assets = view.hf_assets  # the tokenizer saved with the checkpoint outlives the HF source
     if args.tokenizer_model is None and assets.is_dir():
         args.tokenizer_model = str(assets)
-    path = iter_dir / RUN_ARGS
-    if not path.is_file():  # written elsewhere: flags, --pretrained-model-path's config or defaults describe it
+    record = view.run_args()
+    if record is None:  # written elsewhere: flags, --pretrained-model-path's config or defaults describe it
         return None
-    try:
-        record = json.loads(path.read_text())["args"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f'{path}: unreadable run record ({err}); expected {{"args": {{...}}}}') from None
+    path = iter_dir / RUN_ARGS
     if args.pretrained_model_path:
         args.notices.append(f"--pretrained-model-path not used: --load {load} holds a Megatron checkpoint")
     pretrained = args.pretrained_model_path and str(Path(args.pretrained_model_path).resolve())

@@ -23,7 +23,6 @@ import torch
 from megatron_sft.checkpointing import layout, space
 from megatron_sft.checkpointing.integrity import checkpoint_size
 from megatron_sft.checkpointing.megatron_ckpt import save_checkpoint
-from megatron_sft.checkpointing.names import HF_DIR
 from megatron_sft.config import CheckpointConfig
 from megatron_sft.errors import UserError
 from megatron_sft.runtime.distributed import any_rank
@@ -96,8 +95,8 @@ class Checkpointer:
                                hf_assets_src=self.assets, parts=content.parts())
         self.last_save, self.saved_iteration = path, iteration
         self.bytes = checkpoint_size(path) or self.bytes
-        if layout.hf_assets_dir(path).is_dir():
-            self.assets = layout.hf_assets_dir(path)  # the checkpoint resumed from may be pruned
+        if layout.CheckpointDir(path).hf_assets.is_dir():
+            self.assets = layout.CheckpointDir(path).hf_assets  # the checkpoint resumed from may be pruned
         if self.settings.save_hf == "all":
             self._write_hf(path, iteration, content)
         if self.settings.keep_last and torch.distributed.get_rank() == 0:
@@ -119,11 +118,11 @@ class Checkpointer:
         done = self.resumed_from
         if not self.settings.save_hf or done is None:
             return
-        if any_rank(not (done / HF_DIR).is_dir()):
+        if any_rank(not layout.CheckpointDir(done).hf.is_dir()):
             log.info("--save-hf: %s has no Hugging Face directory yet; writing it", done)
             self._write_hf(done, iteration, content)
         else:
-            self.hf_path = done / HF_DIR
+            self.hf_path = layout.CheckpointDir(done).hf
         log.info("Hugging Face: %s", self.hf_path)
 
     def _write_hf(self, ckpt_dir: Path, iteration: int, content: Content) -> None:

@@ -1,6 +1,6 @@
-"""Reading and arranging checkpoint directories (Megatron-LM compatible): the tracker, iteration directories,
-the checkpoint to load (checked against its manifest), publishing, pruning, the saved layout. The names inside a
-checkpoint directory, and the layout they make, are in names.py.
+"""Reading and arranging checkpoint directories (Megatron-LM compatible): CheckpointDir (one checkpoint as every
+reader sees it), the tracker, iteration directories, the checkpoint to load (checked against its manifest),
+publishing, pruning. The names inside a checkpoint directory, and the layout they make, are in names.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from megatron_sft.checkpointing import integrity
 from megatron_sft.checkpointing.names import (
     CHAT_TEMPLATE,
     HF_ASSETS,
+    HF_DIR,
     ITERATION_DIR,
+    LORA_RECORD,
+    MODELOPT_STATE,
+    QUANT_RECORD,
     RELEASE,
     RUN_ARGS,
     STAGING,
@@ -25,6 +29,83 @@ from megatron_sft.checkpointing.names import (
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointDir:
+    """One checkpoint directory (iter_N/ or release/) as every reader sees it: its parts by their names in names.py,
+    read when asked; a part that cannot be read is one line naming its file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"CheckpointDir({str(self.path)!r})"
+
+    @property
+    def hf_assets(self) -> Path:
+        return self.path / HF_ASSETS
+
+    @property
+    def hf(self) -> Path:
+        """--save-hf's Hugging Face directory."""
+        return self.path / HF_DIR
+
+    @property
+    def is_training(self) -> bool:
+        """A training checkpoint (iteration, data position, optimizer), not weights only."""
+        return (self.path / TRAIN_STATE).is_file()
+
+    @property
+    def is_quantized(self) -> bool:
+        return (self.path / MODELOPT_STATE).is_dir()
+
+    def _json(self, name: str, what: str):
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: unreadable {what} ({type(err).__name__}: {err}); the checkpoint is "
+                            "damaged") from None
+
+    def run_args(self) -> dict | None:
+        """The resolved arguments it was saved with (None: written elsewhere, without run_args.json)."""
+        record = self._json(RUN_ARGS, "run record")
+        if record is not None and not isinstance(record.get("args") if isinstance(record, dict) else None, dict):
+            raise UserError(f'{self.path / RUN_ARGS}: unreadable run record; expected {{"args": {{...}}}}')
+        return None if record is None else record["args"]
+
+    def train_state(self) -> dict | None:
+        return self._json(TRAIN_STATE, "training state")
+
+    def lora_record(self) -> dict | None:
+        """lora.json: the adapters' spec and their base (None: a full checkpoint)."""
+        return self._json(LORA_RECORD, "LoRA record")
+
+    def quant_record(self) -> dict:
+        """What quantize wrote (empty for a checkpoint quantized elsewhere, e.g. by Megatron-LM)."""
+        return self._json(QUANT_RECORD, "quantization record") or {}
+
+    def saved_layout(self) -> dict | None:
+        """The parallel layout a training checkpoint was saved at (train_state.json), None without one."""
+        state = self.train_state()
+        saved = state.get("layout") if isinstance(state, dict) else None
+        if not saved:
+            return None
+        return {"cp": 1, **saved}  # checkpoints from before context parallelism existed have no cp
+
+    def model_layout(self) -> dict[str, int | None]:
+        """How the model was split when it was saved (run_args.json): tp, pp, ep, etp, vp_layers (layers per
+        virtual pipeline stage, or None). An exporter at this layout reads each rank's own shards, no resharding."""
+        args = self.run_args()
+        if args is None:
+            raise UserError(f"{self.path}: no {RUN_ARGS}; the checkpoint is incomplete")
+        tp = int(args.get("tensor_model_parallel_size") or 1)
+        return {"tp": tp, "pp": int(args.get("pipeline_model_parallel_size") or 1),
+                "ep": int(args.get("expert_model_parallel_size") or 1),
+                "etp": int(args.get("expert_tensor_parallel_size") or tp),
+                "vp_layers": args.get("num_layers_per_virtual_pipeline_stage")}
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 
@@ -111,7 +192,7 @@ def resumable_checkpoint(root: str | os.PathLike) -> Path | None:
     if not Path(root).is_dir() or not is_megatron_checkpoint(root):
         return None
     path, _ = latest_checkpoint_dir(root)
-    return path if (path / TRAIN_STATE).is_file() else None
+    return path if CheckpointDir(path).is_training else None
 
 
 def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
@@ -164,37 +245,6 @@ def write_run_args(ckpt_dir: Path, args_record: dict) -> None:
 RESUME_FIXED = ("tp", "pp", "ep", "cp")  # the data position also depends on CP (samples are padded to 2 x CP)
 
 
-def saved_layout(ckpt_dir: str | os.PathLike) -> dict | None:
-    """The parallel layout a training checkpoint was saved at (train_state.json), None without one."""
-    path = Path(ckpt_dir) / TRAIN_STATE
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text()).get("layout")
-    except (ValueError, AttributeError) as err:
-        raise UserError(f"{path}: unreadable training state ({err})") from None
-    if not saved:
-        return None
-    saved = dict(saved)
-    saved.setdefault("cp", 1)  # checkpoints from before context parallelism existed
-    return saved
-
-
-def saved_model_layout(ckpt_dir: str | os.PathLike) -> dict[str, int | None]:
-    """How the model was split when it was saved (run_args.json): tp, pp, ep, etp, vp_layers (layers per virtual
-    pipeline stage, or None). An exporter that runs at this layout reads each rank's own shards, no resharding."""
-    path = Path(ckpt_dir) / RUN_ARGS
-    try:
-        args = json.loads(path.read_text())["args"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: unreadable ({type(err).__name__}: {err}); the checkpoint is incomplete") from None
-    tp = int(args.get("tensor_model_parallel_size") or 1)
-    return {"tp": tp, "pp": int(args.get("pipeline_model_parallel_size") or 1),
-            "ep": int(args.get("expert_model_parallel_size") or 1),
-            "etp": int(args.get("expert_tensor_parallel_size") or tp),
-            "vp_layers": args.get("num_layers_per_virtual_pipeline_stage")}
-
-
 def resume_layout_problem(ckpt_dir: str | os.PathLike, saved: dict, now: dict) -> str | None:
     """Why a run at layout `now` cannot resume a checkpoint saved at `saved`: optimizer state and data
     position reshard over DP only."""
@@ -207,16 +257,12 @@ def resume_layout_problem(ckpt_dir: str | os.PathLike, saved: dict, now: dict) -
             "to start a new run from its weights")
 
 
-def hf_assets_dir(ckpt_dir: str | os.PathLike) -> Path:
-    return Path(ckpt_dir) / HF_ASSETS
-
-
 def copy_hf_assets(src_dir: str | os.PathLike | None, ckpt_dir: Path, chat_template: str | None = None) -> None:
     """Keep the HF config and tokenizer (and the chat template used) next to the weights.
 
     `src_dir` is an HF model directory or another checkpoint's hf_assets/; weights are skipped.
     """
-    dest = hf_assets_dir(ckpt_dir)
+    dest = CheckpointDir(ckpt_dir).hf_assets
     dest.mkdir(parents=True, exist_ok=True)
     if src_dir is not None:
         for path in Path(src_dir).iterdir():

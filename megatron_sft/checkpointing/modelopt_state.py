@@ -18,26 +18,16 @@ from pathlib import Path
 
 import torch
 
-from megatron_sft.checkpointing.names import MODELOPT_STATE, QUANT_RECORD
+from megatron_sft.checkpointing.layout import CheckpointDir
+from megatron_sft.checkpointing.names import QUANT_RECORD
 from megatron_sft.errors import UserError
 from megatron_sft.models.builder import unwrap
 
 RECORD = QUANT_RECORD
 
 
-def is_quantized(ckpt_dir: str | Path | None) -> bool:
-    """Whether the checkpoint iteration directory `ckpt_dir` holds a modelopt state."""
-    return ckpt_dir is not None and (Path(ckpt_dir) / MODELOPT_STATE).is_dir()
-
-
-def read_record(ckpt_dir: str | Path) -> dict:
-    """What quantize wrote about the checkpoint (an empty dict for one quantized elsewhere, e.g. Megatron-LM)."""
-    path = Path(ckpt_dir) / RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def describe(ckpt_dir: str | Path) -> str:
-    record = read_record(ckpt_dir)
+    record = CheckpointDir(ckpt_dir).quant_record()
     return record.get("format") or "format not recorded"
 
 
@@ -78,7 +68,7 @@ def restore(chunks: list, ckpt_dir: str | Path) -> None:
     restore_sharded_modelopt_state(holder, str(ckpt_dir))
     if holder[0] is not module:  # modelopt converts in place for Megatron modules; anything else is unexpected
         raise RuntimeError("modelopt restore returned a new module; the model chunks would not be quantized")
-    module.quantization_record = read_record(ckpt_dir)  # carried into the checkpoints trained from it (QAT)
+    module.quantization_record = CheckpointDir(ckpt_dir).quant_record()  # carried into the checkpoints trained from it (QAT)
 
 
 # A quantizer value with one entry per output row of a SwiGLU fc1 ([gate; up] stacked): per-channel or per-block

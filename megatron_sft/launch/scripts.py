@@ -10,12 +10,11 @@ from pathlib import Path
 from megatron_sft.config import field_default
 from megatron_sft.checkpointing.gguf import is_gguf
 from megatron_sft.checkpointing.layout import (
-    TRAIN_STATE,
+    CheckpointDir,
     latest_checkpoint_dir,
     resumable_checkpoint,
-    saved_model_layout,
 )
-from megatron_sft.checkpointing.names import MODELOPT_STATE, TRACKER
+from megatron_sft.checkpointing.names import TRACKER
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
 from megatron_sft.launch.layout import Layout, launcher, read_layout
@@ -180,7 +179,7 @@ def _start(s: Settings, model: str, work: str) -> list[str]:
     if resume not in ("0", "1"):
         raise LaunchError(f"MLM_RESUME={resume}: use 1 (resume, default) or 0 (start over)")
     last = resumable_checkpoint(save) if resume == "1" else _complete_checkpoint(save)  # MLM_RESUME=0: explicit
-    trained = last is not None and (last / TRAIN_STATE).is_file()
+    trained = last is not None and CheckpointDir(last).is_training
     if trained and resume == "1":
         s.note("start", f"resuming {save} from iteration {int(last.name.removeprefix('iter_'))} (MLM_RESUME=0 "
                         "starts over)")
@@ -315,13 +314,13 @@ def _export_layout(s: Settings, ckpt_dir: Path) -> tuple[Layout, list[str]]:
     """An unquantized checkpoint is exported at the layout it was saved at (each rank writes the layers it holds,
     nothing is resharded; TP and PP given in the environment win); a quantized one at TP=1, one process per
     pipeline stage (nvidia-modelopt's exporters)."""
-    if (ckpt_dir / MODELOPT_STATE).is_dir():  # quantized (modelopt_state.is_quantized, without its imports)
+    if CheckpointDir(ckpt_dir).is_quantized:
         ignored = [f"{n}={s.given(n)}" for n in ("TP", "CP", "EP", "ETP", "DP") if s.given(n) not in ("", "1")]
         s.note("note", "a quantized checkpoint is exported at TP=1 with one process per pipeline stage"
                        + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
         layout = read_layout(s, forced={n: 1 for n in ("TP", "CP", "EP", "ETP", "DP")})
         return layout, layout.flags()
-    saved = saved_model_layout(ckpt_dir)
+    saved = CheckpointDir(ckpt_dir).model_layout()
     forced = {"CP": 1, "DP": 1}
     for name in ("TP", "PP", "EP", "ETP"):
         if not s.given(name) and not (name == "ETP" and s.given("TP")):  # ETP defaults to a given TP

@@ -63,7 +63,7 @@ def _load_base(base: record.Base, chunks: list, dtype: torch.dtype) -> None:
     if record.read_record(ckpt_dir) is not None:
         raise UserError(f"{base.path} is a LoRA checkpoint; a LoRA base must be a full model: export it with "
                         "tools/convert.py --merge-lora and train on that")
-    if modelopt_state.is_quantized(ckpt_dir):
+    if layout.CheckpointDir(ckpt_dir).is_quantized:
         raise UserError(f"{base.path} is quantized ({modelopt_state.describe(ckpt_dir)}); LoRA on a quantized base "
                         "is not supported: fine-tune it in full (quantization-aware training), or train LoRA on the "
                         "unquantized model, merge it (convert.sh MERGE_LORA=1) and quantize the result")

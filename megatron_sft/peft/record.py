@@ -69,13 +69,7 @@ def record_text(spec, base: Base) -> str:
 
 def read_record(ckpt_dir: str | Path | None) -> dict | None:
     """The lora.json of a checkpoint directory, or None for a full checkpoint."""
-    path = Path(ckpt_dir) / RECORD if ckpt_dir else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err}); the checkpoint is damaged") from None
+    return layout.CheckpointDir(ckpt_dir).lora_record() if ckpt_dir else None
 
 
 def base_of(record: dict, ckpt_dir: Path) -> Base:

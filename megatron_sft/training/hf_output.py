@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from megatron_sft.checkpointing import integrity, layout
 from megatron_sft.checkpointing.hf_tensors import LayerExporter
-from megatron_sft.checkpointing.names import GGUF_SOURCE, HF_DIR, MERGED, PARITY, STAGING
+from megatron_sft.checkpointing.names import GGUF_SOURCE, MERGED, PARITY, STAGING
 from megatron_sft.errors import UserError
 from megatron_sft.models.builder import unwrap
 from megatron_sft.runtime.distributed import any_rank
@@ -49,10 +49,6 @@ class HfOutput:
     adapter: bool = True  # LoRA: write the PEFT adapter (with merge_lora, the merged model goes into merged/);
     # False (convert.sh MERGE_LORA=1): only the merged full model, at the top of the directory
     who: str = "--save-hf"  # for messages: which command asked for it
-
-
-def hf_dir(ckpt_dir: str | os.PathLike) -> Path:
-    return Path(ckpt_dir) / HF_DIR
 
 
 def _rank0() -> bool:
@@ -185,11 +181,12 @@ def _readable_by_all(directory: Path) -> None:
 def save_hf(chunks: list, ckpt_dir: str | os.PathLike, spec: HfOutput) -> Path:
     """--save-hf: write `ckpt_dir/hf/` from the live model (collective: every rank calls it). Returns its path."""
     ckpt_dir = Path(ckpt_dir)
-    assets = layout.hf_assets_dir(ckpt_dir)
+    view = layout.CheckpointDir(ckpt_dir)
+    assets = view.hf_assets
     if not (assets / "config.json").is_file():
         raise UserError(f"--save-hf: {assets}/config.json is missing, so there is no Hugging Face config to write; "
                         "train from a Hugging Face model (or a checkpoint that has its hf_assets)")
-    return write_hf(chunks, hf_dir(ckpt_dir), assets, spec)
+    return write_hf(chunks, view.hf, assets, spec)
 
 
 def write_hf(chunks: list, final: Path, assets: Path, spec: HfOutput) -> Path:

@@ -169,10 +169,8 @@ def estimated_hf_bytes(model, dtype_name: str) -> int:
 
 
 def read_train_state(ckpt_dir: Path) -> TrainState | None:
-    path = Path(ckpt_dir) / TRAIN_STATE
-    if not path.is_file():
-        return None
-    return TrainState(**json.loads(path.read_text()))
+    saved = layout.CheckpointDir(ckpt_dir).train_state()
+    return None if saved is None else TrainState(**saved)
 
 
 def _inner_optimizers(optimizer) -> list:
