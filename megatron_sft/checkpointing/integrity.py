@@ -21,7 +21,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from megatron_sft.checkpointing.names import DIST_FILES, MANIFEST, RUN_ARGS
+from megatron_sft.checkpointing.names import DIST_FILES, DIST_FORMAT, MANIFEST, RUN_ARGS
 
 # What every checkpoint this project writes holds, whatever its manifest lists: dist_checkpointing's index
 # (.metadata), format (metadata.json) and common state (common.pt), and the run's arguments.
@@ -160,7 +160,7 @@ def check_checkpoint(ckpt_dir: Path, deep: bool = False) -> str | None:
         return f"{ckpt_dir} is missing"
     files = read_manifest(ckpt_dir)
     if files is None:  # written by Megatron-LM or an older version: no manifest to check against
-        return None if (ckpt_dir / "metadata.json").is_file() else f"{ckpt_dir}: no metadata.json (incomplete save)"
+        return None if (ckpt_dir / DIST_FORMAT).is_file() else f"{ckpt_dir}: no {DIST_FORMAT} (incomplete save)"
     if not files:
         return f"{ckpt_dir / MANIFEST}: unreadable manifest"
     missing = [name for name in REQUIRED if name not in files]

@@ -14,6 +14,7 @@ from pathlib import Path
 from megatron_sft.checkpointing import integrity
 from megatron_sft.checkpointing.names import (
     CHAT_TEMPLATE,
+    DELETING,
     HF_ASSETS,
     HF_DIR,
     ITERATION_DIR,
@@ -21,6 +22,7 @@ from megatron_sft.checkpointing.names import (
     MODELOPT_STATE,
     QUANT_RECORD,
     RELEASE,
+    REPLACED,
     RUN_ARGS,
     STAGING,
     TRACKER,
@@ -121,7 +123,7 @@ def read_tracker(root: str | os.PathLike) -> int | None:
     if not path.is_file():
         raise UserError(f"{root}: checkpoint directories but no {TRACKER}; the first save never finished")
     text = path.read_text().strip()
-    if text == "release":
+    if text == RELEASE:
         return None
     if not text.isdigit():
         raise UserError(f"{path}: expected an iteration number or 'release', found {text!r}")
@@ -130,7 +132,8 @@ def read_tracker(root: str | os.PathLike) -> int | None:
 
 def saved_iterations(root: str | os.PathLike) -> list[int]:
     """The iterations that have a directory under `root`, newest first (staging directories excluded)."""
-    found = (p.name[5:] for p in Path(root).glob("iter_*") if p.is_dir())
+    prefix = ITERATION_DIR.split("%")[0]
+    found = (p.name[len(prefix):] for p in Path(root).glob(f"{prefix}*") if p.is_dir())
     return sorted((int(n) for n in found if n.isdigit()), reverse=True)
 
 
@@ -182,7 +185,8 @@ def _warn_once(message: str) -> None:
 def is_megatron_checkpoint(path: str | os.PathLike) -> bool:
     """Looks like one (complete or not): a tracker, release/ or iter_NNNNNNN/ directories."""
     p = Path(path)
-    return (p / TRACKER).is_file() or (p / "release").is_dir() or any(p.glob("iter_[0-9]*"))
+    prefix = ITERATION_DIR.split("%")[0]
+    return (p / TRACKER).is_file() or (p / RELEASE).is_dir() or any(p.glob(f"{prefix}[0-9]*"))
 
 
 def resumable_checkpoint(root: str | os.PathLike) -> Path | None:
@@ -197,7 +201,7 @@ def resumable_checkpoint(root: str | os.PathLike) -> Path | None:
 
 def write_tracker(root: str | os.PathLike, iteration: int | None) -> None:
     """Atomically mark `iteration` as the latest complete checkpoint."""
-    integrity.write_durably(Path(root) / TRACKER, "release" if iteration is None else str(iteration))
+    integrity.write_durably(Path(root) / TRACKER, RELEASE if iteration is None else str(iteration))
 
 
 def staging_dir(final: Path, token: str) -> Path:
@@ -209,7 +213,7 @@ def remove_dir(path: Path) -> None:
     """Rename, then delete: a half-deleted checkpoint never looks like one."""
     if not path.exists():
         return
-    doomed = path.parent / f".{path.name}.deleting"
+    doomed = path.parent / f".{path.name}{DELETING}"
     shutil.rmtree(doomed, ignore_errors=True)
     os.replace(path, doomed)
     shutil.rmtree(doomed)
@@ -218,7 +222,7 @@ def remove_dir(path: Path) -> None:
 def publish(staging: Path, final: Path) -> None:
     """Rename a finished save into place; an existing directory of that name (a damaged or superseded
     save of the same iteration, never the tracked one) is replaced, not rewritten."""
-    replaced = final.parent / f".{final.name}.replaced"
+    replaced = final.parent / f".{final.name}{REPLACED}"
     shutil.rmtree(replaced, ignore_errors=True)
     if final.exists():
         os.replace(final, replaced)

@@ -10,7 +10,8 @@ docs/checkpoints.md shows (Megatron-LM compatible; tests/unit/test_docs.py keeps
       .owner.json                           CLAIM: the run writing here: host, pid, start time (owner.py)
       iter_0000200/ | release/              one checkpoint (ITERATION_DIR % N; RELEASE: weights only); loads at
                                             any TP/PP
-        .metadata metadata.json common.pt   DIST_FILES: dist_checkpointing's index, format and common state
+        .metadata metadata.json common.pt   DIST_FILES: dist_checkpointing's index, format (DIST_FORMAT) and
+                                            common state
         __0_0.distcp ...                    DIST_SHARDS: its sharded tensors, one file per writer
         run_args.json                       RUN_ARGS: every resolved argument, incl. the HF source path
         hf_assets/                          HF_ASSETS: config.json, generation_config.json, the tokenizer and the
@@ -24,7 +25,9 @@ docs/checkpoints.md shows (Megatron-LM compatible; tests/unit/test_docs.py keeps
           merged/ parity.json manifest.json MERGED (LoRA --merge-lora), PARITY, MANIFEST; .hf.saving/ meanwhile
         manifest.json                       MANIFEST: every file's size and CRC32 checksums, written last
       .iter_0000400.saving.<run>/           a save in progress (STAGING): never loaded; a killed run's is removed
-                                            by the next run that claims the directory
+                                            by the next run that claims the directory (with any .iter_N.deleting
+                                            or .iter_N.replaced: DELETING, REPLACED, a removal or replacement
+                                            it did not finish)
 
 A save is written into its staging directory, checksummed, renamed into place and only then named by the
 tracker: a crash at any point leaves the previous checkpoint intact and current.
@@ -38,7 +41,8 @@ TRAINING_LOG = "training.log"
 METRICS = "metrics.jsonl"
 RELEASE = "release"
 ITERATION_DIR = "iter_%07d"
-DIST_FILES = (".metadata", "metadata.json", "common.pt")
+DIST_FORMAT = "metadata.json"  # dist_checkpointing's format record: a checkpoint written elsewhere has it too
+DIST_FILES = (".metadata", DIST_FORMAT, "common.pt")
 DIST_SHARDS = "*.distcp"
 RUN_ARGS = "run_args.json"
 HF_ASSETS = "hf_assets"
@@ -54,6 +58,7 @@ PARITY = "parity.json"
 MANIFEST = "manifest.json"
 GGUF_SOURCE = "gguf_source.json"  # in a dequantized .gguf's Hugging Face directory, so in hf_assets/ too
 STAGING = ".saving"  # suffix of staging directories: .iter_N.saving.<run>, .hf.saving
+DELETING, REPLACED = ".deleting", ".replaced"  # .iter_N.deleting, .iter_N.replaced: a removal or a replacement
 
 
 def checkpoint_entries(training: bool, lora: bool = False, quantized: bool = False, save_hf: bool = False) -> set:

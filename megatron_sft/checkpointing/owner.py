@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from megatron_sft.checkpointing.names import CLAIM
+from megatron_sft.checkpointing.names import CLAIM, DELETING, REPLACED, STAGING
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def cleanup_leftovers(root: str | os.PathLike) -> list[str]:
     for path in sorted(root.glob(".*")):
         name = path.name
         if path.is_dir() and name.startswith((".iter_", ".release")) and \
-                any(tag in name for tag in (".saving", ".deleting", ".replaced")):
+                any(tag in name for tag in (STAGING, DELETING, REPLACED)):
             shutil.rmtree(path, ignore_errors=True)
         elif path.is_file() and f"{CLAIM}.stale." in name:
             path.unlink(missing_ok=True)
