@@ -10,7 +10,8 @@ The package is layered; a module imports only from its own layer or the layers b
 imports included (tests/unit/test_layering.py enforces LAYERS and the absence of import cycles):
 
     errors, config, cli    user errors; the run's configuration (RunConfig, its sections); the entry-point wrapper
-    runtime, tiny, tasks   devices, process groups, the CPU mode; tiny test models and tokenizers; demo tasks
+    runtime, tiny, tasks, ops   devices, process groups, the CPU mode; tiny test models and tokenizers; demo tasks;
+                           PyTorch state-space kernels (SSD scan, causal conv, gated RMSNorm)
     models                 model families, layer specs, GPTModel construction, unwrap
     to_mcore               RunConfig -> Megatron-Core's TransformerConfig, DDP and optimizer configs
     checkpointing          checkpoint layout, integrity, dist-checkpoint save/load, HF weights (no LoRA), GGUF
@@ -29,7 +30,7 @@ __all__ = ["sft", "lora_sft", "SFTResult", "SFTError"]
 
 LAYERS = (
     ("errors", "config", "cli"),
-    ("runtime", "tiny", "tasks"),
+    ("runtime", "tiny", "tasks", "ops"),
     ("models",),
     ("to_mcore",),
     ("checkpointing",),
