@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_sft.checkpointing.names import METRICS
+from megatron_sft.checkpointing.names import METRICS, TRAINING_LOG
 from megatron_sft.errors import UserError
 
 
@@ -196,13 +196,13 @@ def _result(save: Path, save_hf: bool = False) -> SFTResult:
     last = train[-1] if train else {}
     hf = None
     if save_hf:
-        from megatron_sft.checkpointing.layout import latest_checkpoint_dir
+        from megatron_sft.checkpointing.layout import CheckpointDir, latest_checkpoint_dir
 
-        hf = latest_checkpoint_dir(save)[0] / "hf"
+        hf = CheckpointDir(latest_checkpoint_dir(save)[0]).hf
         if not hf.is_dir():
-            raise SFTError(f"save_hf: the run ended without writing {hf}; see {save / 'training.log'}")
+            raise SFTError(f"save_hf: the run ended without writing {hf}; see {save / TRAINING_LOG}")
     return SFTResult(checkpoint=str(save), iterations=int(last.get("iteration", 0)), final_loss=last.get("loss"),
-                     metrics=last, validation=valid[-1] if valid else None, log_file=str(save / "training.log"),
+                     metrics=last, validation=valid[-1] if valid else None, log_file=str(save / TRAINING_LOG),
                      hf_path=None if hf is None else str(hf))
 
 

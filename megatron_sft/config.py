@@ -4,7 +4,7 @@ The ground floor of the package: it imports nothing of megatron_sft but errors, 
 peft, data, the applications) reads the config it is given without looking up at the flag parser (arguments/).
 
     cfg = parse_args(argv)               # resolved (flag > checkpoint > default), derived, validated, frozen
-    transformer_config(cfg.model, ...)   # each module reads the section it needs
+    transformer_config(cfg)              # to_mcore.py; each module reads the sections it needs
     cfg.replace(train_iters=120)         # the few values known only later make a new config, never an edit
     cfg.to_record() / RunConfig.from_record(record)   # run_args.json, written from it and read back into it
 

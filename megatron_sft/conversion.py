@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -41,11 +42,12 @@ def megatron_to_hf(cfg: RunConfig) -> Path:
         raise UserError(f"{cfg.checkpoint.load}: the checkpoint has no {layout.HF_ASSETS}/config.json and no "
                         "--pretrained-model-path was given; pass the HF directory it came from")
     path = quantized_export_path(cfg)
-    if path is None:
-        _check_export_target(Path(cfg.checkpoint.save))
-    elif cfg.parallel.tensor_model_parallel_size != 1:
-        raise UserError("a quantized checkpoint is exported at --tensor-model-parallel-size 1 (nvidia-modelopt's "
-                        "exporters); the checkpoint is resharded on load whatever layout it was saved at")
+    if path is None and cfg.model.moe_grouped_gemm:  # grouped-GEMM experts: nvidia-modelopt's exporter writes them
+        path = "megatron"
+    target = _check_export_target(Path(cfg.checkpoint.save)) if path is None else None
+    if path is not None and cfg.parallel.tensor_model_parallel_size != 1:
+        raise UserError("a quantized or grouped-GEMM checkpoint is exported at --tensor-model-parallel-size 1 "
+                        "(nvidia-modelopt's exporters); it is resharded on load whatever layout it was saved at")
     chunks = build_and_load(cfg)
     dtype = dtype_from_name(cfg.checkpoint.export_dtype)  # derived: the run's dtype unless given
     if path == "hf":
@@ -58,7 +60,7 @@ def megatron_to_hf(cfg: RunConfig) -> Path:
 
     lora = _lora_of(cfg) if cfg.is_lora else None
     spec = HfOutput(dtype, cfg.lora.merge_lora, lora, adapter=not cfg.lora.merge_lora, who="convert")
-    return write_hf(chunks, Path(cfg.checkpoint.save), Path(source), spec)
+    return write_hf(chunks, target, Path(source), spec)
 
 
 def _lora_of(cfg: RunConfig):
@@ -69,13 +71,21 @@ def _lora_of(cfg: RunConfig):
     return LoraModel(LoraSpec.from_config(cfg), lora_base(cfg), record_text="", checkpoint_dir=None, iteration=None)
 
 
-def _check_export_target(out: Path) -> None:
-    """The export replaces its directory whole: only an earlier export (it has a manifest) or an empty directory."""
-    from megatron_sft.checkpointing.names import MANIFEST
+def _check_export_target(out: Path) -> Path:
+    """The export is staged beside --save and replaces it whole: --save must be new, empty or an earlier export of
+    this writer (parity.json and manifest.json, no checkpoint files), and its parent writable. Returns it resolved."""
+    from megatron_sft.checkpointing.names import MANIFEST, PARITY, RUN_ARGS
 
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise UserError(f"--save {out}: the directory holds files that are not an earlier export (no {MANIFEST}); "
-                        "the export would replace them: choose a new or empty directory")
+    out = out.expanduser().resolve()
+    earlier = (out / MANIFEST).is_file() and (out / PARITY).is_file() and not (out / RUN_ARGS).exists()
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise UserError(f"--save {out}: the directory holds files that are not an earlier export of this tool (no "
+                        f"{PARITY} and {MANIFEST}, or a checkpoint's {RUN_ARGS}); the export replaces its directory "
+                        "whole: choose a new or empty directory")
+    if out.parent == out or not os.access(out.parent, os.W_OK):
+        raise UserError(f"--save {out}: the export is written beside it, in {out.parent}, which cannot be written; "
+                        "choose a directory whose parent is writable")
+    return out
 
 
 # The quantized formats written by nvidia-modelopt's Megatron exporter (as convert.sh's export). Checked with

@@ -110,7 +110,7 @@ def apply_rule(rule, tensors: dict, config, *ids) -> dict[str, torch.Tensor]:
             g, u = value.chunk(2, dim=0)
             out[f"{prefix}{gate}.{key}"], out[f"{prefix}{up}.{key}"] = g.clone(), u.clone()
         return out
-    raise UserError(f"{prefix}: modelopt's mapping {kind!r} is not supported by --save-hf")
+    raise UserError(f"{prefix}: modelopt's mapping {kind!r} is not supported by the Hugging Face writer")
 
 
 def _is_identity(module) -> bool:
@@ -127,7 +127,8 @@ class LayerExporter:
         from modelopt.torch.export.plugins.mcore_common import all_mcore_hf_export_mapping
 
         if arch not in all_mcore_hf_export_mapping:
-            raise UserError(f"{arch}: modelopt has no Hugging Face export mapping for it; --save-hf cannot write it")
+            raise UserError(f"{arch}: modelopt has no Hugging Face export mapping for it; the Hugging Face writer "
+                            "cannot write it")
         self.rules = all_mcore_hf_export_mapping[arch]
         self.model, self.config, self.dtype = model, model.config, dtype
         self.vocab_size, self.merge = vocab_size, merge_lora
@@ -168,7 +169,7 @@ class LayerExporter:
             if self.dense:
                 dense.update(self._map("router", mlp.router, i))
             if getattr(mlp, "shared_experts", None) is not None:
-                raise UserError("--save-hf: shared experts are not in the mapping of the supported models")
+                raise UserError("shared experts are not in the Hugging Face mapping of the supported models")
             if self.experts:
                 experts = self._experts(mlp, i)
                 if self.expert_writer:
@@ -206,8 +207,8 @@ class LayerExporter:
     def _experts(self, mlp, i: int) -> dict:
         local = getattr(mlp.experts, "local_experts", None)
         if local is None:
-            raise UserError("--save-hf: grouped-GEMM experts are not supported yet; train without "
-                            "--moe-grouped-gemm, or export the checkpoint with convert.sh")
+            raise UserError("grouped-GEMM experts: the Hugging Face writer does not write them yet; convert.sh exports "
+                            "such a checkpoint through nvidia-modelopt's exporter (at TP=1)")
         gated, out = bool(self.config.gated_linear_unit), {}
         for j, expert in enumerate(local):
             e = mlp.local_expert_indices[j]

@@ -61,20 +61,24 @@ class CheckpointDir:
     def is_quantized(self) -> bool:
         return (self.path / MODELOPT_STATE).is_dir()
 
-    def _json(self, name: str, what: str):
+    def _json(self, name: str, what: str) -> dict | None:
         path = self.path / name
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise UserError(f"{path}: unreadable {what} ({type(err).__name__}: {err}); the checkpoint is "
                             "damaged") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: unreadable {what} (a JSON {type(value).__name__}, not an object); the "
+                            "checkpoint is damaged")
+        return value
 
     def run_args(self) -> dict | None:
         """The resolved arguments it was saved with (None: written elsewhere, without run_args.json)."""
         record = self._json(RUN_ARGS, "run record")
-        if record is not None and not isinstance(record.get("args") if isinstance(record, dict) else None, dict):
+        if record is not None and not isinstance(record.get("args"), dict):
             raise UserError(f'{self.path / RUN_ARGS}: unreadable run record; expected {{"args": {{...}}}}')
         return None if record is None else record["args"]
 
@@ -92,7 +96,7 @@ class CheckpointDir:
     def saved_layout(self) -> dict | None:
         """The parallel layout a training checkpoint was saved at (train_state.json), None without one."""
         state = self.train_state()
-        saved = state.get("layout") if isinstance(state, dict) else None
+        saved = state.get("layout") if state is not None else None
         if not saved:
             return None
         return {"cp": 1, **saved}  # checkpoints from before context parallelism existed have no cp

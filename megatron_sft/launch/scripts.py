@@ -14,7 +14,7 @@ from megatron_sft.checkpointing.layout import (
     latest_checkpoint_dir,
     resumable_checkpoint,
 )
-from megatron_sft.checkpointing.names import TRACKER
+from megatron_sft.checkpointing.names import RUN_ARGS, TRACKER
 from megatron_sft.errors import UserError
 from megatron_sft.launch.conf import ModelConf
 from megatron_sft.launch.layout import Layout, launcher, read_layout
@@ -273,9 +273,9 @@ Hugging Face -> Megatron (MLM_MODEL_CKPT unset): imports HF_MODEL_CKPT into a we
   start from it (MLM_MODEL_CKPT=<that directory>).
 Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at any layout) to EXPORT_DIR
   (default $MLM_WORK_DIR/<MODEL>_export), loadable by transformers, with manifest.json (sizes, checksums) and
-  parity.json (its logits checked against the Megatron model's). Runs at the layout the checkpoint was saved at
-  (TP/PP/EP from its run_args.json; TP and PP given here win); EXPORT_DTYPE: fp32, bf16 or fp16 (default: the
-  training dtype). A LoRA checkpoint exports as a PEFT adapter folder, or with MERGE_LORA=1 as a full model with
+  parity.json (its logits checked against the Megatron model's). Runs at the TP x PP the checkpoint was saved at
+  (its run_args.json; TP, PP, EP, ETP given here win; a quantized or grouped-GEMM checkpoint, or one without
+  run_args.json, at TP=1); EXPORT_DTYPE: fp32, bf16 or fp16 (default: the training dtype). A LoRA checkpoint exports as a PEFT adapter folder, or with MERGE_LORA=1 as a full model with
   the adapters merged in. The same writer as finetune.sh's --save-hf.
 """
     ckpt = s.given("MLM_MODEL_CKPT")
@@ -311,22 +311,25 @@ Megatron -> Hugging Face (MLM_MODEL_CKPT set): exports the checkpoint (saved at 
 
 
 def _export_layout(s: Settings, ckpt_dir: Path) -> tuple[Layout, list[str]]:
-    """An unquantized checkpoint is exported at the layout it was saved at (each rank writes the layers it holds,
-    nothing is resharded; TP and PP given in the environment win); a quantized one at TP=1, one process per
-    pipeline stage (nvidia-modelopt's exporters)."""
-    if CheckpointDir(ckpt_dir).is_quantized:
+    """An unquantized checkpoint is exported at the TP x PP it was saved at (each rank writes the layers it holds;
+    experts reshard on load, EP 1 unless set; TP, PP, EP and ETP set in the environment win). A quantized or
+    grouped-GEMM one, or one without run_args.json (written elsewhere), at TP=1 with one process per pipeline stage
+    (nvidia-modelopt's exporters; the latter: its layout is not recorded)."""
+    view = CheckpointDir(ckpt_dir)
+    args = view.run_args()
+    why = ("quantized" if view.is_quantized else "with grouped-GEMM experts" if args and args.get("moe_grouped_gemm")
+           else f"without {RUN_ARGS}" if args is None else None)
+    if why:
         ignored = [f"{n}={s.given(n)}" for n in ("TP", "CP", "EP", "ETP", "DP") if s.given(n) not in ("", "1")]
-        s.note("note", "a quantized checkpoint is exported at TP=1 with one process per pipeline stage"
+        s.note("note", f"a checkpoint {why} is exported at TP=1 with one process per pipeline stage"
                        + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
         layout = read_layout(s, forced={n: 1 for n in ("TP", "CP", "EP", "ETP", "DP")})
         return layout, layout.flags()
-    saved = CheckpointDir(ckpt_dir).model_layout()
-    forced = {"CP": 1, "DP": 1}
-    for name in ("TP", "PP", "EP", "ETP"):
-        if not s.given(name) and not (name == "ETP" and s.given("TP")):  # ETP defaults to a given TP
-            forced[name] = saved[name.lower()]
-    s.note("note", f"exported at the checkpoint's own layout (TP={saved['tp']} PP={saved['pp']} EP={saved['ep']}); "
-                   "TP and PP in the environment choose another")
+    saved = view.model_layout()
+    ignored = [f"{n}={s.given(n)}" for n in ("CP", "DP") if s.given(n) not in ("", "1")]
+    forced = {"CP": 1, "DP": 1, **{n: saved[n.lower()] for n in ("TP", "PP") if not s.given(n)}}
+    s.note("note", f"exported at the checkpoint's own layout (TP={saved['tp']} PP={saved['pp']}); TP, PP, EP and ETP "
+                   "in the environment choose another" + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
     layout = read_layout(s, forced=forced)
     flags = layout.flags()
     if saved["vp_layers"] and layout.pp == saved["pp"]:

@@ -100,7 +100,9 @@ def _write_side_files(out: Path, assets: Path, dtype: torch.dtype, full_model: b
     from transformers import AutoConfig, GenerationConfig
 
     for path in assets.iterdir():
-        if path.is_file() and path.name not in _NOT_COPIED and (full_model or path.name != "generation_config.json"):
+        if not path.is_file() or path.name in _NOT_COPIED or path.name.endswith(layout.WEIGHT_SUFFIXES):
+            continue  # never the source's own weights (convert's --pretrained-model-path is a whole HF model)
+        if full_model or path.name != "generation_config.json":
             shutil.copy2(path, out / path.name)
     if not full_model:
         return
