@@ -15,8 +15,6 @@ import pytest
 
 from tests.conftest import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.numerics]  # two fresh interpreters with megatron-core and transformers: ~28 s
-
 SCRIPT = textwrap.dedent(
     """
     import os, sys, json

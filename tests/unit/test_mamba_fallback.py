@@ -9,11 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from tests.conftest import free_port
-
-pytestmark = [pytest.mark.slow, pytest.mark.numerics]  # a fresh interpreter with megatron-core and transformers
 
 SCRIPT = textwrap.dedent(
     """
