@@ -12,34 +12,15 @@ from megatron_sft.errors import UserError
 log = logging.getLogger(__name__)
 
 
-# Names nvidia-modelopt's import tables read that transformers writes otherwise: NemotronH's embedding is
-# `backbone.embeddings.weight` in its tables and on the Hub, `backbone.embedding.weight` as transformers 5.14.1 saves.
-ALIASES = {"backbone.embeddings.weight": "backbone.embedding.weight"}
-
-
-def _importer(chunk, hf_dir: Path, dtype: torch.dtype):
-    """modelopt's importer, reading a tensor under its other name (ALIASES) when the first is absent."""
-    from modelopt.torch.export.unified_export_megatron import GPTModelImporter
-
-    class Importer(GPTModelImporter):
-        def _get_safetensor(self, key, parallel_config=None):
-            try:
-                return super()._get_safetensor(key, parallel_config)
-            except ValueError:
-                if key not in ALIASES:
-                    raise
-                return super()._get_safetensor(ALIASES[key], parallel_config)
-
-    return Importer(chunk, str(hf_dir), dtype=dtype)
-
-
 def import_hf_weights(chunks: list, hf_dir: str | Path, dtype: torch.dtype) -> None:
     """Load HF safetensors into every model chunk of this rank (any TP/PP/EP layout)."""
+    from modelopt.torch.export import import_mcore_gpt_from_hf
+
     hf_dir = Path(hf_dir)
     if not any(hf_dir.glob("*.safetensors")):
         raise UserError(f"{hf_dir}: no *.safetensors weights; give a Hugging Face model directory")
     for chunk in chunks:
-        _importer(chunk, hf_dir, dtype)._import_state_dict()
+        import_mcore_gpt_from_hf(chunk, str(hf_dir), dtype=dtype)
     log.info("imported Hugging Face weights from %s (%s)", hf_dir, str(dtype).replace("torch.", ""))
 
 
