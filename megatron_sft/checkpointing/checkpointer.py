@@ -13,6 +13,7 @@ writer), so a new kind of run (preference training, distillation) adds parts, no
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,9 @@ class Checkpointer:
                                hf_assets_src=self.assets, parts=content.parts())
         self.last_save, self.saved_iteration = path, iteration
         self.bytes = checkpoint_size(path) or self.bytes
-        if layout.CheckpointDir(path).hf_assets.is_dir():
-            self.assets = layout.CheckpointDir(path).hf_assets  # the checkpoint resumed from may be pruned
+        saved_assets = layout.CheckpointDir(path).hf_assets
+        if saved_assets.is_dir():
+            self.assets = saved_assets  # the checkpoint resumed from may be pruned
         if self.settings.save_hf == "all":
             self._write_hf(path, iteration, content)
         if self.settings.keep_last and torch.distributed.get_rank() == 0:
@@ -138,8 +140,6 @@ class Checkpointer:
 def claim_save_dir(save: str | None):
     """Rank 0 claims --save for this run (owner.py) and clears what killed runs left there. A live owner's directory
     is refused in one line; rank 0 exits on it before the process group forms, and torchrun stops the others."""
-    import os
-
     if not save or int(os.environ.get("RANK", "0")) != 0:
         return None
     from megatron_sft.checkpointing.owner import SaveClaim, cleanup_leftovers

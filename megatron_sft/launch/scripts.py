@@ -320,21 +320,25 @@ def _export_layout(s: Settings, ckpt_dir: Path) -> tuple[Layout, list[str]]:
     why = ("quantized" if view.is_quantized else "with grouped-GEMM experts" if args and args.get("moe_grouped_gemm")
            else f"without {RUN_ARGS}" if args is None else None)
     if why:
-        ignored = [f"{n}={s.given(n)}" for n in ("TP", "CP", "EP", "ETP", "DP") if s.given(n) not in ("", "1")]
         s.note("note", f"a checkpoint {why} is exported at TP=1 with one process per pipeline stage"
-                       + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
+                       + _ignored(s, ("TP", "CP", "EP", "ETP", "DP")))
         layout = read_layout(s, forced={n: 1 for n in ("TP", "CP", "EP", "ETP", "DP")})
         return layout, layout.flags()
     saved = view.model_layout()
-    ignored = [f"{n}={s.given(n)}" for n in ("CP", "DP") if s.given(n) not in ("", "1")]
     forced = {"CP": 1, "DP": 1, **{n: saved[n.lower()] for n in ("TP", "PP") if not s.given(n)}}
     s.note("note", f"exported at the checkpoint's own layout (TP={saved['tp']} PP={saved['pp']}); TP, PP, EP and ETP "
-                   "in the environment choose another" + (f" (ignored: {' '.join(ignored)})" if ignored else ""))
+                   "in the environment choose another" + _ignored(s, ("CP", "DP")))
     layout = read_layout(s, forced=forced)
     flags = layout.flags()
     if saved["vp_layers"] and layout.pp == saved["pp"]:
         flags += ["--num-layers-per-virtual-pipeline-stage", str(saved["vp_layers"])]
     return layout, flags
+
+
+def _ignored(s: Settings, names: tuple[str, ...]) -> str:
+    """' (ignored: TP=2 DP=4)' for the sizes set in the environment that the export's layout overrides."""
+    given = [f"{n}={s.given(n)}" for n in names if s.given(n) not in ("", "1")]
+    return f" (ignored: {' '.join(given)})" if given else ""
 
 
 def quantize(s: Settings, conf: ModelConf, work: str) -> Plan:
