@@ -74,6 +74,19 @@ class ModelConfig:
     moe_router_dtype: str | None = None
     moe_token_dispatcher_type: str = "allgather"
     moe_grouped_gemm: bool = False
+    moe_router_enable_expert_bias: bool = False  # a per-expert bias for choosing experts (sigmoid routers)
+    moe_router_topk_scaling_factor: float | None = None  # the chosen experts' weights scaled by this
+    moe_shared_expert_intermediate_size: int | None = None  # a shared expert of this width; None: none
+    squared_relu: bool = False  # relu(x)^2 MLP activation (Nemotron-H)
+    # Hybrid models (Megatron-Core's MambaModel): one symbol per layer, M Mamba-2, * attention, - MLP, E MoE
+    hybrid_override_pattern: str | None = None
+    is_hybrid_model: bool = False  # accepted for compatibility (Megatron-LM); the pattern makes a model hybrid
+    mamba_state_dim: int = 128
+    mamba_head_dim: int = 64
+    mamba_num_groups: int = 8
+    mamba_num_heads: int | None = None  # None: 2 x hidden / head dim
+    mamba_chunk_size: int = 128  # the SSD scan's chunk length
+    mamba_conv_kernel: int = 4  # the causal convolution's width
     model_family: str | None = None  # registry family of the checkpoint (qwen3, llama, ...)
     hf_architecture: str | None = None  # its Hugging Face class name, for export
     checkpoint_vocab_size: int | None = None

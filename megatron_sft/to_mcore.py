@@ -99,7 +99,29 @@ def _moe_fields(cfg: RunConfig, on_cpu: bool) -> dict:
         moe_token_dispatcher_type=dispatcher,
         moe_grouped_gemm=bool(cfg.model.moe_grouped_gemm) and not on_cpu,
         moe_router_dtype=cfg.model.moe_router_dtype,
+        moe_router_enable_expert_bias=bool(cfg.model.moe_router_enable_expert_bias),
+        moe_router_topk_scaling_factor=cfg.model.moe_router_topk_scaling_factor,
+        moe_shared_expert_intermediate_size=cfg.model.moe_shared_expert_intermediate_size,
     )
+
+
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2, uncompiled: megatron.core.activations.squared_relu is wrapped in torch.compile, whose CPU code
+    gave wrong values (NaN) on other instruction sets (ATEN_CPU_CAPABILITY=avx2) where eager torch is right."""
+    return torch.square(F.relu(x))
+
+
+def _activation(cfg: RunConfig):
+    return squared_relu if cfg.model.squared_relu else F.silu if cfg.model.swiglu else F.gelu
+
+
+def _hybrid_fields(cfg: RunConfig) -> dict:
+    """The Mamba layers' shapes (chunk size and convolution width are the layer spec's: models/hybrid.py)."""
+    m = cfg.model
+    if not m.hybrid_override_pattern:
+        return {}
+    return dict(is_hybrid_model=True, mamba_state_dim=m.mamba_state_dim, mamba_head_dim=m.mamba_head_dim,
+                mamba_num_groups=m.mamba_num_groups, mamba_num_heads=m.mamba_num_heads)
 
 
 def _recompute_fields(cfg: RunConfig) -> dict:
@@ -134,7 +156,7 @@ def transformer_config(cfg: RunConfig, skip_init: bool = False):
         normalization=cfg.model.normalization,
         layernorm_epsilon=cfg.model.norm_epsilon,
         gated_linear_unit=bool(cfg.model.swiglu),
-        activation_func=F.silu if cfg.model.swiglu else F.gelu,
+        activation_func=_activation(cfg),
         add_bias_linear=bool(cfg.model.add_bias_linear),
         add_qkv_bias=bool(cfg.model.add_qkv_bias),
         qk_layernorm=bool(cfg.model.qk_layernorm),
@@ -161,6 +183,7 @@ def transformer_config(cfg: RunConfig, skip_init: bool = False):
         **_fusions(cfg, on_cpu),
         **_moe_fields(cfg, on_cpu),
         **_recompute_fields(cfg),
+        **_hybrid_fields(cfg),
     )
 
 

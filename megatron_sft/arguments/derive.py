@@ -16,6 +16,8 @@ def derive_values(args: Namespace, options: dict[str, str]) -> None:
     _batch(args)
     _schedule(args)
     args.params_dtype = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    if args.hybrid_override_pattern and args.mamba_num_heads is None and args.hidden_size:
+        args.mamba_num_heads = 2 * args.hidden_size // args.mamba_head_dim  # Megatron-Core's default (expand 2)
     if args.fp16 and args.lm_head_chunk_size:
         # d(loss)/d(logits) is formed before the loss scale is known; in fp16 its small entries would underflow.
         args.lm_head_chunk_size = 0

@@ -102,8 +102,26 @@ def add_model_args(parser: ArgumentParser) -> None:
         help="pad the vocabulary to a multiple of this x TP (default 128); a checkpoint's "
         "vocab_size is used as is and only checked against it",
     )
+    g.add_argument("--squared-relu", action="store_true", default=None, help="relu(x)^2 MLP activation (Nemotron-H)")
     _add_fusion_args(parser)
     _add_moe_args(parser)
+    _add_hybrid_args(parser)
+
+
+def _add_hybrid_args(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("hybrid models (Mamba-2 with attention, MLP and MoE layers; Megatron-Core's MambaModel)")
+    g.add_argument("--hybrid-override-pattern", default=None,
+                   help="one symbol per layer: M Mamba-2, * attention, - MLP, E MoE (e.g. M-M*-); a hybrid model")
+    g.add_argument("--is-hybrid-model", action="store_true",
+                   help="accepted for compatibility; a --hybrid-override-pattern makes the model hybrid")
+    g.add_argument("--mamba-state-dim", type=int, default=None, help="SSM state size per head (default 128)")
+    g.add_argument("--mamba-head-dim", type=int, default=None, help="Mamba head dimension (default 64)")
+    g.add_argument("--mamba-num-groups", type=int, default=None, help="B/C groups (default 8)")
+    g.add_argument("--mamba-num-heads", type=int, default=None, help="Mamba heads (default 2 x hidden / head dim)")
+    g.add_argument("--mamba-chunk-size", type=int, default=None,
+                   help="chunk length of the SSD scan (default 128; from config.json's chunk_size)")
+    g.add_argument("--mamba-conv-kernel", type=int, default=None,
+                   help="width of the causal convolution (default 4; from config.json's conv_kernel)")
 
 
 def _add_fusion_args(parser: ArgumentParser) -> None:
@@ -161,6 +179,12 @@ def _add_moe_args(parser: ArgumentParser) -> None:
         help="the auxiliary load-balancing loss of the router",
     )
     g.add_argument("--moe-aux-loss-coeff", type=float, default=None, help="weight of the load-balancing loss (0: off)")
+    g.add_argument("--moe-router-enable-expert-bias", action="store_true", default=None,
+                   help="a per-expert bias added to the scores only to choose experts (sigmoid routers; Nemotron)")
+    g.add_argument("--moe-router-topk-scaling-factor", type=float, default=None,
+                   help="scale of the chosen experts' weights (HF routed_scaling_factor)")
+    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None,
+                   help="width of a shared expert every token passes through (default: none)")
     g.add_argument(
         "--moe-router-dtype",
         choices=["fp32", "fp64"],

@@ -35,6 +35,7 @@ def validate_args(args: Namespace, options: dict[str, str]) -> list[str]:
     if not missing:
         _check_model_split(args, options, problems)
         _check_experts(args, options, problems)
+        _check_hybrid(args, options, problems)
     _check_vocab(args, options, problems)
     _check_batch(args, problems)
     _check_schedule(args, problems)
@@ -102,6 +103,45 @@ def _check_model_split(args: Namespace, options: dict[str, str], problems: list[
                 f"--num-layers {layers} is not divisible by {pp_flag} {pp} × "
                 f"--num-layers-per-virtual-pipeline-stage {per_stage} = {pp * per_stage}"
             )
+
+
+def _check_hybrid(args: Namespace, options: dict[str, str], problems: list[str]) -> None:
+    """The layer pattern, and the Mamba heads and groups that TP (and CP) split."""
+    pattern = args.hybrid_override_pattern
+    if not pattern:
+        if args.is_hybrid_model:
+            problems.append("--is-hybrid-model needs --hybrid-override-pattern (one symbol per layer: M Mamba-2, "
+                            "* attention, - MLP, E MoE); ratio-based layer allocation is not supported")
+        return
+    bad = sorted(set(pattern) - set("M*-E"))
+    if bad:
+        problems.append(f"--hybrid-override-pattern {pattern!r}{_origin(args, 'hybrid_override_pattern')} has "
+                        f"symbols {bad}; use M (Mamba-2), * (attention), - (MLP), E (MoE)")
+    if len(pattern) != args.num_layers:
+        problems.append(f"--hybrid-override-pattern {pattern!r} has {len(pattern)} layers; {options['num_layers']} "
+                        f"is {args.num_layers}")
+    if "E" in pattern and not args.num_experts:
+        problems.append(f"--hybrid-override-pattern {pattern!r} has MoE layers (E); give --num-experts")
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
+    for key, split, what in (("mamba_num_heads", tp * cp, f"TP x CP = {tp * cp}"), ("mamba_num_groups", tp, f"TP {tp}")):
+        value = getattr(args, key)
+        if "M" in pattern and value and value % split:
+            problems.append(f"{what} must divide {options[key]} {value}{_origin(args, key)} (each rank holds whole "
+                            f"Mamba heads and groups); use {divisors_text(value)}")
+    groups = (args.mamba_num_groups or 0) // tp
+    if "M" in pattern and cp > 1 and groups and groups % cp and cp % groups:
+        problems.append(f"{options['context_parallel_size']} {cp} and the {groups} Mamba groups per tensor-parallel "
+                        "rank must divide one another")
+    if "M" in pattern and args.mamba_num_heads and args.mamba_num_groups and \
+            args.mamba_num_heads % args.mamba_num_groups:
+        problems.append(f"{options['mamba_num_groups']} {args.mamba_num_groups} must divide "
+                        f"{options['mamba_num_heads']} {args.mamba_num_heads}")
+    if args.virtual_pipeline_model_parallel_size:
+        problems.append("--num-layers-per-virtual-pipeline-stage: Megatron-Core's MambaModel has no virtual "
+                        "pipeline stages; leave it out")
+    if args.attention_backend == "local":
+        problems.append("--attention-backend local passes packed samples as an attention mask, which Mamba layers "
+                        "ignore (one sample's state would flow into the next); use --attention-backend auto")
 
 
 def _check_experts(args: Namespace, options: dict[str, str], problems: list[str]) -> None:

@@ -38,13 +38,14 @@ def _gather(t: torch.Tensor, group, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim)
 
 
-def full_tensor(param: torch.Tensor, dtype: torch.dtype, gated: bool = False, group=None) -> torch.Tensor:
+def full_tensor(param: torch.Tensor, dtype: torch.dtype, parts: tuple[int, ...] | None = None,
+                group=None) -> torch.Tensor:
     """The whole tensor of which `param` is this rank's tensor-parallel shard, in `dtype`, on the CPU. Read only:
     unsharded, on the CPU and already in `dtype`, it is the parameter itself.
 
     `group`: the layer's own tensor-parallel group (`module.tp_group`: the expert one for expert layers), by
-    default the dense one. `gated`: the rows are [gate; up] on every rank (SwiGLU's linear_fc1), so each half
-    is gathered apart."""
+    default the dense one. `parts`: the rows are blocks of these local sizes on every rank ([gate; up] of SwiGLU's
+    linear_fc1, [z, x, B, C, dt] of a Mamba in_proj), each block gathered apart."""
     from megatron.core import parallel_state as ps
 
     t = param.detach().to(dtype)
@@ -53,29 +54,47 @@ def full_tensor(param: torch.Tensor, dtype: torch.dtype, gated: bool = False, gr
     group = group if group is not None else ps.get_tensor_model_parallel_group()
     if dist.get_world_size(group) == 1:
         return t.cpu()
-    if gated:
-        return torch.cat([_gather(half, group, 0) for half in t.chunk(2, dim=0)]).cpu()
-    return _gather(t, group, param.partition_dim).cpu()
+    if parts:
+        return torch.cat([_gather(block, group, 0) for block in torch.split(t, list(parts), 0)]).cpu()
+    # Megatron's Mamba mixer marks its per-head parameters and conv1d tensor-parallel without a dimension: rows
+    return _gather(t, group, getattr(param, "partition_dim", 0)).cpu()
 
 
-def module_tensors(module, dtype: torch.dtype, gated: bool = False, merge_lora: bool = False) -> dict:
+def mamba_row_parts(mixer, world: int = 1) -> dict[str, tuple[int, ...]]:
+    """A Mamba mixer's row blocks, whole (world 1) or per tensor-parallel rank: in_proj is [z, x, B, C, dt] and
+    conv1d [x, B, C]; tensor parallelism splits each block apart (rank r holds part r of each)."""
+    d_in, bc, heads = mixer.d_inner // world, mixer.ngroups * mixer.d_state // world, mixer.nheads // world
+    return {"in_proj": (d_in, d_in, bc, bc, heads), "conv1d": (d_in, bc, bc)}
+
+
+def _halves(module, gated: bool) -> tuple[int, ...] | None:
+    if not gated:
+        return None
+    rows = module.weight.shape[0]
+    return (rows // 2, rows // 2)
+
+
+def module_tensors(module, dtype: torch.dtype, gated: bool = False, merge_lora: bool = False,
+                   parts: tuple[int, ...] | None = None) -> dict:
     """{"weight": ..., "bias": ...} of a linear or norm, whole; with `merge_lora` a LoRA layer's adapter merged in
-    (W + scaling * B A, in fp32 factors: the one place adapters are merged, for --save-hf and convert.sh)."""
+    (W + scaling * B A, in fp32 factors: the one place adapters are merged, for --save-hf and convert.sh).
+    `gated`: SwiGLU's [gate; up] rows; `parts`: other row blocks (full_tensor)."""
     out, group = {}, getattr(module, "tp_group", None)
+    parts = parts or _halves(module, gated)
     weight = getattr(module, "weight", None)
     if weight is not None and weight.numel() > 0:
         if merge_lora and hasattr(module, "lora_A"):
             # a copy: without tensor parallelism full_tensor returns the live weight itself
-            w = full_tensor(weight, weight.dtype, gated, group).clone()
+            w = full_tensor(weight, weight.dtype, parts, group).clone()
             a = full_tensor(module.lora_A, torch.float32, group=group)
-            b = full_tensor(module.lora_B, torch.float32, gated, group)
+            b = full_tensor(module.lora_B, torch.float32, parts, group)
             w.add_((b @ a * module.lora_scaling).to(w.dtype))
             out["weight"] = w.to(dtype)
         else:
-            out["weight"] = full_tensor(weight, dtype, gated, group)
+            out["weight"] = full_tensor(weight, dtype, parts, group)
     bias = getattr(module, "bias", None)
     if isinstance(bias, torch.Tensor) and bias.numel() > 0:
-        out["bias"] = full_tensor(bias, dtype, gated, group)
+        out["bias"] = full_tensor(bias, dtype, parts, group)
     return out
 
 
@@ -93,9 +112,10 @@ def apply_rule(rule, tensors: dict, config, *ids) -> dict[str, torch.Tensor]:
     prefix = rule.target_name_or_prefix.format(*ids)
     kind, kwargs = rule.func_name, rule.func_kwargs
     if kind == "name_remapping":
-        if not prefix.endswith("."):  # a whole name (a fused norm weight)
-            return {prefix: tensors["weight"]}
-        return {prefix + k: v for k, v in tensors.items()}
+        if not prefix.endswith("."):  # a whole name (a fused norm weight, a Mamba parameter)
+            return {prefix: next(iter(tensors.values()))}
+        renamed = kwargs.get("mapping", {})  # e.g. a router's expert_bias -> e_score_correction_bias
+        return {prefix + renamed.get(k, k): v for k, v in tensors.items()}
     if kind == "qkv_slicing":
         names = [kwargs.get(f"{p}_proj_name", f"{p}_proj") for p in "qkv"]
         out = {}
@@ -155,7 +175,8 @@ class LayerExporter:
             return
         head = {}
         if getattr(m, "post_process", False):
-            head.update(self._map("final_layernorm", m.decoder.final_layernorm))
+            final = "final_norm" if hasattr(m.decoder, "final_norm") else "final_layernorm"  # MambaStack's name
+            head.update(self._map(final, getattr(m.decoder, final)))
             if not m.share_embeddings_and_output_weights:
                 head.update({k: v[: self.vocab_size].clone()
                              for k, v in self._map("output_layer", m.output_layer).items()})
@@ -163,21 +184,61 @@ class LayerExporter:
             yield Piece((2,), head)
 
     def _layer(self, layer, i: int) -> Iterator[Piece]:
-        dense = self._attention(layer, i) if self.dense else {}
+        if hasattr(layer, "mixer"):  # a Mamba layer of a hybrid model
+            if self.dense:
+                mamba = self._mamba(layer, i)
+                if self.dense_writer:
+                    yield Piece((1, i, 0, 0), mamba)
+            return
+        dense = self._attention(layer, i) if self.dense and not _is_identity(layer.self_attention) else {}
+        if self.dense and _is_identity(layer.self_attention) and not _is_identity(layer.pre_mlp_layernorm):
+            dense.update(self._map("pre_mlp_layernorm", layer.pre_mlp_layernorm, i))
         mlp = layer.mlp
         if "MoE" in type(mlp).__name__:
             if self.dense:
-                dense.update(self._map("router", mlp.router, i))
-            if getattr(mlp, "shared_experts", None) is not None:
-                raise UserError("shared experts are not in the Hugging Face mapping of the supported models")
+                dense.update(self._router(mlp.router, i))
+                dense.update(self._shared_experts(mlp, i))
             if self.experts:
                 experts = self._experts(mlp, i)
                 if self.expert_writer:
                     yield Piece((1, i, 1, self.ep_rank), experts)
-        elif self.dense:
+        elif self.dense and not _is_identity(mlp):
             dense.update(self._dense_mlp(layer, i))
         if dense and self.dense_writer:
             yield Piece((1, i, 0, 0), dense)
+
+    def _mamba(self, layer, i: int) -> dict:
+        """A Mamba layer: its pre-norm and mixer, in_proj and conv1d gathered block by block."""
+        mixer, world = layer.mixer, self.config.tensor_model_parallel_size
+        local = mamba_row_parts(mixer, world)
+        out = self._map("norm", layer.norm, i)
+        out.update(self._map("mixer_norm", mixer.norm, i))
+        out.update(apply_rule(self.rules["in_proj"], module_tensors(mixer.in_proj, self.dtype, merge_lora=self.merge,
+                                                                    parts=local["in_proj"]), self.config, i))
+        out.update(apply_rule(self.rules["conv1d"], module_tensors(mixer.conv1d, self.dtype, parts=local["conv1d"]),
+                              self.config, i))
+        for name in ("A_log", "D", "dt_bias"):  # kept in fp32 by Megatron and by transformers
+            param = getattr(mixer, name)
+            out.update(apply_rule(self.rules[name], {"": full_tensor(param, param.dtype)}, self.config, i))
+        out.update(self._map("out_proj", mixer.out_proj, i))
+        return out
+
+    def _router(self, router, i: int) -> dict:
+        tensors = module_tensors(router, self.dtype)
+        if getattr(router, "expert_bias", None) is not None:  # NemotronH's e_score_correction_bias (fp32)
+            tensors["expert_bias"] = router.expert_bias.detach().float().cpu()
+        return apply_rule(self.rules["router"], tensors, self.config, i)
+
+    def _shared_experts(self, mlp, i: int) -> dict:
+        shared = getattr(mlp, "shared_experts", None)
+        if shared is None:
+            return {}
+        if "shared_experts.linear_fc1" not in self.rules:
+            raise UserError("shared experts are not in the Hugging Face mapping of this model")
+        gated = bool(self.config.gated_linear_unit)
+        out = self._map("shared_experts.linear_fc1", shared.linear_fc1, i, gated=gated)
+        out.update(self._map("shared_experts.linear_fc2", shared.linear_fc2, i))
+        return out
 
     def _attention(self, layer, i: int) -> dict:
         att, out = layer.self_attention, {}

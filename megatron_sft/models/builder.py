@@ -1,4 +1,4 @@
-"""Build Megatron-Core GPTModel chunks from resolved arguments."""
+"""Build Megatron-Core model chunks (GPTModel, or MambaModel for a hybrid pattern) from resolved arguments."""
 
 from __future__ import annotations
 
@@ -51,13 +51,30 @@ def build_gpt_model(cfg: RunConfig, config, vocab_size: int, vp_stage: int | Non
     )
 
 
+def build_hybrid(cfg: RunConfig, config, vocab_size: int):
+    """A MambaModel (models/hybrid.py) for this rank's pipeline stage; it has no virtual stages."""
+    from megatron.core import parallel_state
+
+    from megatron_sft.models.hybrid import build_hybrid_model
+
+    m = cfg.model
+    return build_hybrid_model(
+        config, vocab_size, m.hybrid_override_pattern, m.max_position_embeddings,
+        share_embeddings=not m.untie_embeddings_and_output_weights, attention_backend=cfg.runtime.attention_backend,
+        chunk_size=m.mamba_chunk_size, conv_kernel=m.mamba_conv_kernel,
+        pre_process=parallel_state.is_pipeline_first_stage(), post_process=parallel_state.is_pipeline_last_stage())
+
+
 def build_model_chunks(cfg: RunConfig, config, vocab_size: int) -> list:
     """All model chunks of this rank: one, or one per virtual pipeline stage."""
     from megatron.core.enums import ModelType
 
     vp = cfg.parallel.virtual_pipeline_model_parallel_size
     stages = range(vp) if vp and vp > 1 else [None]
-    chunks = [build_gpt_model(cfg, config, vocab_size, vp_stage=s) for s in stages]
+    if cfg.model.hybrid_override_pattern:
+        chunks = [build_hybrid(cfg, config, vocab_size)]
+    else:
+        chunks = [build_gpt_model(cfg, config, vocab_size, vp_stage=s) for s in stages]
     for chunk in chunks:
         chunk.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
         if not config.perform_initialization:

@@ -74,6 +74,10 @@ def megatron_args_from_hf_config(config: dict, path: str | os.PathLike) -> dict[
     padded vocabulary). `path` only names the file in error messages.
     """
     family, arch = family_of(config, path)
+    if FAMILIES[family].hybrid:
+        from megatron_sft.models.hf_hybrid import hybrid_args_from_hf_config
+
+        return hybrid_args_from_hf_config(config, family, arch, path)
     cfg = {**FAMILIES[family].hf_defaults, **{k: v for k, v in config.items() if v is not None}}
     if "num_local_experts" in config:  # how transformers 5 saves Qwen3-MoE's num_experts
         cfg["num_experts"] = config["num_local_experts"]

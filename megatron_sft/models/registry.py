@@ -2,7 +2,7 @@
 
 A family ties a Hugging Face architecture (what config.json names, and what modelopt's
 importer/exporter maps) to what Megatron needs to know beyond config.json: which fields
-transformers defaults when config.json omits them, qk-layernorm, qkv bias, MoE.
+transformers defaults when config.json omits them, qk-layernorm, qkv bias, MoE, the hybrid layer pattern.
 Pure Python: argument parsing reads it before any heavy import.
 """
 
@@ -33,6 +33,7 @@ class ModelFamily:
     qk_layernorm: bool = False
     qkv_bias: bool = False  # q/k/v biases hard-coded by the HF model (Qwen2)
     moe: bool = False
+    hybrid: bool = False  # Megatron-Core's MambaModel: Mamba-2, attention, MLP and MoE layers in a pattern
     gguf_architecture: str | None = None  # `general.architecture` of its GGUF files (llama.cpp's name)
 
 
@@ -75,4 +76,20 @@ register(ModelFamily(
     "llama", "LlamaForCausalLM",
     {**_HF_COMMON, "num_key_value_heads": None, "max_position_embeddings": 2048, "mlp_bias": False},
     gguf_architecture="llama",
+))
+
+# Nemotron-H, Nemotron Nano 2 and Nemotron 3 Nano: Mamba-2 (M), attention (*), MLP (-) and MoE (E) layers in the
+# order `layers_block_type` / `hybrid_override_pattern` gives. NemotronHConfig's defaults (transformers 5.14.1).
+register(ModelFamily(
+    "nemotron_h", "NemotronHForCausalLM",
+    {"tie_word_embeddings": False, "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+     "max_position_embeddings": 4096, "num_key_value_heads": 8, "head_dim": 128, "mlp_hidden_act": "relu2",
+     "mlp_bias": False, "ssm_state_size": 128, "mamba_num_heads": 128, "mamba_head_dim": 64,
+     "mamba_hidden_act": "silu", "n_groups": 8, "conv_kernel": 4, "chunk_size": 128, "use_conv_bias": True,
+     "mamba_proj_bias": False, "use_bias": False, "time_step_limit": [0.0, float("inf")], "layer_norm_epsilon": 1e-5,
+     "n_routed_experts": 8, "n_shared_experts": 1, "moe_intermediate_size": 7688,
+     "moe_shared_expert_intermediate_size": 7688, "moe_latent_size": None, "num_experts_per_tok": 2,
+     "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1, "norm_topk_prob": True,
+     "num_nextn_predict_layers": 0, "sliding_window": None},
+    moe=True, hybrid=True,
 ))

@@ -35,6 +35,12 @@ _EXPERT_PARAM = {"linear_fc1": "gate_up_proj", "linear_fc2": "down_proj"}
 _NAME = re.compile(r"decoder\.layers\.(\d+)\.(?:.*\.local_experts\.(\d+)\.)?.*?(linear_\w+)$")
 
 
+def _b_blocks(m) -> tuple[int, ...] | None:
+    """B's local row blocks: [gate; up] for SwiGLU's linear_fc1, each gathered apart."""
+    rows = m.lora_B.shape[0]
+    return (rows // 2, rows // 2) if m.lora_gated else None
+
+
 def _split_qkv(b: torch.Tensor, config) -> list[torch.Tensor]:
     """linear_qkv rows are [q heads of group 0, k0, v0, q heads of group 1, ...]; PEFT wants q, k, v."""
     groups, d = config.num_query_groups, config.kv_channels
@@ -87,7 +93,7 @@ def gathered_factors(chunks: list) -> list[tuple] | None:
                 if ".shared_experts." in name:
                     raise UserError(f"{name}: no Hugging Face PEFT name is known for this adapter")
                 a = full_tensor(m.lora_A, torch.float32, group=m.tp_group)
-                b = full_tensor(m.lora_B, torch.float32, m.lora_gated, m.tp_group)
+                b = full_tensor(m.lora_B, torch.float32, _b_blocks(m), m.tp_group)
                 if writes[m.is_expert]:
                     local = re.search(r"local_experts\.(\d+)\.", name)
                     expert = None if local is None else layer.mlp.local_expert_indices[int(local.group(1))]

@@ -14,6 +14,8 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    NemotronHConfig,
+    NemotronHForCausalLM,
     PreTrainedConfig,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -73,10 +75,28 @@ def _build_config(family: str, token_ids: dict) -> PreTrainedConfig:
             **kw, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
             use_sliding_window=False, max_window_layers=_COMMON["num_hidden_layers"],
         )
+    if family.startswith("nemotron_h"):
+        return _nemotron_h_config(family, token_ids)
     kw["rms_norm_eps"] = 1e-5
     return LlamaConfig(
         **kw, head_dim=8, tie_word_embeddings=True, rope_parameters=dict(_LLAMA3_ROPE), attention_bias=False,
         mlp_bias=False,
+    )
+
+
+# Nemotron-H: a Mamba-2 layer on each side of attention, MLP or MoE (PP=2 puts one of each kind per stage); 8 heads
+# in 2 groups (TP=2 holds one group each), and a scan chunk of 16 that the tests' samples cross mid-chunk.
+TINY_HYBRID_PATTERNS = {"nemotron_h": "M*M-", "nemotron_h_moe": "M*ME"}
+
+
+def _nemotron_h_config(family: str, token_ids: dict) -> PreTrainedConfig:
+    return NemotronHConfig(
+        vocab_size=_COMMON["vocab_size"], hidden_size=64, hybrid_override_pattern=TINY_HYBRID_PATTERNS[family],
+        num_attention_heads=8, num_key_value_heads=4, head_dim=16, intermediate_size=128, mamba_num_heads=8,
+        mamba_head_dim=16, ssm_state_size=16, n_groups=2, conv_kernel=4, chunk_size=16, n_routed_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=48,
+        max_position_embeddings=2048, layer_norm_epsilon=1e-5, use_mamba_kernels=False, tie_word_embeddings=False,
+        dtype="float32", **token_ids,
     )
 
 
@@ -86,6 +106,8 @@ _MODEL_CLASSES = {
     "qwen3_moe": Qwen3MoeForCausalLM,
     "qwen2": Qwen2ForCausalLM,
     "llama3": LlamaForCausalLM,
+    "nemotron_h": NemotronHForCausalLM,
+    "nemotron_h_moe": NemotronHForCausalLM,
 }
 
 
@@ -93,11 +115,14 @@ _MODEL_CLASSES = {
 def _perturb(model: torch.nn.Module) -> None:
     """Norm weights of exactly 1 and zero biases would hide a dropped norm or bias in conversion tests."""
     for module in model.modules():
-        if type(module).__name__.endswith("RMSNorm"):
+        if type(module).__name__.endswith(("RMSNorm", "RMSNormGated")):
             module.weight.copy_(1.0 + 0.1 * torch.randn_like(module.weight))
     for name, param in model.named_parameters():
         if name.endswith(".bias"):
             param.copy_(0.02 * torch.randn_like(param))
+    for name, buffer in model.named_buffers():  # NemotronH's expert-choice bias: zero would hide a lost one
+        if name.endswith("e_score_correction_bias"):
+            buffer.copy_(0.1 * torch.randn_like(buffer))
 
 
 def _token_ids(tokenizer) -> dict:

@@ -15,7 +15,7 @@ from importlib import resources
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-FAMILIES: tuple[str, ...] = ("qwen3", "qwen3_untied", "llama3", "qwen2", "qwen3_moe")
+FAMILIES: tuple[str, ...] = ("qwen3", "qwen3_untied", "llama3", "qwen2", "qwen3_moe", "nemotron_h", "nemotron_h_moe")
 
 # Merges learned on top of the 256 byte symbols; with the specials, len(tokenizer) stays below the
 # model's vocab_size (512), like real checkpoints whose embedding is padded past the tokenizer.
@@ -88,7 +88,8 @@ def _corpus(seed: int = 0) -> tuple[str, ...]:
 
 
 def _is_qwen(family: str) -> bool:
-    return family.startswith("qwen")
+    """Qwen's tokenizer kind (ChatML turns); the tiny Nemotron-H models use it too."""
+    return family.startswith(("qwen", "nemotron"))
 
 
 def check_family(family: str) -> None:

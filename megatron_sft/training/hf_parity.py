@@ -92,8 +92,17 @@ def _hf_logits(path: Path, tokens: torch.Tensor, adapter_base: str | None) -> to
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(adapter_base, dtype=torch.float32),
                                           path)
     model.eval()
-    with torch.no_grad():
-        return model(tokens).logits.float()
+    as_its_kernels(model)
+    with torch.no_grad():  # no cache: transformers 5.14.1's fails on NemotronH's MLP layers (KeyError 'mlp')
+        return model(tokens, use_cache=False).logits.float()
+
+
+def as_its_kernels(model) -> None:
+    """NemotronH's PyTorch path (the CPU's) clamps dt at time_step_min, where its CUDA kernels, like Megatron's,
+    apply only time_step_limit (0, inf): the CPU reference is set to compute what the kernels do."""
+    for module in model.modules():
+        if type(module).__name__ == "NemotronHMamba2Mixer":
+            module.time_step_min = 0.0
 
 
 def check_parity(chunks: list, path: Path, dtype: torch.dtype, vocab: int, adapter_base: str | None = None,
