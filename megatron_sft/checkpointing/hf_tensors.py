@@ -217,15 +217,15 @@ class LayerExporter:
                                                                     parts=local["in_proj"]), self.config, i))
         out.update(apply_rule(self.rules["conv1d"], module_tensors(mixer.conv1d, self.dtype, parts=local["conv1d"]),
                               self.config, i))
-        for name in ("A_log", "D", "dt_bias"):  # kept in fp32 by Megatron and by transformers
-            param = getattr(mixer, name)
-            out.update(apply_rule(self.rules[name], {"": full_tensor(param, param.dtype)}, self.config, i))
+        for name in ("A_log", "D", "dt_bias"):  # fp32 in Megatron; transformers holds them in the model's dtype
+            out.update(apply_rule(self.rules[name], {"": full_tensor(getattr(mixer, name), self.dtype)}, self.config,
+                                  i))
         out.update(self._map("out_proj", mixer.out_proj, i))
         return out
 
     def _router(self, router, i: int) -> dict:
         tensors = module_tensors(router, self.dtype)
-        if getattr(router, "expert_bias", None) is not None:  # NemotronH's e_score_correction_bias (fp32)
+        if getattr(router, "expert_bias", None) is not None:  # e_score_correction_bias: fp32 in transformers too
             tensors["expert_bias"] = router.expert_bias.detach().float().cpu()
         return apply_rule(self.rules["router"], tensors, self.config, i)
 

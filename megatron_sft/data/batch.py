@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from megatron_sft.ops.context_parallel import context_parallel_indices
+
 PACK_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
@@ -122,21 +124,6 @@ def _segments(batch: dict) -> list[torch.Tensor]:
         if key in batch:
             return [torch.as_tensor(c) for c in _rows(batch[key], b)]
     return [torch.tensor([0, s], dtype=torch.int32)] * b
-
-
-def context_parallel_indices(boundaries: torch.Tensor, cp_size: int, cp_rank: int) -> torch.Tensor:
-    """Positions rank `cp_rank` keeps: of each segment cut into 2*CP chunks, chunks r and 2*CP-1-r."""
-    parts = []
-    for a, b in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
-        if (b - a) % (2 * cp_size):
-            raise ValueError(
-                f"segment [{a}, {b}) of length {b - a} is not a multiple of 2 x CP = {2 * cp_size}; "
-                "call pad_for_context_parallel first"
-            )
-        c = (b - a) // (2 * cp_size)
-        for chunk in (cp_rank, 2 * cp_size - 1 - cp_rank):
-            parts.append(torch.arange(a + chunk * c, a + (chunk + 1) * c))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
 def split_for_context_parallel(batch: dict, cp_size: int, cp_rank: int) -> dict:

@@ -4,7 +4,8 @@ PyTorch kernels of megatron_sft/ops in their place, in the names megatron.core.s
 megatron-core 0.16.1's mamba_mixer imports mamba_ssm inside a try (falling back to a MagicMock for the gated norm and
 refusing to build without it), and a triton-only module unconditionally (three tensor ops that only dynamic batching
 uses). enable() stubs that module when triton is absent, then sets HAVE_MAMBA_SSM, the gated norm class and the two
-scan entry points, and the packed-sequence version check. Decoding keeps the mixer's own PyTorch fallbacks
+scan entry points, and the packed-sequence version check; without Transformer Engine, the one TE function Mamba context
+parallelism calls. Decoding keeps the mixer's own PyTorch fallbacks
 (selective_state_update and causal_conv1d_update stay None). tests/unit/test_mamba_fallback.py fails if an upgrade
 renames any of these.
 """
@@ -61,5 +62,19 @@ def enable() -> bool:
     mamba_mixer.mamba_split_conv1d_scan_combined = ssd.mamba_split_conv1d_scan_combined
     # its check reads mamba_ssm's and causal_conv1d's versions; ours handle packed sequences (seq_idx) exactly
     mamba_mixer._check_mamba_sequence_packing_support = lambda for_inference_not_training=True: (True, None)
+    _context_parallel_without_te()
     mamba_mixer.megatron_sft_kernels = True
     return True
+
+
+def _context_parallel_without_te() -> None:
+    """Mamba context parallelism over packed samples reorders tokens with Transformer Engine's
+    thd_get_partitioned_indices (and asserts TE >= 1.10): without TE, the same split from ops/context_parallel.py."""
+    from megatron.core.ssm import mamba_context_parallel as mcp
+
+    if mcp.tex is not None:
+        return
+    from megatron_sft.ops.context_parallel import thd_get_partitioned_indices
+
+    mcp.tex = types.SimpleNamespace(thd_get_partitioned_indices=thd_get_partitioned_indices)
+    mcp.is_te_min_version = lambda version, check_equality=True: True  # only asked about that function

@@ -8,12 +8,14 @@ size runs every layout; the reference logits come from transformers in this proc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import WORKERS, torchrun
+from tests.distributed.test_training import rel, write_reversal_data
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
 
@@ -29,8 +31,10 @@ def runs(tiny_models, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     torch.save(torch.randint(0, 400, (2, 24)), out / "tokens.pt")
     models_root = tiny_models["nemotron_h"].parent
+    data = write_reversal_data(out / "data.jsonl", 64, seed=0)
     for world_size in (1, 2):
-        torchrun(WORKERS / "hybrid.py", world_size, ["--models", models_root, "--out", out])
+        torchrun(WORKERS / "hybrid.py", world_size, ["--models", models_root, "--out", out, "--data", data],
+                 timeout=600)
     return out
 
 
@@ -59,7 +63,7 @@ def _max_diff(runs: Path, ref: torch.Tensor, family: str, layout: str) -> float:
     return (ours[..., : ref.shape[-1]] - ref).abs().max().item()
 
 
-@pytest.mark.parametrize("layout", ["tp1", "tp2", "tp2_sp", "pp2", "tp1_from_tp2"])
+@pytest.mark.parametrize("layout", ["tp1", "tp2", "tp2_sp", "pp2", "cp2", "tp1_from_tp2"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_transformers(runs, reference_logits, family, layout):
     assert _max_diff(runs, reference_logits[family], family, layout) <= TOL
@@ -112,3 +116,36 @@ def test_hf_roundtrip_is_exact_and_loads(runs, tiny_models, family):
         assert torch.equal(exported[name], tensor), f"{name} differs after HF -> Megatron(TP=2) -> HF"
     tokens = torch.load(runs / "tokens.pt")
     assert torch.equal(transformers_logits(exported_dir, tokens), transformers_logits(tiny_models[family], tokens))
+
+
+@pytest.fixture(scope="module")
+def training(runs) -> dict:
+    return {**json.loads((runs / "train_ws1.json").read_text()), **json.loads((runs / "train_ws2.json").read_text())}
+
+
+# Loss and grad norm of 3 steps: the same arithmetic in another order (TP partial sums, the CP exchange of heads,
+# PP/DP reductions): fp32 rounding, ~1e-7 relative per reduction; a token counted twice, a state crossing a sample,
+# a gradient not reduced over TP is > 1e-3.
+@pytest.mark.parametrize("layout", ["train_tp2", "train_tp2_sp", "train_pp2", "train_dp2", "train_cp2"])
+def test_three_steps_do_not_depend_on_layout(training, layout):
+    ref, got = training["train_tp1"], training[layout]
+    assert len(got) == len(ref) == 3
+    for step, (g, r) in enumerate(zip(got, ref)):
+        assert rel(g["loss"], r["loss"]) <= 1e-6 and rel(g["grad_norm"], r["grad_norm"]) <= 1e-6, (layout, step, g, r)
+
+
+@pytest.mark.parametrize("layout", ["train_moe_ep2", "train_moe_tp2_sp"])
+def test_moe_three_steps_do_not_depend_on_layout(training, layout):
+    ref, got = training["train_moe_tp1"], training[layout]
+    for step, (g, r) in enumerate(zip(got, ref)):
+        assert rel(g["loss"], r["loss"]) <= 1e-6 and rel(g["grad_norm"], r["grad_norm"]) <= 1e-6, (layout, step, g, r)
+
+
+def test_training_learns(training):
+    losses = [r["loss"] for r in training["straight6"]]
+    assert losses[-1] < losses[0], losses
+
+
+def test_resume_is_exact(training):
+    """6 straight steps = 3, a checkpoint, 3 resumed: bitwise."""
+    assert training["first3"] + training["resumed3"] == training["straight6"]
