@@ -9,7 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.numerics]  # a fresh interpreter with megatron-core and transformers
 
 SCRIPT = textwrap.dedent(
     """

@@ -14,6 +14,7 @@ from megatron_sft.ops.causal_conv1d import causal_conv1d_fn
 from megatron_sft.ops.gated_norm import GatedRMSNorm, rmsnorm_fn
 from megatron_sft.ops.ssd import mamba_chunk_scan_combined, mamba_split_conv1d_scan_combined
 
+pytestmark = pytest.mark.numerics
 F64 = torch.float64
 
 
