@@ -30,7 +30,8 @@ class GenerationOptions:
     use_cache: bool = True
     batch_size: int = 1
     device: str = "cpu"
-    # Transformer Engine's causal attention ignores an explicit mask: batch only equal-length prompts there.
+    # False: batch only equal-length prompts, unpadded (Transformer Engine's causal attention ignores an explicit
+    # mask; Mamba layers have none to read)
     masks_supported: bool = True
 
 

@@ -50,7 +50,8 @@ def generation_options(cfg: RunConfig, tokenizer):
         use_cache=not cfg.inference.no_kv_cache,
         batch_size=cfg.inference.inference_batch_size,
         device="cuda" if cfg.runtime.device == "cuda" else "cpu",
-        masks_supported=cfg.runtime.transformer_impl != "transformer_engine",
+        # Mamba layers read no mask (a pad would enter their state); TE's causal attention ignores one.
+        masks_supported=cfg.runtime.transformer_impl != "transformer_engine" and not cfg.model.hybrid_override_pattern,
     )
 
 

@@ -38,14 +38,20 @@ def runs(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
+def as_its_kernels(model):
+    """transformers' NemotronH on the CPU (its PyTorch path) computing what its CUDA kernels do: that path clamps dt
+    at time_step_min, the kernels (and Megatron's) apply only time_step_limit (0, inf). Written here, not taken from
+    the code under test. Other models are returned as they are."""
+    for module in model.modules():
+        if type(module).__name__ == "NemotronHMamba2Mixer":
+            module.time_step_min = 0.0
+    return model
+
+
 def transformers_logits(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
-    """transformers' NemotronH on the CPU (its PyTorch path), as the Mamba kernels compute it."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    for layer in model.model.layers:  # its PyTorch path clamps dt at time_step_min; the kernels (and Megatron) do not
-        if layer.block_type == "linear_attention":
-            layer.mixer.time_step_min = 0.0
+    model = as_its_kernels(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval())
     with torch.no_grad():  # its cache fails on MLP layers in transformers 5.14.1 (KeyError 'mlp')
         return model(tokens, use_cache=False).logits.float()
 

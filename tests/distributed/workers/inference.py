@@ -89,7 +89,7 @@ def check_layout(load, family: str, layout: str, tp: int, pp: int, ep: int, spec
     chunks = build_and_load(args)
     tokenizer = load_tokenizer(args)
     result = generation_runs(args, chunks, tokenizer, spec, family)
-    if family != "qwen3_moe":
+    if not family.endswith("_moe"):
         result["mmlu"] = mmlu_runs(args, chunks, tokenizer)
     if ps.get_tensor_model_parallel_rank() == 0 and int(os.environ["RANK"]) == 0:
         (out / "gen").mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def main() -> None:
     world = int(os.environ["WORLD_SIZE"])
     for layout, (tp, pp, ep) in LAYOUTS[world].items():
         for family, path in spec["models"].items():
-            if layout in MOE_LAYOUTS if family == "qwen3_moe" else ep == 1:
+            if layout in MOE_LAYOUTS if family.endswith("_moe") else ep == 1:
                 check_layout(path, family, layout, tp, pp, ep, spec, cli.out)
     if world == 2:
         from megatron_sft.conversion import hf_to_megatron
