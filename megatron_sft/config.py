@@ -28,6 +28,7 @@ from megatron_sft.errors import UserError
 # The record formats --data-format accepts (data/formats.py reads each one; it checks this list is its own).
 DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "dolly", "openorca", "prompt_completion", "input_output")
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")  # every attention and MLP projection
+MAMBA_LORA_TARGETS = ("in_proj", "out_proj")  # a Mamba layer's projections (hybrid models; default there too)
 
 
 @dataclass(frozen=True)

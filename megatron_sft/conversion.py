@@ -45,6 +45,7 @@ def megatron_to_hf(cfg: RunConfig) -> Path:
     if path is None and cfg.model.moe_grouped_gemm:  # grouped-GEMM experts: nvidia-modelopt's exporter writes them
         path = "megatron"
     target = _check_export_target(Path(cfg.checkpoint.save)) if path is None else None
+    _check_peft_loadable(cfg)
     if path is not None and cfg.parallel.tensor_model_parallel_size != 1:
         raise UserError("a quantized or grouped-GEMM checkpoint is exported at --tensor-model-parallel-size 1 "
                         "(nvidia-modelopt's exporters); it is resharded on load whatever layout it was saved at")
@@ -61,6 +62,16 @@ def megatron_to_hf(cfg: RunConfig) -> Path:
     lora = _lora_of(cfg) if cfg.is_lora else None
     spec = HfOutput(dtype, cfg.lora.merge_lora, lora, adapter=not cfg.lora.merge_lora, who="convert")
     return write_hf(chunks, target, Path(source), spec)
+
+
+def _check_peft_loadable(cfg: RunConfig) -> None:
+    from megatron_sft.peft.hf_adapter import peft_unloadable
+
+    refused = peft_unloadable(cfg.lora.lora_target_modules, bool(cfg.model.hybrid_override_pattern)) \
+        if cfg.is_lora and not cfg.lora.merge_lora else []
+    if refused:
+        raise UserError(f"{cfg.checkpoint.load}: its adapters on {', '.join(refused)} cannot be a PEFT adapter (peft "
+                        "refuses LoRA there on Mamba models); export the merged model: MERGE_LORA=1 (--merge-lora)")
 
 
 def _lora_of(cfg: RunConfig):

@@ -100,6 +100,8 @@ def _moe_fields(cfg: RunConfig, on_cpu: bool) -> dict:
         moe_grouped_gemm=bool(cfg.model.moe_grouped_gemm) and not on_cpu,
         moe_router_dtype=cfg.model.moe_router_dtype,
         moe_router_enable_expert_bias=bool(cfg.model.moe_router_enable_expert_bias),
+        # the expert bias is part of the frozen base under LoRA: a PEFT adapter could not carry its updates
+        moe_router_bias_update_rate=0.0 if cfg.is_lora else 1e-3,
         moe_router_topk_scaling_factor=cfg.model.moe_router_topk_scaling_factor,
         moe_shared_expert_intermediate_size=cfg.model.moe_shared_expert_intermediate_size,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 
-from megatron_sft.config import LORA_TARGETS, field_default
+from megatron_sft.config import LORA_TARGETS, MAMBA_LORA_TARGETS, field_default
 
 
 def add_peft_args(parser: ArgumentParser) -> None:
@@ -21,9 +21,10 @@ def add_peft_args(parser: ArgumentParser) -> None:
     g.add_argument(
         "--lora-target-modules",
         nargs="+",
-        choices=LORA_TARGETS,
-        help="Megatron layer names to adapt (default all four; on MoE models linear_fc1/linear_fc2 "
-        "are the experts')",
+        choices=LORA_TARGETS + MAMBA_LORA_TARGETS,
+        help="Megatron layer names to adapt (default the four attention and MLP ones, on hybrid models the Mamba "
+        "layers' in_proj too; out_proj there trains, but peft loads no adapter on it, so its run exports merged; on "
+        "MoE models linear_fc1/linear_fc2 are the experts')",
     )
     g.add_argument(
         "--lora-load",
@@ -67,7 +68,7 @@ def resolve_peft(args, problems: list[str]) -> None:
         record = _adapter_record(args.lora_load, problems)
     args.peft = None if args.peft in (None, "none") else args.peft
     for dest in LORA_RECORDED:
-        default = field_default(dest)
+        default = _lora_default(dest, args)
         recorded = record.get(LORA_RECORDED[dest]) if record else None
         given = getattr(args, dest)
         if (
@@ -80,6 +81,13 @@ def resolve_peft(args, problems: list[str]) -> None:
         setattr(args, dest, given if given is not None else recorded if recorded is not None else default)
 
 
+def _lora_default(dest: str, args) -> object:
+    """The recipe's targets on a model with Mamba layers: its in_proj and out_proj too."""
+    if dest == "lora_target_modules" and "M" in (args.hybrid_override_pattern or ""):
+        return list(LORA_TARGETS) + ["in_proj"]  # out_proj too is one flag away; peft cannot load that adapter
+    return field_default(dest)
+
+
 def check_lora_values(args, problems: list[str]) -> None:
     """The resolved LoRA settings (reads only)."""
     from pathlib import Path
@@ -89,6 +97,16 @@ def check_lora_values(args, problems: list[str]) -> None:
             problems.append("--lora-load needs --peft lora")
         return
 
+    mamba = sorted(set(args.lora_target_modules) & set(MAMBA_LORA_TARGETS))
+    if mamba and "M" not in (args.hybrid_override_pattern or ""):
+        problems.append(f"--lora-target-modules {' '.join(mamba)}: this model has no Mamba layers; adapt "
+                        f"{', '.join(LORA_TARGETS)}")
+    from megatron_sft.peft.hf_adapter import peft_unloadable
+
+    refused = peft_unloadable(args.lora_target_modules, "M" in (args.hybrid_override_pattern or ""))
+    if refused and getattr(args, "save_hf", None) and not args.merge_lora:
+        args.notices.append(f"--save-hf writes the merged model, not a PEFT adapter: peft refuses LoRA on a Mamba "
+                            f"layer's {', '.join(refused)} (leave it out of --lora-target-modules for an adapter)")
     if args.lora_rank < 1:
         problems.append(f"--lora-rank {args.lora_rank} must be at least 1")
     if not 0.0 <= args.lora_dropout < 1.0:
@@ -119,6 +137,8 @@ HF_TO_MEGATRON = {
     "up_proj": "linear_fc1",
     "down_proj": "linear_fc2",
     "gate_up_proj": "linear_fc1",
+    "in_proj": "in_proj",
+    "out_proj": "out_proj",
 }
 
 
@@ -144,7 +164,7 @@ def _adapter_record(folder: str, problems: list[str]) -> dict | None:
             f"{config.get('peft_type')} on {', '.join(unknown or names)}"
         )
         return None
-    targets = sorted({HF_TO_MEGATRON[n] for n in names}, key=LORA_TARGETS.index)
+    targets = sorted({HF_TO_MEGATRON[n] for n in names}, key=(LORA_TARGETS + MAMBA_LORA_TARGETS).index)
     return {
         "rank": config.get("r"),
         "alpha": float(config.get("lora_alpha")),

@@ -8,6 +8,8 @@ Megatron fuses what Hugging Face keeps apart, so one Megatron adapter maps to se
     linear_proj -> o_proj, linear_fc2 -> down_proj
     experts' linear_fc1 / linear_fc2 -> mlp.experts.gate_up_proj / down_proj, through PEFT's
         target_parameters: A [E*r, in] (expert-major rows), B [out, r*E] (expert-minor columns)
+    NemotronH (hybrid): the same under each layer's `mixer` (fc1 -> up_proj, not gated), in_proj / out_proj of the
+        Mamba layers as they are, the shared expert's under mixer.shared_experts, experts' under mixer.experts
 
 Written at any layout (each adapter gathered over tensor parallelism, collected on rank 0: adapters are small);
 read on one process (TP=PP=EP=1: the checkpoint is resharded on load, whatever layout saved it).
@@ -19,6 +21,7 @@ import json
 import logging
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,17 +31,56 @@ from megatron_sft.peft.lora import LoraSpec, lora_modules
 
 log = logging.getLogger(__name__)
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-_PREFIX = "base_model.model.model.layers"
-_DENSE = {"linear_qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "linear_proj": ("self_attn", ("o_proj",)),
-          "linear_fc1": ("mlp", ("gate_proj", "up_proj")), "linear_fc2": ("mlp", ("down_proj",))}
-_EXPERT_PARAM = {"linear_fc1": "gate_up_proj", "linear_fc2": "down_proj"}
-_NAME = re.compile(r"decoder\.layers\.(\d+)\.(?:.*\.local_experts\.(\d+)\.)?.*?(linear_\w+)$")
 
 
-def _b_blocks(m) -> tuple[int, ...] | None:
-    """B's local row blocks: [gate; up] for SwiGLU's linear_fc1, each gathered apart."""
-    rows = m.lora_B.shape[0]
-    return (rows // 2, rows // 2) if m.lora_gated else None
+@dataclass(frozen=True)
+class PeftNames:
+    """Where a model's adapters sit in transformers' module tree: the layers' prefix, each Megatron layer kind's
+    owner and Hugging Face names, and the 3-D expert parameters (PEFT's target_parameters)."""
+
+    prefix: str
+    dense: dict[str, tuple[str, tuple[str, ...]]]
+    experts: str
+    expert_param: dict[str, str]
+
+
+_GPT = PeftNames(
+    "base_model.model.model.layers",
+    {"linear_qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")), "linear_proj": ("self_attn", ("o_proj",)),
+     "linear_fc1": ("mlp", ("gate_proj", "up_proj")), "linear_fc2": ("mlp", ("down_proj",))},
+    "mlp.experts", {"linear_fc1": "gate_up_proj", "linear_fc2": "down_proj"})
+# NemotronH: every layer's module is its "mixer"; MLPs are not gated; the MoE's shared expert is a module of its own
+_HYBRID = PeftNames(
+    "base_model.model.backbone.layers",
+    {"linear_qkv": ("mixer", ("q_proj", "k_proj", "v_proj")), "linear_proj": ("mixer", ("o_proj",)),
+     "linear_fc1": ("mixer", ("up_proj",)), "linear_fc2": ("mixer", ("down_proj",)),
+     "in_proj": ("mixer", ("in_proj",)), "out_proj": ("mixer", ("out_proj",)),
+     "shared_experts.linear_fc1": ("mixer.shared_experts", ("up_proj",)),
+     "shared_experts.linear_fc2": ("mixer.shared_experts", ("down_proj",))},
+    "mixer.experts", {"linear_fc1": "up_proj", "linear_fc2": "down_proj"})
+
+
+# peft (0.21) refuses LoRA on these modules of Mamba models (model_type nemotron_h): transformers' CUDA path hands the
+# weight straight to mamba_ssm's kernel, bypassing the module and any adapter on it.
+PEFT_REFUSES_ON_MAMBA = ("out_proj",)
+
+
+def peft_unloadable(targets, hybrid: bool) -> list[str]:
+    """The targets whose adapters peft cannot load on transformers' model (their run is exported merged)."""
+    return [t for t in targets if hybrid and t in PEFT_REFUSES_ON_MAMBA]
+
+
+def peft_names(config) -> PeftNames:
+    return _HYBRID if getattr(config, "is_hybrid_model", False) else _GPT
+
+
+_NAME = re.compile(r"decoder\.layers\.(\d+)\.(?:.*\.local_experts\.(\d+)\.)?.*?(linear_\w+|in_proj|out_proj)$")
+
+
+def _kind(name: str) -> str:
+    """The Megatron layer kind of an adapter's module name: linear_fc1, in_proj, shared_experts.linear_fc1, ..."""
+    leaf = name.rsplit(".", 1)[-1]
+    return f"shared_experts.{leaf}" if ".shared_experts." in name else leaf
 
 
 def _split_qkv(b: torch.Tensor, config) -> list[torch.Tensor]:
@@ -56,20 +98,21 @@ def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config) -> torc
         .reshape(-1, r)
 
 
-def _factors(chunks: list):
-    """(layer, expert or None, Megatron layer name, module) of every adapter."""
+def _factors(chunks: list, names: PeftNames):
+    """(layer, expert or None, Megatron layer kind, module) of every adapter."""
     for name, module in lora_modules(chunks):
         match = _NAME.search(name)
-        if match is None or ".shared_experts." in name:
+        kind = _kind(name)
+        if match is None or (match.group(2) is None and kind not in names.dense):
             raise UserError(f"{name}: no Hugging Face PEFT name is known for this adapter")
-        layer, expert, kind = match.groups()
+        layer, expert, _ = match.groups()
         yield int(layer), None if expert is None else int(expert), kind, module
 
 
-def _expert_key(layer: int, param: str, targeted: list[str]) -> str:
-    """PEFT nests one wrapper per targeted parameter of mlp.experts, the first listed innermost."""
+def _expert_key(names: PeftNames, layer: int, param: str, targeted: list[str]) -> str:
+    """PEFT nests one wrapper per targeted parameter of the experts, the first listed innermost."""
     depth = len(targeted) - 1 - targeted.index(param)
-    return f"{_PREFIX}.{layer}.mlp.experts.{'base_layer.' * depth}"
+    return f"{names.prefix}.{layer}.{names.experts}.{'base_layer.' * depth}"
 
 
 def gathered_factors(chunks: list) -> list[tuple] | None:
@@ -90,14 +133,12 @@ def gathered_factors(chunks: list) -> list[tuple] | None:
             for name, m in layer.named_modules():
                 if not hasattr(m, "lora_A") or not (experts if m.is_expert else dense):
                     continue  # another replica sends this one
-                if ".shared_experts." in name:
-                    raise UserError(f"{name}: no Hugging Face PEFT name is known for this adapter")
                 a = full_tensor(m.lora_A, torch.float32, group=m.tp_group)
-                b = full_tensor(m.lora_B, torch.float32, _b_blocks(m), m.tp_group)
+                b = full_tensor(m.lora_B, torch.float32, m.lora_local_blocks(), m.tp_group)
                 if writes[m.is_expert]:
                     local = re.search(r"local_experts\.(\d+)\.", name)
                     expert = None if local is None else layer.mlp.local_expert_indices[int(local.group(1))]
-                    mine.append((layer.layer_number - 1, expert, name.rsplit(".", 1)[-1], a, b))
+                    mine.append((layer.layer_number - 1, expert, _kind(name), a, b))
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return mine
     everyone = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None
@@ -107,25 +148,28 @@ def gathered_factors(chunks: list) -> list[tuple] | None:
 
 def peft_state(factors: list[tuple], config) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """PEFT tensors (fp32, contiguous, no shared storage), target_modules and target_parameters."""
+    names = peft_names(config)
     tensors, modules, experts = {}, set(), defaultdict(dict)
     for layer, expert, kind, a, b in factors:
         if expert is not None:
-            experts[(layer, _EXPERT_PARAM[kind])][expert] = (a, b)
+            experts[(layer, names.expert_param[kind])][expert] = (a, b)
             continue
-        owner, names = _DENSE[kind]
-        parts = _split_qkv(b, config) if kind == "linear_qkv" else b.chunk(len(names))
-        for hf, part in zip(names, parts):
-            key = f"{_PREFIX}.{layer}.{owner}.{hf}"
+        if kind not in names.dense:
+            raise UserError(f"layer {layer} {kind}: no Hugging Face PEFT name is known for this adapter")
+        owner, hf_names = names.dense[kind]
+        parts = _split_qkv(b, config) if kind == "linear_qkv" else b.chunk(len(hf_names))
+        for hf, part in zip(hf_names, parts):
+            key = f"{names.prefix}.{layer}.{owner}.{hf}"
             tensors[f"{key}.lora_A.weight"] = a.clone()
             tensors[f"{key}.lora_B.weight"] = part.contiguous().clone()
             modules.add(hf)
-    targeted = [p for p in _EXPERT_PARAM.values() if any(k[1] == p for k in experts)]
+    targeted = [p for p in names.expert_param.values() if any(k[1] == p for k in experts)]
     for (layer, param), by_expert in experts.items():
         a_list, b_list = zip(*(by_expert[e] for e in sorted(by_expert)))
-        key = _expert_key(layer, param, targeted)
+        key = _expert_key(names, layer, param, targeted)
         tensors[f"{key}lora_A.weight"] = torch.cat(a_list).contiguous()  # [E*r, in]
         tensors[f"{key}lora_B.weight"] = torch.stack(b_list, dim=-1).reshape(b_list[0].shape[0], -1).contiguous()
-    return tensors, sorted(modules), [f"mlp.experts.{p}" for p in targeted]
+    return tensors, sorted(modules), [f"{names.experts}.{p}" for p in targeted]
 
 
 def adapter_config(spec: LoraSpec, modules: list[str], parameters: list[str], base: str | None) -> dict:
@@ -180,19 +224,20 @@ def load_peft_adapter(chunks: list, adapter_dir: str | Path, spec: LoraSpec) -> 
     where = Path(adapter_dir) / WEIGHTS
     tensors, used = load_file(str(where)), set()
     config = unwrap(chunks[0]).config
+    names = peft_names(config)
     experts = defaultdict(list)
-    for layer, expert, kind, m in _factors(chunks):
+    for layer, expert, kind, m in _factors(chunks, names):
         if expert is not None:
             experts[(layer, kind)].append((expert, m))
             continue
-        owner, names = _DENSE[kind]
-        keys = [f"{_PREFIX}.{layer}.{owner}.{hf}" for hf in names]
+        owner, hf_names = names.dense[kind]
+        keys = [f"{names.prefix}.{layer}.{owner}.{hf}" for hf in hf_names]
         a = _shared_a({k: _take(tensors, f"{k}.lora_A.weight", used, where) for k in keys}, keys, where)
         parts = [_take(tensors, f"{k}.lora_B.weight", used, where) for k in keys]
         m.set_lora(a, _join_qkv(*parts, config) if kind == "linear_qkv" else torch.cat(parts))
-    targeted = [p for k, p in _EXPERT_PARAM.items() if any(kind == k for _, kind in experts)]
+    targeted = [p for k, p in names.expert_param.items() if any(kind == k for _, kind in experts)]
     for (layer, kind), members in experts.items():
-        key = _expert_key(layer, _EXPERT_PARAM[kind], targeted)
+        key = _expert_key(names, layer, names.expert_param[kind], targeted)
         a_all, b_all = _take(tensors, f"{key}lora_A.weight", used, where), _take(tensors, f"{key}lora_B.weight",
                                                                                   used, where)
         n = a_all.shape[0] // spec.rank

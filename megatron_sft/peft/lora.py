@@ -60,9 +60,12 @@ class _LoraMixin:
 
     lora_sharded_axis: dict[str, int]  # which adapter is split over tensor parallelism, along which axis
 
-    def _init_lora(self, spec: LoraSpec, key: str, gated: bool) -> None:
+    def _init_lora(self, spec: LoraSpec, key: str, blocks: tuple[tuple[str, int], ...] | None) -> None:
         a_shape, b_shape = self._lora_shapes(spec.rank)
-        self.lora_gated = gated  # linear_fc1 of a SwiGLU MLP: B's rows are [gate; up], sharded each
+        # B's rows as blocks (name, whole size) that tensor parallelism splits apart, as the weight's: [gate; up] of
+        # a SwiGLU linear_fc1, [z, x, B, C, dt] of a Mamba in_proj; None: one block
+        self.lora_blocks = blocks
+        self.lora_gated = blocks is not None and [n for n, _ in blocks] == ["gate", "up"]
         a, b = self.local_shards(_initial_a(a_shape, key, spec.seed), torch.zeros(b_shape))
         self.lora_A = torch.nn.Parameter(a)
         self.lora_B = torch.nn.Parameter(b)
@@ -81,8 +84,8 @@ class _LoraMixin:
         if "lora_A" in self.lora_sharded_axis:
             a_full = a_full.chunk(tp, dim=1)[rank]
         if "lora_B" in self.lora_sharded_axis:
-            halves = b_full.chunk(2, dim=0) if self.lora_gated else (b_full,)
-            b_full = torch.cat([h.chunk(tp, dim=0)[rank] for h in halves])
+            parts = torch.split(b_full, [n for _, n in self.lora_blocks]) if self.lora_blocks else (b_full,)
+            b_full = torch.cat([p.chunk(tp, dim=0)[rank] for p in parts])
         like = dict(device=self.weight.device, dtype=self.weight.dtype)
         return a_full.contiguous().to(**like), b_full.contiguous().to(**like)
 
@@ -111,7 +114,19 @@ class _LoraMixin:
             dp_cp_group=metadata["dp_cp_group"]))
         if self.lora_gated:  # the same [gate; up] split as the weight, so TP=2 reloads at TP=1 unscrambled
             state[f"{prefix}lora_B"] = apply_swiglu_sharded_factory(state[f"{prefix}lora_B"], sharded_offsets)
+        elif self.lora_blocks:  # a Mamba in_proj's [z, x, B, C, dt], split as MambaMixer splits its weight
+            from megatron.core.ssm.mamba_mixer import _split_tensor_factory
+
+            tp = get_pg_size(self.tp_group)
+            state[f"{prefix}lora_B"] = _split_tensor_factory(
+                state[f"{prefix}lora_B"], [n // tp for _, n in self.lora_blocks], [b for b, _ in self.lora_blocks], 0)
         return state
+
+    def lora_local_blocks(self) -> tuple[int, ...] | None:
+        """B's row blocks on this rank (each gathered apart to make the whole B)."""
+        if not self.lora_blocks:
+            return None
+        return tuple(n // get_pg_size(self.tp_group) for _, n in self.lora_blocks)
 
 
 class LoraColumnParallelLinear(_LoraMixin, tp_layers.ColumnParallelLinear):
@@ -177,7 +192,7 @@ def _initial_a(shape: tuple[int, int], key: str, seed: int) -> torch.Tensor:
 
 
 def _targets_of_layer(layer, targets: tuple[str, ...]):
-    """(global name, module, gated) of each targeted linear in one TransformerLayer."""
+    """(global name, module, B's row blocks) of each targeted linear in one TransformerLayer or MambaLayer."""
     number = layer.layer_number - 1  # global, 0-based
     gated = layer.config.gated_linear_unit
     for name, module in layer.named_modules():
@@ -190,7 +205,17 @@ def _targets_of_layer(layer, targets: tuple[str, ...]):
             local, _, rest = tail.partition(".")
             moe = layer.get_submodule(head.rsplit(".", 1)[0])
             key = f"layers.{number}.{head}.{moe.local_expert_indices[int(local)]}.{rest}"
-        yield key, module, gated and leaf == "linear_fc1"
+        yield key, module, _row_blocks(layer, leaf, module, gated)
+
+
+def _row_blocks(layer, leaf: str, module, gated: bool) -> tuple[tuple[str, int], ...] | None:
+    if gated and leaf == "linear_fc1":
+        return (("gate", module.output_size // 2), ("up", module.output_size // 2))
+    if leaf == "in_proj" and hasattr(layer, "mixer"):
+        from megatron_sft.checkpointing.hf_tensors import mamba_row_parts
+
+        return tuple(zip(("z", "x", "B", "C", "dt"), mamba_row_parts(layer.mixer)["in_proj"]))
+    return None
 
 
 def attach_lora(chunks: list, spec: LoraSpec) -> int:
@@ -201,13 +226,13 @@ def attach_lora(chunks: list, spec: LoraSpec) -> int:
     count = 0
     for chunk in chunks:
         for layer in chunk.decoder.layers:
-            for key, module, gated in _targets_of_layer(layer, spec.targets):
+            for key, module, blocks in _targets_of_layer(layer, spec.targets):
                 lora_class = _LORA_CLASS.get(type(module))
                 if lora_class is None:
                     raise UserError(f"--lora-target-modules: {key} is a {type(module).__name__}; LoRA supports the "
                                     "local layer spec's ColumnParallelLinear and RowParallelLinear")
                 module.__class__ = lora_class
-                module._init_lora(spec, key, gated)
+                module._init_lora(spec, key, blocks)
                 count += 1
         if chunk.config.recompute_granularity == "full":
             _inputs_require_grad(chunk)

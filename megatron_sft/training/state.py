@@ -124,7 +124,13 @@ class TrainingContent:
         from megatron_sft.to_mcore import dtype_from_name
         from megatron_sft.training.hf_output import HfOutput, save_hf
 
-        spec = HfOutput(dtype_from_name(self.cfg.checkpoint.save_hf_dtype), self.cfg.lora.merge_lora, self.model.lora)
+        from megatron_sft.peft.hf_adapter import peft_unloadable
+
+        cfg = self.cfg
+        merged_only = bool(cfg.is_lora and peft_unloadable(cfg.lora.lora_target_modules,
+                                                           bool(cfg.model.hybrid_override_pattern)))
+        spec = HfOutput(dtype_from_name(cfg.checkpoint.save_hf_dtype), cfg.lora.merge_lora or merged_only,
+                        self.model.lora, adapter=not merged_only)
         return save_hf(self.model.chunks, ckpt_dir, spec)
 
 

@@ -155,3 +155,25 @@ def test_training_learns(training):
 def test_resume_is_exact(training):
     """6 straight steps = 3, a checkpoint, 3 resumed: bitwise."""
     assert training["first3"] + training["resumed3"] == training["straight6"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_adapter_loads_in_peft_with_the_checkpoint_logits(runs, tiny_models, family):
+    """A LoRA run at TP=2+SP on the default hybrid targets (attention, MLP or experts, in_proj): its PEFT adapter on
+    transformers' NemotronH, and its merged model, give the checkpoint's logits (1e-4)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    hf = runs / "lora" / family / "iter_0000003" / "hf"
+    config = json.loads((hf / "adapter_config.json").read_text())
+    assert "in_proj" in config["target_modules"] and "q_proj" in config["target_modules"]
+    if family.endswith("_moe"):
+        assert sorted(config["target_parameters"]) == ["mixer.experts.down_proj", "mixer.experts.up_proj"]
+    ours, tokens = torch.load(runs / "logits" / f"lora_{family}.pt"), torch.load(runs / "tokens.pt")
+    base = as_its_kernels(AutoModelForCausalLM.from_pretrained(tiny_models[family], dtype=torch.float32))
+    with torch.no_grad():
+        before = base(tokens, use_cache=False).logits
+        adapted = PeftModel.from_pretrained(base, hf).eval()(tokens, use_cache=False).logits
+    assert (ours[..., : adapted.shape[-1]] - before).abs().max().item() > 1e-2, "training left the adapters at zero"
+    assert (ours[..., : adapted.shape[-1]] - adapted).abs().max().item() <= TOL
+    assert (transformers_logits(hf / "merged", tokens) - adapted).abs().max().item() <= TOL

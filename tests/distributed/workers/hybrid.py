@@ -108,6 +108,23 @@ def common(model: Path, data: Path, cache: Path) -> str:
             "--log-interval 1000 --split 100,0,0 --seed 7 --distributed-timeout-minutes 3")
 
 
+def lora_runs(cli, results: dict) -> None:
+    """LoRA at TP=2 + SP on the default hybrid targets, --save-hf with --merge-lora (fp32); then the LoRA
+    checkpoint's logits, for the test to compare with peft on transformers and with the merged model."""
+    import torch
+
+    from megatron_sft.loading import build_and_load
+
+    tokens = torch.load(cli.out / "tokens.pt")
+    for family in FAMILIES:
+        save = cli.out / "lora" / family
+        results[f"lora_{family}"] = train(
+            f"{common(cli.models / family, cli.data, cli.out / 'cache')} --tensor-model-parallel-size 2 "
+            f"--sequence-parallel --peft lora --lora-rank 4 --lr 1e-2 --train-iters 3 --save {save} --save-hf final "
+            "--save-hf-dtype fp32 --merge-lora")
+        save_logits(build_and_load(setup(flags(save, 2, 1, 1))), tokens, cli.out / "logits" / f"lora_{family}.pt")
+
+
 def training_runs(ws: int, cli, results: dict) -> None:
     """3 steps at each layout of this world size; at DP=2, 6 straight steps against 3 + a resumed 3."""
     from megatron_sft.config import DataConfig
@@ -118,6 +135,7 @@ def training_runs(ws: int, cli, results: dict) -> None:
             results[name] = train(f"{common(cli.models / family, cli.data, cli.out / 'cache')} {extra} "
                                   "--train-iters 3")
     if ws == 2:
+        lora_runs(cli, results)
         base = common(cli.models / "nemotron_h", cli.data, cli.out / "cache")
         ckpt = cli.out / "resume_ckpt"
         results["straight6"] = train(f"{base} --train-iters 6")
