@@ -70,7 +70,8 @@ def _fusions(cfg: RunConfig, on_cpu: bool) -> dict:
     explicit block-diagonal mask, and the fused causal kernel would ignore it."""
     return dict(
         masked_softmax_fusion=False,
-        bias_activation_fusion=bool(cfg.model.bias_swiglu_fusion) and not on_cpu,
+        # Megatron fuses bias with GeLU or SwiGLU only (squared ReLU: unfused)
+        bias_activation_fusion=bool(cfg.model.bias_swiglu_fusion) and not on_cpu and not cfg.model.squared_relu,
         bias_dropout_fusion=bool(cfg.model.bias_dropout_fusion) and not on_cpu,
         persist_layer_norm=not on_cpu,
         # Over gloo, batched isend/irecv corrupted activations in the interleaved pipeline schedule

@@ -1,7 +1,8 @@
 """The embedded default: a tiny model, its tokenizer and a task it learns in minutes on a CPU.
 
     python tools/make_embedded_default.py build --out WORKDIR/tiny
-        WORKDIR/tiny/hf/              tiny Qwen3, character-level tokenizer, ChatML template (HF format)
+        WORKDIR/tiny/hf/              tiny Qwen3 (--kind hybrid: a Nemotron-H hybrid), character-level tokenizer,
+                                      ChatML template (HF format)
         WORKDIR/tiny/train.jsonl      chat samples: "reverse: abc" -> "cba" (strings of 1-6 letters)
         WORKDIR/tiny/heldout.jsonl    prompts never seen in training, each ending in the expected answer
     python tools/make_embedded_default.py report --before before.jsonl --after after.jsonl [--min-exact 0.9]
@@ -19,10 +20,10 @@ import sys
 from pathlib import Path
 
 
-def build(out: Path, n_train: int, n_heldout: int, seed: int) -> None:
+def build(out: Path, n_train: int, n_heldout: int, seed: int, kind: str) -> None:
     from megatron_sft.tiny.charlevel import build_embedded_default
 
-    paths = build_embedded_default(out, n_train, n_heldout, seed)
+    paths = build_embedded_default(out, n_train, n_heldout, seed, kind)
     print(
         f"embedded default in {out}: model {paths['hf'].name}/, {n_train} training samples "
         f"({paths['train'].name}), {n_heldout} held-out prompts ({paths['heldout'].name})"
@@ -69,13 +70,15 @@ def main() -> int:
     b.add_argument("--train-samples", type=int, default=4000)
     b.add_argument("--heldout", type=int, default=50)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--kind", choices=["qwen3", "hybrid"], default="qwen3",
+                   help="qwen3 (MODEL=tiny) or a Nemotron-H hybrid (MODEL=tiny_hybrid)")
     r = sub.add_parser("report", help="compare generate.py outputs before and after fine-tuning")
     r.add_argument("--before", type=Path, required=True)
     r.add_argument("--after", type=Path, required=True)
     r.add_argument("--min-exact", type=float, default=None, help="exit 1 when the exact-match rate after is below")
     cli = parser.parse_args()
     if cli.command == "build":
-        build(cli.out, cli.train_samples, cli.heldout, cli.seed)
+        build(cli.out, cli.train_samples, cli.heldout, cli.seed, cli.kind)
         return 0
     return report(cli.before, cli.after, cli.min_exact)
 

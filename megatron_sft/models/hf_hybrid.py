@@ -56,8 +56,6 @@ def hybrid_args_from_hf_config(config: dict, family: str, arch: str, path: str |
     if missing:
         raise UserError(f"{path}: missing {', '.join(missing)}; not a complete {arch} config")
     pattern = layer_pattern(cfg, path)
-    if "-" in pattern and "intermediate_size" not in cfg:
-        raise UserError(f"{path}: missing intermediate_size (the MLP layers' width)")
     _refuse_unsupported(cfg, pattern, path)
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"] or cfg["num_attention_heads"]
     out: dict[str, Any] = {
@@ -67,8 +65,7 @@ def hybrid_args_from_hf_config(config: dict, family: str, arch: str, path: str |
         "num_layers": len(pattern),
         "hybrid_override_pattern": pattern,
         "hidden_size": cfg["hidden_size"],
-        # MambaModel builds its MLP layers at this width; a pattern without '-' has none, any value serves
-        "ffn_hidden_size": cfg.get("intermediate_size") or 4 * cfg["hidden_size"],
+        "ffn_hidden_size": cfg["intermediate_size"],  # the MLP layers' ('-')
         "num_attention_heads": heads,
         "group_query_attention": kv_heads != heads,
         "num_query_groups": kv_heads,
@@ -130,6 +127,9 @@ def _refuse_unsupported(cfg: dict, pattern: str, path: str | os.PathLike) -> Non
                       ("sliding_window", None)):
         if cfg.get(key) != want:
             wrong.append(f"{key}={cfg.get(key)!r} (supported: {want!r})")
+    if cfg["tie_word_embeddings"]:
+        wrong.append("tie_word_embeddings=true (transformers' NemotronH never ties lm_head to the embedding: it would "
+                     "run with an lm_head the checkpoint does not have)")
     limit = [_as_float(v) for v in cfg["time_step_limit"]]
     if limit != [0.0, float("inf")]:
         wrong.append(f"time_step_limit={cfg['time_step_limit']} (Megatron-Core's Mamba layer applies no dt limit; "

@@ -83,7 +83,8 @@ register(ModelFamily(
 register(ModelFamily(
     "nemotron_h", "NemotronHForCausalLM",
     {"tie_word_embeddings": False, "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
-     "max_position_embeddings": 4096, "num_key_value_heads": 8, "head_dim": 128, "mlp_hidden_act": "relu2",
+     "max_position_embeddings": 4096, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 21504,
+     "mlp_hidden_act": "relu2",
      "mlp_bias": False, "ssm_state_size": 128, "mamba_num_heads": 128, "mamba_head_dim": 64,
      "mamba_hidden_act": "silu", "n_groups": 8, "conv_kernel": 4, "chunk_size": 128, "use_conv_bias": True,
      "mamba_proj_bias": False, "use_bias": False, "time_step_limit": [0.0, float("inf")], "layer_norm_epsilon": 1e-5,

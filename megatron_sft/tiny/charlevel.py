@@ -42,6 +42,29 @@ TINY_CHAR_CONFIG = {
 }
 
 
+# The embedded hybrid (MODEL=tiny_hybrid): Nemotron-H's layer kinds at the same width. Its attention has no
+# positional encoding; the Mamba layer before it gives the tokens their order.
+TINY_HYBRID_CONFIG = {
+    "vocab_size": 128,
+    "hidden_size": 128,
+    "hybrid_override_pattern": "M*M-*",
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "mamba_num_heads": 8,
+    "mamba_head_dim": 32,
+    "ssm_state_size": 16,
+    "n_groups": 2,
+    "conv_kernel": 4,
+    "chunk_size": 32,
+    "max_position_embeddings": 256,
+    "layer_norm_epsilon": 1e-5,
+    "tie_word_embeddings": False,  # transformers' NemotronH never ties
+}
+KINDS = ("qwen3", "hybrid")
+
+
 def make_char_tokenizer():
     """A PreTrainedTokenizerFast: one id per character, ChatML specials after them, unknown chars -> <|endoftext|>."""
     from transformers import PreTrainedTokenizerFast
@@ -70,37 +93,40 @@ def make_char_tokenizer():
 EMBEDDING_STD = 0.1
 
 
-def make_char_model(out_dir: str | os.PathLike, seed: int = 0) -> pathlib.Path:
-    """Write a randomly initialised tiny Qwen3 with the character tokenizer to `out_dir` (fp32 safetensors)."""
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+def _char_config(kind: str, tokenizer):
+    from transformers import NemotronHConfig, Qwen3Config
 
+    ids = dict(bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+               attention_dropout=0.0, initializer_range=0.02, dtype="float32")
+    if kind == "hybrid":
+        return NemotronHConfig(**TINY_HYBRID_CONFIG, use_mamba_kernels=False, **ids)
+    cfg = dict(TINY_CHAR_CONFIG)
+    theta = cfg.pop("rope_theta")
+    return Qwen3Config(**cfg, rope_parameters={"rope_type": "default", "rope_theta": float(theta)},
+                       attention_bias=False, hidden_act="silu", **ids)
+
+
+def make_char_model(out_dir: str | os.PathLike, seed: int = 0, kind: str = "qwen3") -> pathlib.Path:
+    """Write a randomly initialised tiny Qwen3 (or, kind "hybrid", Nemotron-H) with the character tokenizer to
+    `out_dir` (fp32 safetensors)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown embedded model kind {kind!r}; expected one of {KINDS}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_char_tokenizer()
     if len(tokenizer) > TINY_CHAR_CONFIG["vocab_size"]:
         raise AssertionError(f"{len(tokenizer)} tokens do not fit vocab_size {TINY_CHAR_CONFIG['vocab_size']}")
-    cfg = dict(TINY_CHAR_CONFIG)
-    theta = cfg.pop("rope_theta")
-    config = Qwen3Config(
-        **cfg,
-        rope_parameters={"rope_type": "default", "rope_theta": float(theta)},
-        attention_bias=False,
-        attention_dropout=0.0,
-        hidden_act="silu",
-        initializer_range=0.02,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        dtype="float32",
-    )
+    config = _char_config(kind, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config).to(torch.float32).eval()
+        model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
         # Token embeddings at the scale of a trained model's. The (tied) output layer's logits span about
         # std * hidden_size after the final norm: 12.8 here, only 2.6 at initializer_range 0.02, which
         # caps how confident a model with a frozen base (LoRA) can ever be.
-        torch.nn.init.normal_(model.model.embed_tokens.weight, std=EMBEDDING_STD)
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=EMBEDDING_STD)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
         pad_token_id=tokenizer.pad_token_id,
@@ -142,14 +168,14 @@ def _write_chats(path: pathlib.Path, words: list[str]) -> pathlib.Path:
 
 
 def build_embedded_default(
-    out_dir: str | os.PathLike, n_train: int = 4000, n_heldout: int = 50, seed: int = 0
+    out_dir: str | os.PathLike, n_train: int = 4000, n_heldout: int = 50, seed: int = 0, kind: str = "qwen3"
 ) -> dict[str, pathlib.Path]:
     """Write hf/ (the model), train.jsonl and heldout.jsonl (prompts ending in the expected answer) to out_dir."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, heldout = reversal_words(n_train, n_heldout, seed)
     return {
-        "hf": make_char_model(out / "hf", seed=seed),
+        "hf": make_char_model(out / "hf", seed=seed, kind=kind),
         "train": _write_chats(out / "train.jsonl", train),
         "heldout": _write_chats(out / "heldout.jsonl", heldout),
     }

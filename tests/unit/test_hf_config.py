@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from megatron_sft.models.registry import family_for_architecture, supported_arch
 CONFIGS = json.loads((Path(__file__).parents[1] / "data" / "hf_model_configs.json").read_text())
 CONFIGS.pop("_about")
 PATH = "/models/x/config.json"
+HYBRID = sorted(k for k, v in CONFIGS.items() if v["architectures"] == ["NemotronHForCausalLM"])
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - set(HYBRID)))
 def test_every_real_config_maps_field_by_field(name):
     cfg = CONFIGS[name]
     out = megatron_args_from_hf_config(cfg, PATH)
@@ -153,6 +155,8 @@ def test_omitted_fields_read_as_transformers_reads_them():
         "vocab_size": 100,
     }
     for arch in supported_architectures():
+        if arch == "NemotronHForCausalLM":
+            continue  # test_omitted_hybrid_fields_read_as_transformers_reads_them
         hf = getattr(transformers, arch.replace("ForCausalLM", "Config"))(**minimal)
         out = megatron_args_from_hf_config({"architectures": [arch], **minimal}, PATH)
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
@@ -168,3 +172,80 @@ def test_omitted_fields_read_as_transformers_reads_them():
             assert out["moe_ffn_hidden_size"] == hf.moe_intermediate_size
             assert out["moe_router_pre_softmax"] is (not hf.norm_topk_prob)
             assert out["moe_aux_loss_coeff"] == hf.router_aux_loss_coef
+
+
+def test_omitted_hybrid_fields_read_as_transformers_reads_them():
+    from transformers import NemotronHConfig
+
+    minimal = {"hidden_size": 4096, "num_attention_heads": 32, "vocab_size": 100, "hybrid_override_pattern": "M*-E"}
+    hf = NemotronHConfig(**minimal)
+    out = megatron_args_from_hf_config({"architectures": ["NemotronHForCausalLM"], **minimal}, PATH)
+    assert (out["kv_channels"], out["num_query_groups"]) == (hf.head_dim, hf.num_key_value_heads)
+    assert (out["ffn_hidden_size"], out["norm_epsilon"]) == (hf.intermediate_size, hf.layer_norm_epsilon)
+    assert (out["mamba_num_heads"], out["mamba_head_dim"], out["mamba_state_dim"], out["mamba_num_groups"]) == (
+        hf.mamba_num_heads, hf.mamba_head_dim, hf.ssm_state_size, hf.n_groups)
+    assert (out["mamba_chunk_size"], out["mamba_conv_kernel"]) == (hf.chunk_size, hf.conv_kernel)
+    assert (out["num_experts"], out["moe_router_topk"], out["moe_ffn_hidden_size"]) == (
+        hf.n_routed_experts, hf.num_experts_per_tok, hf.moe_intermediate_size)
+    assert out["moe_shared_expert_intermediate_size"] == hf.moe_shared_expert_intermediate_size
+    assert out["moe_router_topk_scaling_factor"] == hf.routed_scaling_factor
+    assert out["max_position_embeddings"] == hf.max_position_embeddings
+    assert out["untie_embeddings_and_output_weights"] is (not hf.tie_word_embeddings)
+    assert out["init_method_std"] == hf.initializer_range
+
+
+@pytest.mark.parametrize("name", HYBRID)
+def test_every_real_hybrid_config_maps_field_by_field(name):
+    cfg = CONFIGS[name]
+    out = megatron_args_from_hf_config(cfg, PATH)
+    pattern = cfg["hybrid_override_pattern"]
+    assert (out["hybrid_override_pattern"], out["num_layers"]) == (pattern, cfg["num_hidden_layers"])
+    assert out["hidden_size"] == cfg["hidden_size"] and out["ffn_hidden_size"] == cfg["intermediate_size"]
+    assert (out["num_attention_heads"], out["num_query_groups"]) == (cfg["num_attention_heads"],
+                                                                     cfg["num_key_value_heads"])
+    assert out["kv_channels"] == cfg["head_dim"]
+    assert (out["mamba_num_heads"], out["mamba_head_dim"], out["mamba_state_dim"], out["mamba_num_groups"]) == (
+        cfg["mamba_num_heads"], cfg["mamba_head_dim"], cfg["ssm_state_size"], cfg["n_groups"])
+    assert (out["mamba_chunk_size"], out["mamba_conv_kernel"]) == (cfg.get("chunk_size", 128),
+                                                                   cfg.get("conv_kernel", 4))
+    assert (out["position_embedding_type"], out["swiglu"], out["squared_relu"]) == ("none", False, True)
+    assert out["norm_epsilon"] == cfg.get("layer_norm_epsilon", 1e-5)
+    assert out["untie_embeddings_and_output_weights"] is True and out["vocab_size"] == cfg["vocab_size"]
+    if "E" in pattern:
+        assert (out["num_experts"], out["moe_router_topk"], out["moe_ffn_hidden_size"]) == (
+            cfg["n_routed_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"])
+        assert out["moe_shared_expert_intermediate_size"] == cfg["moe_shared_expert_intermediate_size"]
+        assert out["moe_router_topk_scaling_factor"] == cfg["routed_scaling_factor"]
+        assert (out["moe_router_score_function"], out["moe_router_enable_expert_bias"]) == ("sigmoid", True)
+    else:
+        assert out["num_experts"] is None
+    assert out["family"] == "nemotron_h"
+
+
+def test_hybrid_layer_types_as_transformers_5_saves_them():
+    """layers_block_type (with the legacy names of older files) wins over hybrid_override_pattern."""
+    cfg = {**CONFIGS[HYBRID[0]], "layers_block_type": ["mamba", "attention", "mlp", "moe", "linear_attention",
+                                                       "full_attention"], "hybrid_override_pattern": "MMMMMM"}
+    assert megatron_args_from_hf_config(cfg, PATH)["hybrid_override_pattern"] == "M*-EM*"
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ({"time_step_limit": [0.0, 0.1]}, "time_step_limit"),
+    ({"num_nextn_predict_layers": 1}, "num_nextn_predict_layers=1"),
+    ({"moe_latent_size": 1024}, "moe_latent_size=1024"),
+    ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon"),
+    ({"mlp_hidden_act": "silu"}, "mlp_hidden_act"),
+    ({"n_group": 2}, "n_group=2"),
+    ({"norm_topk_prob": False}, "norm_topk_prob"),
+    ({"hybrid_override_pattern": "MEMX"}, "symbols ['X']"),
+])
+def test_hybrid_configs_megatron_would_compute_otherwise_are_refused(change, needle):
+    cfg = {**CONFIGS["nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B"], **change}
+    with pytest.raises(UserError, match=re.escape(needle)):
+        megatron_args_from_hf_config(cfg, PATH)
+
+
+def test_transformers_infinity_in_time_step_limit_is_read():
+    cfg = {**CONFIGS[HYBRID[0]], "time_step_limit": [0.0, {"__float__": "Infinity"}]}
+    assert megatron_args_from_hf_config(cfg, PATH)["mamba_num_heads"] == cfg["mamba_num_heads"]

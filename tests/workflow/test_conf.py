@@ -19,15 +19,16 @@ from tests.workflow.helpers import FACTS
 
 FACT_MODELS = {k: v for k, v in json.loads(FACTS.read_text()).items() if not k.startswith("_")}
 EMBEDDED = "tiny"
+EMBEDDED_MODELS = ("tiny", "tiny_hybrid")
 ARCHITECTURE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--num-query-groups",
                       "--ffn-hidden-size", "--kv-channels", "--num-experts", "--make-vocab-size-divisible-by")
 
 
 def test_every_supported_model_has_a_conf_and_nothing_else_does():
-    assert sorted(conf_models()) == sorted([*FACT_MODELS, EMBEDDED])
+    assert sorted(conf_models()) == sorted([*FACT_MODELS, *EMBEDDED_MODELS])
 
 
-@pytest.mark.parametrize("model", sorted([*FACT_MODELS, EMBEDDED]))
+@pytest.mark.parametrize("model", sorted([*FACT_MODELS, *EMBEDDED_MODELS]))
 def test_confs_leave_the_architecture_to_config_json(model):
     conf = read_conf(model, "/w")
     flags = [*conf.model_args, *conf.train_args]
@@ -37,7 +38,7 @@ def test_confs_leave_the_architecture_to_config_json(model):
 def _fake_hf_dir(fact: dict, root: Path) -> Path:
     """config.json from the recorded fields, and an empty weights file (only the config is read)."""
     root.mkdir(parents=True)
-    config = {k: v for k, v in fact.items() if k != "qkv_bias"}
+    config = {k: v for k, v in fact.items() if k not in ("qkv_bias", "_source")}
     (root / "config.json").write_text(json.dumps(config))
     (root / "model.safetensors").write_bytes(b"")
     return root
@@ -54,8 +55,32 @@ def _planned_args(model: str, hf_dir: Path, tmp_path: Path):
     return settings, plan, parse_args(plan.flags, world_size=plan.layout.nproc)
 
 
+def expected_hybrid_config(fact: dict) -> dict:
+    """TransformerConfig fields a NemotronH config.json implies (NemotronHConfig's defaults where it is silent)."""
+    pattern = fact["hybrid_override_pattern"]
+    out = {
+        "num_layers": len(pattern), "hidden_size": fact["hidden_size"], "is_hybrid_model": True,
+        "num_attention_heads": fact["num_attention_heads"], "num_query_groups": fact["num_key_value_heads"],
+        "kv_channels": fact["head_dim"], "layernorm_epsilon": fact.get("layer_norm_epsilon", 1e-5),
+        "gated_linear_unit": False, "add_bias_linear": False, "qk_layernorm": False,
+        "mamba_num_heads": fact["mamba_num_heads"], "mamba_head_dim": fact["mamba_head_dim"],
+        "mamba_state_dim": fact["ssm_state_size"], "mamba_num_groups": fact["n_groups"],
+    }
+    if "E" in pattern:
+        out.update(num_moe_experts=fact["n_routed_experts"], moe_ffn_hidden_size=fact["moe_intermediate_size"],
+                   moe_router_topk=fact["num_experts_per_tok"], moe_router_score_function="sigmoid",
+                   moe_router_enable_expert_bias=True,
+                   moe_router_topk_scaling_factor=fact["routed_scaling_factor"],
+                   moe_shared_expert_intermediate_size=fact["moe_shared_expert_intermediate_size"])
+    else:
+        out.update(num_moe_experts=None, ffn_hidden_size=fact["intermediate_size"])
+    return out
+
+
 def expected_config(fact: dict) -> dict:
     """TransformerConfig fields a config.json implies."""
+    if fact["architectures"] == ["NemotronHForCausalLM"]:
+        return expected_hybrid_config(fact)
     heads = fact["num_attention_heads"]
     out = {
         "num_layers": fact["num_hidden_layers"],
@@ -89,7 +114,11 @@ def test_the_right_architecture_reaches_megatron(model, tmp_path):
         assert getattr(config, field) == want, f"{model}: TransformerConfig.{field}"
     assert config.tensor_model_parallel_size * plan.layout.pp * plan.layout.cp * plan.layout.dp == plan.layout.nproc
     assert args.padded_vocab_size == fact["vocab_size"], "the checkpoint's vocabulary, unpadded"
-    assert args.rotary_base == fact["rope_theta"]
+    if fact["architectures"] == ["NemotronHForCausalLM"]:  # no positional encoding, rope_theta or not
+        assert args.position_embedding_type == "none" and args.hybrid_override_pattern == fact[
+            "hybrid_override_pattern"]
+    else:
+        assert args.rotary_base == fact["rope_theta"]
     assert args.untie_embeddings_and_output_weights == (not fact["tie_word_embeddings"])
     assert args.max_position_embeddings == fact["max_position_embeddings"]
     assert args.seq_length <= fact["max_position_embeddings"]
@@ -120,10 +149,11 @@ def test_a_layout_the_model_cannot_take_is_refused(tmp_path, monkeypatch):
         plan_launch("finetune", model, env)
 
 
-def test_tiny_conf_points_at_the_embedded_default():
-    defaults = read_conf(EMBEDDED, work_dir="/w").defaults
-    assert defaults["CONF_HF_MODEL_CKPT"] == "/w/tiny/hf"
-    assert defaults["CONF_DATASET"] == "/w/tiny/train.jsonl"
+@pytest.mark.parametrize("model", EMBEDDED_MODELS)
+def test_tiny_conf_points_at_the_embedded_default(model):
+    defaults = read_conf(model, work_dir="/w").defaults
+    assert defaults["CONF_HF_MODEL_CKPT"] == f"/w/{model}/hf"
+    assert defaults["CONF_DATASET"] == f"/w/{model}/train.jsonl"
 
 
 def test_a_conf_sees_the_users_environment(tmp_path, monkeypatch):
