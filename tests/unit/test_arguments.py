@@ -455,3 +455,42 @@ def test_moe_training_layouts_megatron_core_gets_wrong_are_refused(tmp_path):
     parse_args(train + tp2 + ["--sequence-parallel", "--expert-tensor-parallel-size", "1",
                               "--expert-model-parallel-size", "2"], world_size=2)  # EP 2: accepted
     parse_args(["--load", str(moe)] + tp2 + ["--expert-tensor-parallel-size", "1"], world_size=2)  # inference
+
+
+NANO30 = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B"
+
+
+def test_hybrid_layouts_the_mamba_shapes_refuse_at_parse_time(tmp_path):
+    """Nemotron 3 Nano: 64 Mamba heads in 8 groups; TP must split both, TP x CP the heads; one line each."""
+    load = str(hf_dir(tmp_path, CONFIGS[NANO30]))
+    found = problems(["--load", load, "--tensor-model-parallel-size", "16", "--sequence-parallel"], world_size=16)
+    assert any(p.startswith("TP 16 must divide --mamba-num-groups 8 (from ") for p in found), found
+    found = problems(["--load", load, "--context-parallel-size", "128"], world_size=128)
+    assert any(p.startswith("TP x CP = 128 must divide --mamba-num-heads 64 (from ") for p in found), found
+    assert parse_args(["--load", load, "--tensor-model-parallel-size", "2", "--sequence-parallel"],
+                      world_size=2).mamba_num_heads == 64
+
+
+def test_hybrid_pattern_checks(tmp_path):
+    base = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+            "--mamba-num-heads", "4", "--mamba-num-groups", "2", "--mamba-head-dim", "32"]
+    assert any("has symbols ['X']" in p for p in problems(base + ["--hybrid-override-pattern", "M*MX"]))
+    assert any("has 3 layers; --num-layers is 4" in p for p in problems(base + ["--hybrid-override-pattern", "M*M"]))
+    assert any("has MoE layers (E); give --num-experts" in p
+               for p in problems(base + ["--hybrid-override-pattern", "M*ME"]))
+    assert any("--attention-backend local passes packed samples as an attention mask" in p
+               for p in problems(base + ["--hybrid-override-pattern", "M*M-", "--attention-backend", "local"]))
+    assert any("needs --hybrid-override-pattern" in p for p in problems(base + ["--is-hybrid-model"]))
+    args = parse_args(base + ["--hybrid-override-pattern", "M*M-"])
+    assert args.hybrid_override_pattern == "M*M-" and args.mamba_num_heads == 4
+
+
+def test_mamba_lora_targets_need_mamba_layers(tmp_path):
+    load = str(hf_dir(tmp_path))
+    found = problems(["--load", load, "--peft", "lora", "--lora-target-modules", "linear_qkv", "in_proj"])
+    assert any(p.startswith("--lora-target-modules in_proj: this model has no Mamba layers") for p in found), found
+
+
+def test_hybrid_lora_defaults_add_in_proj(tmp_path):
+    args = parse_args(["--load", str(hf_dir(tmp_path, CONFIGS[NANO30])), "--peft", "lora"])
+    assert args.lora_target_modules == ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "in_proj"]
