@@ -295,6 +295,7 @@ class DataConfig:
     global_batch_size: int | None = None
     packing_algorithm: str = "best_fit"
     sample_limit: int | None = None  # --sample N in tools/prepare_data.py: read only the first N records
+    preference: bool = False  # preference pairs (DPO): each record a chosen and a rejected sequence, packed together
 
     @classmethod
     def from_args(cls, args, validate: bool = True) -> DataConfig:

@@ -57,6 +57,7 @@ def cache_key(cfg: DataConfig, tokenizer) -> tuple[str, dict]:
         "seed": cfg.seed,
         "packing_algorithm": cfg.packing_algorithm,
         "sample_limit": cfg.sample_limit,
+        "preference": cfg.preference,
     }
     return _sha(json.dumps(inputs, sort_keys=True))[:24], inputs
 

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_sft.data.encode import SampleEncoder
 from megatron_sft.data.formats import Conversation, InvalidRecord, _validate_messages
+from megatron_sft.data.pipeline import ChunkResult
+from megatron_sft.data.render import ChatRenderer
+from megatron_sft.data.sources import decode_line
+from megatron_sft.data.stats import DataStats
 
 PREFERENCE_FORMATS = ("conversational", "standard", "implicit", "ranked")
 
@@ -168,3 +173,58 @@ def _prompt_length(mask: np.ndarray) -> int:
     """Tokens before the first supervised one: the rendered prompt (and the response's role header)."""
     supervised = np.flatnonzero(mask)
     return int(supervised[0]) if len(supervised) else len(mask)
+
+
+class PairProcessor:
+    """ChunkProcessor's counterpart for preference data (pipeline.py): each kept record becomes two samples, its
+    chosen then its rejected sequence, fitted together into `budget` tokens (`fit_pair`)."""
+
+    def __init__(self, tokenizer, chat_template: str | None, budget: int, *, skip_invalid: bool = False):
+        self.renderer = ChatRenderer(tokenizer, chat_template)
+        self.encoder = SampleEncoder(tokenizer)
+        self.budget, self.skip_invalid = budget, skip_invalid
+
+    def __call__(self, chunk):
+        return self.tokenize(*self.render(chunk))
+
+    def render(self, chunk):
+        """Stage 1 (Python): decode, validate and render both sequences of every pair."""
+        stats, rendered, wheres = DataStats(), [], []
+        for n, item in chunk.items:
+            where = chunk.where(n)
+            stats.records_read += 1
+            try:
+                pair = to_preference_pair(decode_line(chunk, n, item) if chunk.is_lines else item, where)
+                rendered += [self.renderer.render(pair.conversation(w), where) for w in ("chosen", "rejected")]
+                wheres.append(where)
+            except InvalidRecord as e:
+                if not self.skip_invalid:
+                    raise
+                stats.count("invalid", e.reason, where)
+        return chunk, stats, rendered, wheres
+
+    def tokenize(self, chunk, stats: DataStats, rendered: list, wheres: list):
+        """Stage 2: tokenize, fit each pair into the budget (or drop it, counted), keep the two samples."""
+        encoded = self.encoder.encode(rendered)
+        kept = []
+        for k, where in enumerate(wheres):
+            fitted = fit_pair(encoded[2 * k], encoded[2 * k + 1], self.budget)
+            if fitted is None:
+                stats.count("dropped", "prompt_too_long", where)
+                continue
+            if fitted.truncated_tokens:
+                stats.truncated += 1
+                stats.examples.setdefault("truncated_pair", where)
+            if any(int(mask[1:].sum()) == 0 for _, mask in (fitted.chosen, fitted.rejected)):
+                stats.count("dropped", "no_supervised_tokens", where)
+                continue
+            for ids, mask in (fitted.chosen, fitted.rejected):
+                stats.add_sample(len(ids), int(mask[1:].sum()))
+                kept.append((ids, mask))
+        return ChunkResult(
+            tokens=np.concatenate([ids for ids, _ in kept]) if kept else np.zeros(0, np.uint32),
+            supervised=np.concatenate([m for _, m in kept]) if kept else np.zeros(0, np.uint8),
+            lengths=np.array([len(ids) for ids, _ in kept], dtype=np.int64),
+            source=chunk.source,
+            stats=stats,
+        )

@@ -23,6 +23,7 @@ from megatron_sft.config import DataConfig
 from megatron_sft.data.mixture import blend, split_indices
 from megatron_sft.data.packing import PACKER_VERSION, fill, pack, padded_sizes
 from megatron_sft.data.pipeline import CHUNK_RECORDS, ChunkProcessor
+from megatron_sft.data.preference import PairProcessor
 from megatron_sft.data.sources import Source, iter_chunks, parse_sources
 from megatron_sft.data.stats import DataStats
 from megatron_sft.data.tokenizer import pad_token_id
@@ -46,16 +47,7 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
     """Tokenize, mask and pack everything `cfg` names into `out_dir` (which must not exist yet)."""
     start = time.time()
     sources = parse_sources(cfg.data_path, cfg.finetune_hf_dataset, cfg.finetune_hf_dataset_split)
-    processor = ChunkProcessor(
-        tokenizer,
-        read_chat_template(cfg.chat_template),
-        cfg.sample_cap,
-        unmask_user=cfg.unmask_user,
-        skip_invalid=cfg.skip_invalid,
-        drop_long_samples=cfg.drop_long_samples,
-        eod_mask_loss=cfg.eod_mask_loss,
-        data_format=cfg.data_format,
-    )
+    processor = _processor(cfg, tokenizer)
     os.makedirs(out_dir)
     stats = DataStats()
     counts: list[dict] = []  # per source: records read, records selected (a PATH:N subset)
@@ -84,6 +76,7 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
             "data_format": cfg.data_format,
             "packing_algorithm": cfg.packing_algorithm,
             "sample_limit": cfg.sample_limit,
+            "preference": cfg.preference,
             "packer_version": PACKER_VERSION,
         },
         "sources": [
@@ -104,6 +97,22 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
     with open(os.path.join(out_dir, "metadata.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def _processor(cfg: DataConfig, tokenizer):
+    if cfg.preference:  # a pair's two sequences, each padded for CP, share one pack
+        return PairProcessor(tokenizer, read_chat_template(cfg.chat_template),
+                             cfg.seq_length - 2 * (cfg.cp_multiple - 1), skip_invalid=cfg.skip_invalid)
+    return ChunkProcessor(
+        tokenizer,
+        read_chat_template(cfg.chat_template),
+        cfg.sample_cap,
+        unmask_user=cfg.unmask_user,
+        skip_invalid=cfg.skip_invalid,
+        drop_long_samples=cfg.drop_long_samples,
+        eod_mask_loss=cfg.eod_mask_loss,
+        data_format=cfg.data_format,
+    )
 
 
 def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progress: bool, counts: list):
@@ -139,9 +148,13 @@ def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progr
 
 
 def _pack_splits(cfg: DataConfig, sources, lengths, source_of, out_dir: str):
+    """Samples (or, for preference data, pairs: samples 2p and 2p+1) are split per source, blended and packed."""
+    unit = 2 if cfg.preference else 1
+    sizes = padded_sizes(lengths, cfg.cp_multiple).reshape(-1, unit).sum(1)
+    unit_source = source_of[::unit]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
     for index in range(len(sources)):
-        ids = np.flatnonzero(source_of == index)
+        ids = np.flatnonzero(unit_source == index)
         for name, chosen in zip(SPLITS, split_indices(len(ids), cfg.split_fractions, cfg.seed, index)):
             parts[name].append(ids[chosen])
     train, report = blend(parts["train"], [s.weight for s in sources], cfg.seed)
@@ -151,15 +164,17 @@ def _pack_splits(cfg: DataConfig, sources, lengths, source_of, out_dir: str):
     splits = {}
     for name, ids in chosen.items():
         ids = ids.astype(np.int64)
-        offsets, items = pack(padded_sizes(lengths[ids], cfg.cp_multiple), cfg.seq_length, cfg.packing_algorithm)
-        np.save(os.path.join(out_dir, f"packs_{name}_offsets.npy"), offsets)
-        np.save(os.path.join(out_dir, f"packs_{name}_samples.npy"), ids[items])
+        offsets, items = pack(sizes[ids], cfg.seq_length, cfg.packing_algorithm)
+        samples = (ids[items][:, None] * unit + np.arange(unit)).reshape(-1)  # a pair's two samples together
+        np.save(os.path.join(out_dir, f"packs_{name}_offsets.npy"), offsets * unit)
+        np.save(os.path.join(out_dir, f"packs_{name}_samples.npy"), samples)
         n_packs = len(offsets) - 1
+        kept = (ids[:, None] * unit + np.arange(unit)).reshape(-1)
         splits[name] = {
-            "conversations": len(ids),
+            "conversations": len(ids),  # preference data: pairs
             "packs": n_packs,
-            "tokens": int(lengths[ids].sum()),
-            "fill": fill(lengths[ids], n_packs, cfg.seq_length),
+            "tokens": int(lengths[kept].sum()),
+            "fill": fill(lengths[kept], n_packs, cfg.seq_length),
         }
     return splits, report
 

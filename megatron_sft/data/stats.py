@@ -17,6 +17,9 @@ EXPLAIN = {
     "too_long": "samples longer than --max-sample-length (default --seq-length), dropped (--drop-long-samples)",
     "no_supervised_tokens": "samples left with no supervised token after truncation to --max-sample-length",
     "empty_file": "empty data files (--skip-invalid)",
+    "truncated_pair": "preference pairs over --seq-length, the longer response cut first (never the prompt)",
+    "prompt_too_long": "preference pairs whose prompt leaves no room in --seq-length for both responses, dropped",
+    "same_responses": "preference records whose chosen and rejected responses are the same",
     "reasoning": "conversations where the chat template left out reasoning (e.g. Qwen3 drops the reasoning "
     "of assistant turns before the last user query)",
     "content": "conversations where the chat template left out message content",

@@ -94,3 +94,36 @@ def test_rendered_with_the_chat_template_only_the_response_is_supervised():
         supervised = tok.decode(ids[mask.astype(bool)].tolist())
         assert answer in supervised and "earlier" not in supervised and "2+2" not in supervised
         assert supervised.rstrip().endswith("<|im_end|>")
+
+
+def test_a_preference_cache_packs_each_pair_whole(tmp_path):
+    """Prepared like SFT data: each kept pair is two samples (chosen, rejected) side by side in one pack; a long
+    pair is truncated and a hopeless one dropped, both counted; the split keeps pairs whole."""
+    import json
+
+    from megatron_sft.config import DataConfig
+    from megatron_sft.data.cache import prepare
+    from megatron_sft.data.dataset import SFTDataset
+    from megatron_sft.tiny import make_tiny_tokenizer
+
+    data = tmp_path / "prefs.jsonl"
+    records = [{"prompt": f"question {i}", "chosen": "yes " * (1 + i % 5), "rejected": "no " * (1 + i % 3)}
+               for i in range(40)]
+    records.append({"prompt": "q", "chosen": "long answer " * 200, "rejected": "short"})  # truncated
+    records.append({"prompt": "very long question " * 200, "chosen": "a", "rejected": "b"})  # dropped
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = DataConfig(data_path=[str(data)], seq_length=128, split="90,10,0", preference=True,
+                     data_cache_dir=str(tmp_path / "cache"), context_parallel_size=2)
+    prepared = prepare(cfg, make_tiny_tokenizer("qwen3"), is_builder=True)
+    stats = prepared.meta["stats"]
+    assert stats["truncated"] == 1 and stats["dropped"] == {"prompt_too_long": 1}
+    assert prepared.meta["splits"]["train"]["conversations"] + prepared.meta["splits"]["valid"][
+        "conversations"] == 41
+    for split in ("train", "valid"):
+        ds = SFTDataset.from_prepared(prepared, split, cfg)
+        for i in range(len(ds)):
+            ids = ds.samples_of(i)
+            assert len(ids) % 2 == 0 and all(c % 2 == 0 and r == c + 1 for c, r in zip(ids[::2], ids[1::2]))
+            pack = ds[i]
+            assert int(pack["cu_seqlens_padded"][-1]) == 128 and all(
+                int(n) % 4 == 0 for n in pack["cu_seqlens_padded"][1:len(ids) + 1] - pack["cu_seqlens_padded"][:len(ids)])
