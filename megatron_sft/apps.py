@@ -1,7 +1,7 @@
 """The applications, one table: each is a row of flag groups, the checks it makes before any model exists, and the
 function that runs it. One main() starts them all.
 
-    python -m megatron_sft APP [FLAGS ...]      APP: finetune, generate, mmlu, quantize, convert, export
+    python -m megatron_sft APP [FLAGS ...]      APP: finetune, dpo, generate, mmlu, quantize, convert, export
     examples/APP.py, tools/convert.py           the same, as scripts (thin shims over main)
     examples/APP.sh                             the launcher checks the command with the same row before it launches
 
@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from megatron_sft.arguments import ArgsAdder, parse_args
+from megatron_sft.arguments.dpo import add_dpo_args, check_dpo_args
 from megatron_sft.arguments.inference import (
     add_generation_extra_args,
     add_inference_args,
@@ -41,6 +42,8 @@ class App:
 APPS = {app.name: app for app in (
     App("finetune", "supervised fine-tuning (full or LoRA) on packed chat data",
         "megatron_sft.run_finetune:run", checks=(check_run_length,)),
+    App("dpo", "preference training (DPO, IPO, hinge) on chosen/rejected pairs, after fine-tuning",
+        "megatron_sft.training.dpo:run", (add_dpo_args,), (check_run_length, check_dpo_args)),
     App("generate", "generate from a checkpoint or a Hugging Face directory", "megatron_sft.inference.run:generate_main",
         (add_inference_args, add_generation_extra_args), (check_generation_args,)),
     App("mmlu", "MMLU accuracy of a checkpoint or a Hugging Face directory", "megatron_sft.inference.run:mmlu_main",

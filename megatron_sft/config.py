@@ -406,6 +406,17 @@ def parse_split(split: str) -> tuple[float, float, float]:
     return (values[0] / total, values[1] / total, values[2] / total)
 
 
+@dataclass(frozen=True)
+class DpoConfig:
+    """Preference training (the dpo app): the loss and the reference model."""
+
+    dpo_loss_type: str = "sigmoid"  # sigmoid, ipo or hinge (training/dpo_loss.py)
+    dpo_beta: float = 0.1
+    dpo_label_smoothing: float = 0.0  # sigmoid only: conservative DPO
+    dpo_sft_weight: float = 0.0  # RPO: weight of the chosen responses' NLL
+    ref_load: str | None = None  # the reference model; default: the model the run starts from (--load)
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -418,6 +429,7 @@ SECTIONS = {
     "runtime": RuntimeConfig,
     "inference": InferenceConfig,
     "quantization": QuantizationConfig,
+    "dpo": DpoConfig,
 }
 # Parsed, checked at parse time, and not carried: nothing after validation reads them.
 NOT_CARRIED = {"truncate_long_samples"}
@@ -470,6 +482,7 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     arch_sources: dict[str, str] = field(default_factory=dict)  # architecture field -> flag, a file, or default
     notices: tuple[str, ...] = ()  # said once at start-up: flags with no effect, values turned off
 

@@ -15,7 +15,8 @@ A micro-batch (`collate`) holds:
       trailing padding counted as one more segment; cu_seqlens_padded: the same with each sample's
       CP padding included (equal to cu_seqlens without context parallelism); max_seqlen: int;
   num_supervised: int64 scalar, the number of loss tokens; num_padding: int64 [B], per row the tokens
-      of its trailing padding segment (0: the row is full; else its last cu_seqlens segment is padding).
+      of its trailing padding segment (0: the row is full; else its last cu_seqlens segment is padding);
+  sample_ids: per row, the cache's ids of its samples in segment order (rows from SFTDataset).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def collate(rows: list[dict], with_attention_mask: bool = False) -> dict:
     batch["max_seqlen"] = int(max(int((c[1:] - c[:-1]).max()) for c in cu_padded))
     batch["num_supervised"] = batch["loss_mask"].sum().to(torch.int64)
     batch["num_padding"] = torch.tensor([int(r.get("num_padding", 0)) for r in rows], dtype=torch.int64)
+    if all("sample_ids" in r for r in rows):
+        batch["sample_ids"] = [r["sample_ids"] for r in rows]
     return batch
 
 

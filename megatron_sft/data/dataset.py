@@ -118,8 +118,10 @@ class SFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(f"pack {i} out of range [0, {len(self)})")
-        samples = [self.prepared.sample(s) for s in self.samples_of(i)]
-        return build_pack(samples, self.seq_length, self.pad_token_id, self.cp_multiple)
+        ids = self.samples_of(i)
+        row = build_pack([self.prepared.sample(s) for s in ids], self.seq_length, self.pad_token_id, self.cp_multiple)
+        row["sample_ids"] = torch.tensor(ids, dtype=torch.int64)  # in segment order (preference data: c0 r0 c1 ...)
+        return row
 
 
 @dataclass

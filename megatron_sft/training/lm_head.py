@@ -112,10 +112,11 @@ def _placeholder(weight):
     return torch.empty_like(weight)  # its pages are never touched
 
 
-def supervised_loss_sum(hidden_bsh: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                        loss_mask: torch.Tensor, chunk_size: int, sequence_parallel: bool) -> torch.Tensor:
-    """Sum of loss_mask-weighted token losses, from the model's final hidden states ([b, s, h] as GPTModel
-    returns them; under sequence parallelism the sequence is this TP rank's share)."""
+def select_supervised(hidden_bsh: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
+                      sequence_parallel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden states [n, h], targets [n], loss-mask weights [n], positions [n] in the [s, b]-flattened sequence)
+    of the supervised tokens, from the model's final hidden states ([b, s, h] as GPTModel returns them; under
+    sequence parallelism the sequence is this TP rank's share)."""
     from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region
 
     hidden = hidden_bsh.transpose(0, 1).contiguous()  # [s, b, h], the layout of the sequence-parallel split
@@ -127,6 +128,33 @@ def supervised_loss_sum(hidden_bsh: torch.Tensor, weight: torch.Tensor, labels: 
     positions = mask.nonzero().squeeze(1)
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
     targets = labels.transpose(0, 1).reshape(-1).index_select(0, positions)
+    return selected, targets, mask.index_select(0, positions).float(), positions
+
+
+def weighted_token_loss(selected: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                        token_weights: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """sum_t token_weights_t * CE_t over the selected tokens, with gradients (the chunked head)."""
     need = torch.is_grad_enabled()
-    return _ChunkedVocabParallelCE.apply(selected, weight, targets, mask.index_select(0, positions).float(),
-                                         chunk_size, need and selected.requires_grad, need and weight.requires_grad)
+    return _ChunkedVocabParallelCE.apply(selected, weight, targets, token_weights, chunk_size,
+                                         need and selected.requires_grad, need and weight.requires_grad)
+
+
+@torch.no_grad()
+def token_losses(selected: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """CE_t of each selected token [n] (fp32), a chunk of logits at a time, without gradients."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    out = torch.empty(selected.shape[0], dtype=torch.float32, device=selected.device)
+    for start in range(0, selected.shape[0], chunk_size):
+        end = min(start + chunk_size, selected.shape[0])
+        logits = F.linear(selected[start:end].to(weight.dtype), weight)
+        out[start:end] = vocab_parallel_cross_entropy(logits[:, None], targets[start:end, None])[:, 0].float()
+    return out
+
+
+def supervised_loss_sum(hidden_bsh: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                        loss_mask: torch.Tensor, chunk_size: int, sequence_parallel: bool) -> torch.Tensor:
+    """Sum of loss_mask-weighted token losses, from the model's final hidden states ([b, s, h] as GPTModel
+    returns them; under sequence parallelism the sequence is this TP rank's share)."""
+    selected, targets, token_weights, _ = select_supervised(hidden_bsh, labels, loss_mask, sequence_parallel)
+    return weighted_token_loss(selected, weight, targets, token_weights, chunk_size)

@@ -145,8 +145,7 @@ class Trainer:
         cfg = self.cfg
         batches = self.next_global_batch()
         t0 = time.perf_counter()
-        result = train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
-                            cfg.training.global_batch_size)
+        result = self.train_step(batches)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         self.state.iteration += 1
@@ -160,7 +159,18 @@ class Trainer:
         mfu = counts[2].item() / seconds / (self.peak_flops * world) if self.peak_flops else None
         return {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm, "seconds": seconds,
                 "tokens_per_s": counts[0].item() / seconds, "supervised_per_s": counts[1].item() / seconds,
-                "mfu": mfu, "epoch": self.state.consumed_samples / self.data.train.packs_per_epoch}
+                "mfu": mfu, "epoch": self.state.consumed_samples / self.data.train.packs_per_epoch,
+                **self.step_metrics(result)}
+
+    def train_step(self, batches: list[dict]):
+        """One optimizer step on `batches` (another objective overrides it: training/dpo.py)."""
+        cfg = self.cfg
+        return train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
+                          cfg.training.global_batch_size)
+
+    def step_metrics(self, result) -> dict:
+        """Figures of the objective beyond the loss (none for SFT)."""
+        return {}
 
     def maybe_evaluate(self, force: bool = False) -> None:
         cfg = self.cfg

@@ -35,12 +35,13 @@ class Progress:
             self.bar.update(1)
         if iteration % self.log_interval == 0 or iteration == self.total:
             mfu = f" | MFU {fig['mfu'] * 100:.1f}%" if fig.get("mfu") is not None else ""
+            extra = "".join(f" | {k} {_fmt(v, '.4f')}" for k, v in fig.items() if "/" in k)  # DPO's rewards/...
             log.info(
                 "iteration %d/%d | loss %s | lr %s | grad norm %s | %.2f s/it | tokens/s %s "
-                "| supervised tokens/s %s%s",
+                "| supervised tokens/s %s%s%s",
                 iteration, self.total, _fmt(fig["loss"], ".5f"), _fmt(fig["lr"], ".3e"),
                 _fmt(fig["grad_norm"], ".4f"), fig["seconds"], _fmt(fig["tokens_per_s"], ".1f"),
-                _fmt(fig["supervised_per_s"], ".1f"), mfu,
+                _fmt(fig["supervised_per_s"], ".1f"), mfu, extra,
             )
 
     def close(self) -> None:

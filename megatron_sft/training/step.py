@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +41,7 @@ class StepResult:
     grad_norm: float | None
     skipped: bool  # fp16 overflow: no update this step
     lr: float
+    reports: list = field(default_factory=list, repr=False)  # the last stage's per-micro-batch reports
 
 
 def _data_iterators(batches: list, num_chunks: int):
@@ -63,12 +64,16 @@ def _loss_everywhere(reports: list[dict]) -> float:
     return float(value[0])
 
 
-def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, forward_only: bool) -> list:
+def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, forward_only: bool,
+                 forward_step=None) -> list:
+    """Megatron's schedule over `batches`; `forward_step`: another objective's (DPO), else the SFT loss's."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     seq_length, micro_batch_size = model.layout.schedule_shape(seq_length, micro_batch_size)
+    if forward_step is None:
+        forward_step = make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel)
     return get_forward_backward_func()(
-        forward_step_func=make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel),
+        forward_step_func=forward_step,
         data_iterator=_data_iterators(batches, len(model.chunks)),
         model=model.chunks,
         num_microbatches=len(batches),
@@ -78,17 +83,19 @@ def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, f
     )
 
 
-def train_step(model, batches: list, seq_length: int, micro_batch_size: int, global_batch_size: int) -> StepResult:
+def train_step(model, batches: list, seq_length: int, micro_batch_size: int, global_batch_size: int,
+               forward_step=None) -> StepResult:
     """Forward/backward over all micro-batches of one global batch, then the optimizer step."""
     for chunk in model.chunks:
         chunk.zero_grad_buffer()
     model.optimizer.zero_grad()
-    reports = run_schedule(model, batches, seq_length, micro_batch_size, forward_only=False)
+    reports = run_schedule(model, batches, seq_length, micro_batch_size, forward_only=False,
+                           forward_step=forward_step)
     updated, grad_norm, _ = model.optimizer.step()
     if updated:
         model.scheduler.step(increment=global_batch_size)
     lr = model.optimizer.param_groups[0]["lr"]
-    return StepResult(_loss_everywhere(reports), grad_norm, not updated, lr)
+    return StepResult(_loss_everywhere(reports), grad_norm, not updated, lr, reports)
 
 
 def evaluate(model, batches, eval_iters: int, num_microbatches: int, seq_length: int, micro_batch_size: int) -> float:

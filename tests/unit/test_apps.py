@@ -12,8 +12,12 @@ from megatron_sft.errors import UserError
 from megatron_sft.launch.scripts import SCRIPTS
 from tests.conftest import REPO
 
-SHIMS = {"examples/finetune.py": "run_finetune", "examples/generate.py": "generate", "examples/mmlu.py": "mmlu",
+SHIMS = {"examples/finetune.py": "run_finetune", "examples/dpo.py": "dpo", "examples/generate.py": "generate",
+         "examples/mmlu.py": "mmlu",
          "examples/quantize.py": "quantize", "tools/convert.py": "convert"}
+
+
+DPO_RUN = ["--train-iters", "3", "--lr", "1e-6", "--seq-length", "64", "--data-path", "SAME/config.json"]
 
 
 def test_every_shell_script_is_an_app():
@@ -42,11 +46,14 @@ def test_python_m_megatron_sft_lists_the_apps_and_runs_one():
     ("generate", ["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
     ("mmlu", ["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
     ("finetune", [], "give the run length: --train-iters, --train-samples or --train-epochs"),
+    ("dpo", [*DPO_RUN, "--dpo-beta", "0"], "--dpo-beta 0.0 must be positive"),
+    ("dpo", [*DPO_RUN, "--dpo-loss-type", "ipo", "--dpo-label-smoothing", "0.1"],
+     "--dpo-label-smoothing applies to --dpo-loss-type sigmoid, not ipo"),
     ("convert", ["--save", "SAME", "--export-dtype", "bf16"], "saving there would write over it"),
 ])
 def test_an_apps_checks_run_with_its_flags(tiny_models, app, flags, message):
     """Before any model or process group: the row's checks are part of parsing (the launcher runs the same)."""
     model = str(tiny_models["qwen3"])
-    flags = [model if f == "SAME" else f for f in flags]
+    flags = [model if f == "SAME" else f.replace("SAME/", model + "/") for f in flags]
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
         parse(app, ["--load", model, "--device", "cpu", *flags])

@@ -1,0 +1,412 @@
+"""Preference training (DPO) on the SFT stack: the same data pipeline (each pair's chosen and rejected sequences side
+by side in one pack, data/preference.py), model, layouts, checkpoints and Trainer; another loss.
+
+Per micro-batch, on the last pipeline stage:
+  1. each supervised token's log-probability (the chunked head's no-grad pass, or the model's per-token loss), summed
+     per sequence; under context parallelism the ranks' partial sums are added (every rank then has whole sums);
+  2. the pairs' losses (training/dpo_loss.py) from those sums and the reference's (computed once, before training,
+     by the starting model: reference_logps), as this micro-batch's share of the global batch's loss;
+  3. d(loss)/d(sequence log-prob) per sequence, by autograd on those few numbers; the model's gradient is then
+     sum_t g_seq(t) * d logp_t over this rank's tokens: a weighted token loss (the chunked head's weights, or the
+     per-token losses times the weights) whose value is replaced by the loss share.
+Megatron's per-token normalisation is given a count of 1 for the whole step (the shares are already normalised),
+so the loss and gradients are the mean over the global batch's pairs whatever the layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from megatron_sft.config import RunConfig
+from megatron_sft.models.builder import unwrap
+from megatron_sft.training.dpo_loss import METRICS, DpoSettings, metric_sums, step_loss
+from megatron_sft.training.inputs import PackedLayout, model_inputs
+from megatron_sft.training.lm_head import (
+    hidden_states_instead_of_logits,
+    select_supervised,
+    token_losses,
+    weighted_token_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepTotals:
+    """What normalises a step: the global batch's pairs and chosen supervised tokens (all DP ranks)."""
+
+    pairs: int
+    chosen_tokens: int
+
+
+def segments(batch: dict) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """(segment of each token of the joined stream, sample id of each segment (-1: padding), supervised tokens per
+    segment) of a collated micro-batch."""
+    from megatron_sft.data.batch import join_rows
+
+    stream = join_rows(batch)
+    cu = torch.as_tensor(stream["cu_seqlens_padded"]).long()
+    lengths = cu[1:] - cu[:-1]
+    token_segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    ids: list[int] = []
+    for row_ids, padding in zip(batch["sample_ids"], batch["num_padding"].tolist()):
+        ids += [int(i) for i in row_ids] + ([-1] if padding else [])
+    supervised = torch.zeros(len(lengths), dtype=torch.float64).index_add_(
+        0, token_segment, stream["loss_mask"].reshape(-1).double())
+    return token_segment, ids, supervised
+
+
+def step_totals(batches: list[dict]) -> StepTotals:
+    """Pairs and chosen supervised tokens of the global batch (this rank's micro-batches, summed over DP)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.runtime.distributed import collective_device
+
+    pairs = chosen = 0
+    for batch in batches:
+        _, ids, supervised = segments(batch)
+        pairs += sum(1 for i in ids if i >= 0 and i % 2 == 0)
+        chosen += int(sum(float(supervised[k]) for k, i in enumerate(ids) if i >= 0 and i % 2 == 0))
+    counts = torch.tensor([pairs, chosen], dtype=torch.float64, device=collective_device())
+    torch.distributed.all_reduce(counts, group=ps.get_data_parallel_group())
+    return StepTotals(int(counts[0]), int(counts[1]))
+
+
+def _pairs(ids: list[int], policy: torch.Tensor, supervised: torch.Tensor, reference: np.ndarray) -> dict:
+    """Per pair of the micro-batch (segments 2k, 2k+1 of samples 2p, 2p+1): the tensors dpo_loss reads."""
+    chosen = [k for k, i in enumerate(ids) if i >= 0 and i % 2 == 0]
+    rejected = [k + 1 for k in chosen]
+    assert all(ids[r] == ids[c] + 1 for c, r in zip(chosen, rejected)), "a pair split across segments"
+    ref = torch.tensor(reference[[ids[k] for k in chosen + rejected]], dtype=policy.dtype)
+    n = len(chosen)
+    return {"policy_chosen": policy[chosen], "policy_rejected": policy[rejected], "ref_chosen": ref[:n],
+            "ref_rejected": ref[n:], "tokens_chosen": supervised[chosen].to(policy.dtype),
+            "tokens_rejected": supervised[rejected].to(policy.dtype)}
+
+
+def _context_parallel_sum(values: torch.Tensor) -> torch.Tensor:
+    from megatron.core import parallel_state as ps
+
+    if ps.get_context_parallel_world_size() > 1:
+        values = values.clone()
+        torch.distributed.all_reduce(values, group=ps.get_context_parallel_group())
+    return values
+
+
+def make_dpo_forward_step(layout: PackedLayout, settings: DpoSettings, reference: np.ndarray, totals: StepTotals,
+                          lm_head_chunk_size: int, sequence_parallel: bool):
+    """Megatron's forward_step_func for DPO (see the module docstring)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.ops.context_parallel import context_parallel_indices
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        b = model_inputs(batch, layout, device)
+        args = (b["tokens"], b["position_ids"], b["attention_mask"])
+        gpt = unwrap(model)
+        if not gpt.post_process:
+            return model(*args, packed_seq_params=b["packed_seq_params"]), None
+        token_segment, ids, supervised = segments(batch)
+        if layout.cp_size > 1:
+            from megatron_sft.data.batch import join_rows
+
+            cu = torch.as_tensor(join_rows(batch)["cu_seqlens_padded"]).long()
+            token_segment = token_segment[context_parallel_indices(cu, layout.cp_size, layout.cp_rank)]
+        if lm_head_chunk_size:
+            with hidden_states_instead_of_logits(gpt) as output_layer:
+                hidden = model(*args, packed_seq_params=b["packed_seq_params"])
+            selected, targets, _, positions = select_supervised(hidden, b["labels"], b["loss_mask"],
+                                                                sequence_parallel)
+            logp = -token_losses(selected, output_layer["weight"], targets, lm_head_chunk_size)
+        else:
+            per_token = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
+            positions = b["loss_mask"].transpose(0, 1).reshape(-1).nonzero().squeeze(1)
+            logp = -per_token.transpose(0, 1).reshape(-1).index_select(0, positions).float()
+        seg = token_segment.to(positions.device).index_select(0, positions)
+        sums = torch.zeros(len(ids), dtype=torch.float64, device=logp.device).index_add_(0, seg, logp.detach().double())
+        sums = _context_parallel_sum(sums).cpu()
+        policy = sums.clone().requires_grad_(True)
+        pairs = _pairs(ids, policy, supervised, reference)
+        with torch.enable_grad():
+            share = step_loss(settings, pairs, -pairs["policy_chosen"].sum(), totals.pairs, totals.chosen_tokens)
+            (grad,) = torch.autograd.grad(share, policy, allow_unused=True)
+        g = torch.zeros(len(ids), dtype=torch.float64) if grad is None else grad
+        token_g = g.to(logp.device).index_select(0, seg).float()  # d(share)/d(logp_t) = g of t's sequence
+        if lm_head_chunk_size:  # CE_t = -logp_t: weights -g give sum_t g_t logp_t
+            surrogate = weighted_token_loss(selected, output_layer["weight"], targets, -token_g, lm_head_chunk_size)
+        else:
+            surrogate = (-token_g * -logp).sum()
+        first = ps.get_context_parallel_rank() == 0
+        value = share.detach().to(surrogate.device, surrogate.dtype) if first else surrogate.new_zeros(())
+        output = surrogate - surrogate.detach() + value
+        sums_report = metric_sums(settings, *(pairs[k].detach() for k in ("policy_chosen", "policy_rejected",
+                                                                          "ref_chosen", "ref_rejected")))
+        report = torch.tensor([float(sums_report[m]) if first else 0.0 for m in METRICS]
+                              + [len(pairs["policy_chosen"]) if first else 0], dtype=torch.float64)
+        counted = bool(batch.get("count_step")) and first
+
+        def loss_func(output_tensor):
+            count = torch.tensor(1 if counted else 0, dtype=torch.int, device=output_tensor.device)
+            shown = torch.stack([output_tensor.detach().float(), count.float()])
+            return output_tensor, count, {"lm loss": shown, "dpo metrics": report}
+
+        return output, loss_func
+
+    return forward_step
+
+
+def make_reference_forward_step(layout: PackedLayout, lm_head_chunk_size: int, sequence_parallel: bool,
+                                out: torch.Tensor):
+    """forward_step of the reference pass: each sequence's summed log-probability into out[sample id] (written on
+    the last pipeline stage by tensor- and context-parallel rank 0; zeros elsewhere, so a sum over ranks is exact)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.ops.context_parallel import context_parallel_indices
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        b = model_inputs(batch, layout, device)
+        args = (b["tokens"], b["position_ids"], b["attention_mask"])
+        gpt = unwrap(model)
+        if not gpt.post_process:
+            return model(*args, packed_seq_params=b["packed_seq_params"]), None
+        token_segment, ids, _ = segments(batch)
+        if layout.cp_size > 1:
+            from megatron_sft.data.batch import join_rows
+
+            cu = torch.as_tensor(join_rows(batch)["cu_seqlens_padded"]).long()
+            token_segment = token_segment[context_parallel_indices(cu, layout.cp_size, layout.cp_rank)]
+        positions = b["loss_mask"].transpose(0, 1).reshape(-1).nonzero().squeeze(1)
+        if lm_head_chunk_size:
+            with hidden_states_instead_of_logits(gpt) as output_layer:
+                hidden = model(*args, packed_seq_params=b["packed_seq_params"])
+            selected, targets, _, positions = select_supervised(hidden, b["labels"], b["loss_mask"],
+                                                                sequence_parallel)
+            logp = -token_losses(selected, output_layer["weight"], targets, lm_head_chunk_size)
+        else:
+            per_token = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
+            logp = -per_token.transpose(0, 1).reshape(-1).index_select(0, positions).float()
+        seg = token_segment.to(positions.device).index_select(0, positions)
+        sums = torch.zeros(len(ids), dtype=torch.float64, device=logp.device).index_add_(0, seg, logp.double())
+        sums = _context_parallel_sum(sums).cpu()
+        if ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
+            for k, sample in enumerate(ids):
+                if sample >= 0:
+                    out[sample] = sums[k]
+
+        def loss_func(output_tensor):
+            zero = torch.zeros((), device=logp.device)
+            return zero, torch.tensor(0, dtype=torch.int, device=logp.device), {}
+
+        return logp.new_zeros(()), loss_func
+
+    return forward_step
+
+
+def compute_reference_logps(model, prepared, cfg: RunConfig) -> np.ndarray:
+    """Every sample's summed response log-probability under `model` (eval mode): the train and valid packs, pack i
+    on data-parallel rank i % DP, at the run's own layout; the same array on every rank."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_sft.data.batch import collate
+    from megatron_sft.data.dataset import SFTDataset
+
+    out = torch.zeros(len(prepared), dtype=torch.float64)
+    step = make_reference_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel, out)
+    dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    seq_length, mbs = model.layout.schedule_shape(cfg.data.seq_length, 1)
+    for chunk in model.chunks:
+        chunk.eval()
+    with torch.no_grad():
+        for split in ("train", "valid"):
+            ds = SFTDataset.from_prepared(prepared, split, cfg.data)
+            for i in range(rank, len(ds), dp):
+                batch = [collate([ds[i]], with_attention_mask=not model.layout.thd)]
+                get_forward_backward_func()(forward_step_func=step, data_iterator=iter(batch), model=model.chunks,
+                                            num_microbatches=1, seq_length=seq_length, micro_batch_size=mbs,
+                                            forward_only=True)
+    for chunk in model.chunks:
+        chunk.train()
+    from megatron_sft.runtime.distributed import collective_device
+
+    total = out.to(collective_device())
+    torch.distributed.all_reduce(total)
+    return total.cpu().numpy()
+
+
+REFERENCE_DIR = "reference_logps"
+
+
+def reference_identity(source: str) -> dict:
+    """What names a reference model's weights: its path and its weight files' sizes and times (a Hugging Face
+    directory), or its newest checkpoint's (a Megatron checkpoint)."""
+    from pathlib import Path
+
+    from megatron_sft.checkpointing import layout
+
+    path = Path(source).resolve()
+    if layout.is_megatron_checkpoint(path):
+        path, _ = layout.latest_checkpoint_dir(path, None, deep=True)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".distcp", ".pt"))
+    return {"path": str(path), "files": [(str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
+                                         for p in files]}
+
+
+def reference_file(cache_dir: str, source: str) -> str:
+    import hashlib
+    import json
+    import os
+
+    key = hashlib.sha256(json.dumps(reference_identity(source), sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(cache_dir, REFERENCE_DIR, f"{key}.npy")
+
+
+def load_or_compute_reference(trainer, source: str) -> np.ndarray:
+    """The reference log-probabilities of the run's data under `source`: read from the cache when this data and
+    this reference were seen before (a rerun, a resume), else computed once by the model as it stands now (the
+    starting weights) and stored atomically beside the data cache."""
+    import os
+
+    from megatron_sft.data.cache import PreparedData
+
+    path = reference_file(trainer.data.cache_dir, source)
+    prepared = PreparedData(trainer.data.cache_dir)
+    if os.path.isfile(path):
+        values = np.load(path)
+        if len(values) == len(prepared):
+            log.info("reference log-probs: reused %s (%d sequences)", path, len(values))
+            return values
+    if trainer.state.iteration > 0:
+        from megatron_sft.errors import UserError
+
+        raise UserError(f"reference log-probs {path} are missing and the model has moved from the reference since; "
+                        f"give --ref-load with the model this run started from")
+    log.info("reference log-probs: computing them with %s over %d sequences", source, len(prepared))
+    values = compute_reference_logps(trainer.model, prepared, trainer.cfg)
+    if torch.distributed.get_rank() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npy"
+        np.save(tmp, values)
+        os.replace(tmp, path)
+        log.info("reference log-probs: stored %s", path)
+    torch.distributed.barrier()
+    return values
+
+
+def _trainer_class():
+    from megatron_sft.training.loop import Trainer
+    from megatron_sft.training.step import train_step
+
+    class DpoTrainer(Trainer):
+        """The SFT Trainer with the DPO step: same data stream, model, checkpoints, logs; rewards in the figures."""
+
+        def __init__(self, cfg: RunConfig, files=None):
+            super().__init__(cfg, files)
+            d = self.cfg.dpo
+            self.settings = DpoSettings(d.dpo_loss_type, d.dpo_beta, d.dpo_label_smoothing, d.dpo_sft_weight)
+            self.reference = load_or_compute_reference(self, self.cfg.dpo.ref_load)
+
+        def train_step(self, batches):
+            from megatron.core import parallel_state as ps
+
+            cfg = self.cfg
+            totals = step_totals(batches)
+            batches = [dict(b, count_step=(k == 0 and ps.get_data_parallel_rank() == 0)) for k, b in enumerate(batches)]
+            forward = make_dpo_forward_step(self.model.layout, self.settings, self.reference, totals,
+                                            self.model.lm_head_chunk_size, self.model.config.sequence_parallel)
+            return train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
+                              cfg.training.global_batch_size, forward_step=forward)
+
+        def step_metrics(self, result) -> dict:
+            return metrics_everywhere(result.reports)
+
+        def maybe_evaluate(self, force: bool = False) -> None:
+            return None  # DPO validation metrics: not yet
+
+    return DpoTrainer
+
+
+def metrics_everywhere(reports: list[dict]) -> dict:
+    """TRL's metrics of the step: summed over micro-batches and DP x CP ranks, divided by the pairs; every rank."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.runtime.distributed import collective_device
+
+    total = torch.zeros(len(METRICS) + 1, dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        for report in reports:
+            total += report["dpo metrics"].double().cpu()
+    total = total.to(collective_device())
+    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
+                                    group=ps.get_pipeline_model_parallel_group())
+    total = total.cpu()
+    pairs = max(float(total[-1]), 1.0)
+    return {name: float(total[k]) / pairs for k, name in enumerate(METRICS)}
+
+
+def with_reference(cfg: RunConfig) -> RunConfig:
+    """cfg with ref_load set: given, recorded by the checkpoint a resume continues, or the starting model."""
+    from megatron_sft.checkpointing import layout
+    from megatron_sft.errors import UserError
+    from megatron_sft.training.state import resume_point
+
+    start_model = cfg.checkpoint.hf_model_path or cfg.checkpoint.load
+    resume = resume_point(cfg)
+    if resume is not None:
+        recorded = (layout.CheckpointDir(resume[0]).run_args() or {}).get("ref_load")
+        if cfg.dpo.ref_load is None and recorded is None:
+            raise UserError(f"{resume[0]}: no reference model recorded; give --ref-load (the model the run started "
+                            "from)")
+        return cfg.replace(ref_load=cfg.dpo.ref_load or recorded)
+    if cfg.dpo.ref_load and layout_path(cfg.dpo.ref_load) != layout_path(start_model):
+        raise UserError(f"--ref-load {cfg.dpo.ref_load}: a reference other than the starting model "
+                        f"({start_model}) is not supported yet; leave --ref-load out")
+    return cfg.replace(ref_load=start_model)
+
+
+def layout_path(path: str | None) -> str | None:
+    import os
+
+    return None if path is None else os.path.realpath(path)
+
+
+def run(cfg: RunConfig) -> int:
+    """The dpo app's run (apps.py): 130 when stopped by Ctrl-C or SIGTERM (saved), as finetune."""
+    from megatron_sft.cli import EXIT_INTERRUPTED
+
+    return EXIT_INTERRUPTED if train_dpo(cfg).exit.interrupted else 0
+
+
+def train_dpo(cfg: RunConfig):
+    """python -m megatron_sft dpo: preference training, then the usual checkpoint and summary; the Trainer."""
+    from megatron_sft.checkpointing.checkpointer import claim_save_dir
+    from megatron_sft.startup import start
+    from megatron_sft.training.runlog import RunFiles
+
+    from megatron_sft.errors import UserError
+
+    if not cfg.checkpoint.load:
+        raise UserError("dpo starts from a model: give --load (a fine-tuned checkpoint or a Hugging Face directory)")
+    cfg = with_reference(cfg)  # recorded in run_args.json, so a resume knows its reference
+    claim = claim_save_dir(cfg.checkpoint.save)
+    files = RunFiles(cfg.checkpoint.save)
+    try:
+        trainer = _trainer_class()(start(cfg, training=True), files)
+        trainer.run()
+    finally:
+        files.close()
+        if claim is not None:
+            claim.release()
+    return trainer

@@ -1,0 +1,130 @@
+"""DPO on Megatron-Core (the dpo app) against transformers: the first step's loss, log-probabilities and gradient
+norm; the stored reference log-probabilities against each sequence alone (so a pair packed with others = the pair
+alone); 3 steps at TP2, TP2+SP, PP2, DP2, CP2 and with full logits = one process; an exact resume that reads the
+stored reference instead of computing it again. TRL's own DPOTrainer is the reference of the losses themselves:
+tests/unit/test_dpo_loss.py."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import WORKERS, torchrun
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
+BETA = 0.2
+
+
+def write_preferences(path: Path, n: int, seed: int) -> Path:
+    """Prompts to reverse a word; chosen: the reversal, rejected: the word with a letter added."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 6)))
+            f.write(json.dumps({"prompt": [{"role": "user", "content": f"reverse {word}"}],
+                                "chosen": [{"role": "assistant", "content": word[::-1]}],
+                                "rejected": [{"role": "assistant", "content": word + "x"}]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("dpo")
+    data = write_preferences(out / "prefs.jsonl", 48, seed=0)
+    merged = {"out": out}
+    for world_size in (1, 2):
+        torchrun(WORKERS / "dpo.py", world_size, ["--model", tiny_models["qwen3"], "--data", data, "--out", out],
+                 timeout=600)
+        merged.update(json.loads((out / f"dpo_ws{world_size}.json").read_text()))
+    return merged
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def _segment_logps(model, micro_batches: list[dict]) -> tuple[torch.Tensor, list[int]]:
+    """Each sequence's summed response log-probability, run alone through transformers; and its sample id."""
+    sums, ids = [], []
+    for batch in micro_batches:
+        for row in range(batch["tokens"].shape[0]):
+            cu = batch["cu_seqlens"][row] if isinstance(batch["cu_seqlens"], list) else batch["cu_seqlens"]
+            cu_padded = batch["cu_seqlens_padded"][row] if isinstance(batch["cu_seqlens_padded"], list) \
+                else batch["cu_seqlens_padded"]
+            for k, sample in enumerate(batch["sample_ids"][row].tolist()):
+                start, n = int(cu_padded[k]), int(cu[k + 1] - cu[k])
+                tokens = batch["tokens"][row, start:start + n]
+                mask = batch["loss_mask"][row, start:start + n - 1]
+                logits = model(tokens[None], use_cache=False).logits[0, :-1].float()
+                token_logps = torch.gather(F.log_softmax(logits, -1), 1, tokens[1:, None])[:, 0]
+                sums.append((token_logps * mask).sum())
+                ids.append(sample)
+    return torch.stack(sums), ids
+
+
+def test_first_step_equals_transformers(runs, tiny_models):
+    """Step 1 (policy = reference): loss ln 2, the log-prob metrics, and the gradient norm of the mean sigmoid loss
+    over the global batch's pairs, computed here with transformers and autograd."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    logps, ids = _segment_logps(model, torch.load(runs["out"] / "dpo_first_batch.pt"))
+    chosen = torch.tensor([i % 2 == 0 for i in ids])
+    delta = logps[chosen] - logps[~chosen]
+    loss = -F.logsigmoid(BETA * (delta - delta.detach())).mean()
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None)).item()
+    first = runs["tp1"]["steps"][0]
+    assert rel(first["loss"], loss.item()) <= 1e-6 and rel(first["grad_norm"], norm) <= 1e-5, (first, norm)
+    assert rel(first["logps/chosen"], logps[chosen].mean().item()) <= 1e-5
+    assert rel(first["logps/rejected"], logps[~chosen].mean().item()) <= 1e-5
+    assert abs(first["rewards/margins"]) <= 1e-5, "the reference is the starting model"
+
+
+def test_stored_reference_equals_each_sequence_alone(runs, tiny_models):
+    """Computed once over packs (pairs side by side with others), stored beside the data cache: = transformers on
+    each sequence alone."""
+    from transformers import AutoModelForCausalLM
+
+    import numpy as np
+
+    stored = np.load(runs["tp1"]["reference_file"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    with torch.no_grad():
+        logps, ids = _segment_logps(model, torch.load(runs["out"] / "dpo_first_batch.pt"))
+    for value, sample in zip(logps.tolist(), ids):
+        assert rel(float(stored[sample]), value) <= 1e-6, (sample, float(stored[sample]), value)
+
+
+# 3 steps at other layouts: the same arithmetic in another order (TP partial sums, PP/DP/CP reductions): fp32
+# rounding. The gradient of a pair is the difference of its two sequences' gradients, so its rounding shows at
+# ~1e-6 of the norm; a token counted twice, a sequence split across ranks or a pair counted per CP rank is > 1e-3.
+@pytest.mark.parametrize("layout", ["tp2", "tp2_sp", "pp2", "dp2", "cp2", "full_logits"])
+def test_three_steps_do_not_depend_on_layout(runs, layout):
+    ref, got = runs["tp1"]["steps"], runs[layout]["steps"]
+    assert len(got) == len(ref) == 3
+    for step, (g, r) in enumerate(zip(got, ref)):
+        assert rel(g["loss"], r["loss"]) <= 1e-6, (layout, step, g, r)
+        assert rel(g["grad_norm"], r["grad_norm"]) <= 2e-6, (layout, step, g, r)
+        for name in ("logps/chosen", "logps/rejected"):
+            assert rel(g[name], r[name]) <= 1e-6, (layout, step, name)
+        assert abs(g["rewards/margins"] - r["rewards/margins"]) <= 1e-6 * max(1.0, abs(r["rewards/margins"]))
+
+
+def test_training_moves_the_margin(runs):
+    steps = runs["straight6"]["steps"]
+    assert steps[-1]["rewards/margins"] > 0.1 and steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_resume_is_exact_and_reads_the_stored_reference(runs):
+    assert runs["first3"]["steps"] + runs["resumed3"]["steps"] == runs["straight6"]["steps"]
+    assert runs["tp1"]["reference_passes"] == 1, "the first run computes the reference log-probs"
+    passes = [runs[name]["reference_passes"] for name in ("tp2", "pp2", "dp2", "straight6", "first3", "resumed3")]
+    assert passes == [0] * len(passes), "every later run (same data, same reference) reads the stored file"
+    # context parallelism pads samples into a data cache of its own, so it has a reference file of its own
+    assert runs["cp2"]["reference_passes"] == 1 and runs["cp2"]["cache"] != runs["tp1"]["cache"]

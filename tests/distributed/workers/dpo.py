@@ -1,0 +1,102 @@
+"""DPO runs, several per launch (one launch per world size).
+
+    torchrun --nproc_per_node=N dpo.py --model DIR --data FILE --out DIR
+
+Rank 0 writes OUT/dpo_ws<N>.json: per named run, every step's loss, grad norm and metrics; at world size 1 also the
+first global batch (OUT/dpo_first_batch.pt) and the reference file's path, for the test to recompute with
+transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from pathlib import Path
+
+# name -> (world size, flags); GBS 4 packs everywhere, so every run sees the same global batch
+LAYOUTS = {
+    "tp1": (1, ""),
+    "tp2": (2, "--tensor-model-parallel-size 2"),
+    "tp2_sp": (2, "--tensor-model-parallel-size 2 --sequence-parallel"),
+    "pp2": (2, "--pipeline-model-parallel-size 2"),
+    "dp2": (2, "--use-distributed-optimizer"),
+    "cp2": (2, "--context-parallel-size 2"),
+    "full_logits": (1, "--lm-head-chunk-size 0"),  # the per-token loss path instead of the chunked head
+}
+FIGURES = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+           "logps/chosen", "logps/rejected")
+
+
+def common(model: Path, data: Path, cache: Path) -> str:
+    # CP pads each sample to 4 tokens in every run (as if CP were 2), so all runs see the same packs
+    return (f"--load {model} --data-path {data} --data-cache-dir {cache} --device cpu --seq-length 128 "
+            "--global-batch-size 4 --micro-batch-size 2 --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine "
+            "--log-interval 1000 --split 100,0,0 --seed 7 --distributed-timeout-minutes 3 --dpo-beta 0.2")
+
+
+CALLS = {"reference": 0}  # reference passes run (a rerun or resume must read the stored ones instead)
+
+
+def count_reference_passes() -> None:
+    from megatron_sft.training import dpo
+
+    original = dpo.compute_reference_logps
+
+    def counted(*args, **kwargs):
+        CALLS["reference"] += 1
+        return original(*args, **kwargs)
+
+    dpo.compute_reference_logps = counted
+
+
+def dpo(flags: str, capture: list | None = None) -> dict:
+    from megatron_sft.apps import parse
+    from megatron_sft.startup import start
+    from megatron_sft.training.dpo import _trainer_class, reference_file, with_reference
+
+    cfg = with_reference(parse("dpo", shlex.split(flags)))
+    before = CALLS["reference"]
+    trainer = _trainer_class()(start(cfg, training=True))
+    if capture is not None:
+        original = trainer.next_global_batch
+        trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
+    trainer.run()
+    return {"steps": [{k: r[k] for k in FIGURES} for r in trainer.records],
+            "reference_passes": CALLS["reference"] - before,
+            "reference_file": reference_file(trainer.data.cache_dir, cfg.dpo.ref_load), "cache": trainer.data.cache_dir}
+
+
+def main() -> None:
+    import torch
+
+    from megatron_sft.config import DataConfig
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    cli = parser.parse_args()
+    DataConfig.cp_multiple = property(lambda self: 4)
+    count_reference_passes()
+    ws = int(os.environ["WORLD_SIZE"])
+    base = common(cli.model, cli.data, cli.out / "cache")
+    results = {}
+    for name, (size, flags) in LAYOUTS.items():
+        if size == ws:
+            capture = [] if name == "tp1" else None
+            results[name] = dpo(f"{base} {flags} --train-iters 3", capture)
+            if capture:
+                torch.save(capture[0], cli.out / "dpo_first_batch.pt")
+    if ws == 2:
+        ckpt = cli.out / "resume_ckpt"
+        results["straight6"] = dpo(f"{base} --train-iters 6")
+        results["first3"] = dpo(f"{base} --train-iters 6 --exit-interval 3 --save {ckpt}")
+        results["resumed3"] = dpo(f"{base.replace(str(cli.model), str(ckpt))} --train-iters 6")
+    if torch.distributed.get_rank() == 0:
+        (cli.out / f"dpo_ws{ws}.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
