@@ -37,5 +37,3 @@ def check_dpo_args(cfg: RunConfig) -> None:
     if cfg.data.per_split:
         raise UserError("dpo reads its pairs from --data-path (with --split); --train/valid/test-data-path are not "
                         "supported yet")
-    if cfg.is_lora:
-        raise UserError("--peft lora: LoRA preference training is not supported yet; train the full model")

@@ -198,7 +198,7 @@ def make_reference_forward_step(layout: PackedLayout, lm_head_chunk_size: int, s
         seg = token_segment.to(positions.device).index_select(0, positions)
         sums = torch.zeros(len(ids), dtype=torch.float64, device=logp.device).index_add_(0, seg, logp.double())
         sums = _context_parallel_sum(sums).cpu()
-        if ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
+        if batch.get("record", True) and ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
             for k, sample in enumerate(ids):
                 if sample >= 0:
                     out[sample] = sums[k]
@@ -230,8 +230,11 @@ def compute_reference_logps(model, prepared, cfg: RunConfig) -> np.ndarray:
     with torch.no_grad():
         for split in ("train", "valid"):
             ds = SFTDataset.from_prepared(prepared, split, cfg.data)
-            for i in range(rank, len(ds), dp):
-                batch = [collate([ds[i]], with_attention_mask=not model.layout.thd)]
+            # every DP rank runs as many passes (expert parallelism spans DP ranks: its collectives must pair up);
+            # a rank out of packs runs pack 0 again and keeps nothing
+            for i in range(rank, -(-len(ds) // dp) * dp, dp):
+                batch = [dict(collate([ds[min(i, len(ds) - 1) if i < len(ds) else 0]],
+                                      with_attention_mask=not model.layout.thd), record=i < len(ds))]
                 get_forward_backward_func()(forward_step_func=step, data_iterator=iter(batch), model=model.chunks,
                                             num_microbatches=1, seq_length=seq_length, micro_batch_size=mbs,
                                             forward_only=True)

@@ -1,6 +1,7 @@
 """DPO on Megatron-Core (the dpo app) against transformers: the first step's loss, log-probabilities and gradient
 norm; the stored reference log-probabilities against each sequence alone (so a pair packed with others = the pair
-alone); 3 steps at TP2, TP2+SP, PP2, DP2, CP2 and with full logits = one process; an exact resume that reads the
+alone); 3 steps at TP2, TP2+SP, PP2, DP2, CP2 and with full logits = one process, and EP2 on the hybrid MoE
+(Mamba, attention and MoE layers) = its one process; an exact resume that reads the
 stored reference instead of computing it again. TRL's own DPOTrainer is the reference of the losses themselves:
 tests/unit/test_dpo_loss.py."""
 
@@ -38,7 +39,8 @@ def runs(tiny_models, tmp_path_factory) -> dict:
     data = write_preferences(out / "prefs.jsonl", 48, seed=0)
     merged = {"out": out}
     for world_size in (1, 2):
-        torchrun(WORKERS / "dpo.py", world_size, ["--model", tiny_models["qwen3"], "--data", data, "--out", out],
+        torchrun(WORKERS / "dpo.py", world_size, ["--model", tiny_models["qwen3"], "--moe-model",
+                                                  tiny_models["nemotron_h_moe"], "--data", data, "--out", out],
                  timeout=600)
         merged.update(json.loads((out / f"dpo_ws{world_size}.json").read_text()))
     return merged
@@ -104,9 +106,9 @@ def test_stored_reference_equals_each_sequence_alone(runs, tiny_models):
 # 3 steps at other layouts: the same arithmetic in another order (TP partial sums, PP/DP/CP reductions): fp32
 # rounding. The gradient of a pair is the difference of its two sequences' gradients, so its rounding shows at
 # ~1e-6 of the norm; a token counted twice, a sequence split across ranks or a pair counted per CP rank is > 1e-3.
-@pytest.mark.parametrize("layout", ["tp2", "tp2_sp", "pp2", "dp2", "cp2", "full_logits"])
+@pytest.mark.parametrize("layout", ["tp2", "tp2_sp", "pp2", "dp2", "cp2", "full_logits", "moe_ep2"])
 def test_three_steps_do_not_depend_on_layout(runs, layout):
-    ref, got = runs["tp1"]["steps"], runs[layout]["steps"]
+    ref, got = runs["moe_tp1" if layout.startswith("moe") else "tp1"]["steps"], runs[layout]["steps"]
     assert len(got) == len(ref) == 3
     for step, (g, r) in enumerate(zip(got, ref)):
         assert rel(g["loss"], r["loss"]) <= 1e-6, (layout, step, g, r)

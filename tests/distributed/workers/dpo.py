@@ -24,6 +24,8 @@ LAYOUTS = {
     "dp2": (2, "--use-distributed-optimizer"),
     "cp2": (2, "--context-parallel-size 2"),
     "full_logits": (1, "--lm-head-chunk-size 0"),  # the per-token loss path instead of the chunked head
+    "moe_tp1": (1, "MOE"),  # MOE: the hybrid MoE model (Mamba, attention, MoE layers) instead of the dense one
+    "moe_ep2": (2, "MOE --expert-model-parallel-size 2"),
 }
 FIGURES = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected")
@@ -75,6 +77,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--moe-model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     cli = parser.parse_args()
@@ -86,7 +89,8 @@ def main() -> None:
     for name, (size, flags) in LAYOUTS.items():
         if size == ws:
             capture = [] if name == "tp1" else None
-            results[name] = dpo(f"{base} {flags} --train-iters 3", capture)
+            run = base.replace(str(cli.model), str(cli.moe_model)) if flags.startswith("MOE") else base
+            results[name] = dpo(f"{run} {flags.removeprefix('MOE')} --train-iters 3", capture)
             if capture:
                 torch.save(capture[0], cli.out / "dpo_first_batch.pt")
     if ws == 2:
