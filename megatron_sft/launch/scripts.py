@@ -123,6 +123,65 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     return Plan("examples/finetune.py", launch, flags, layout)
 
 
+DPO_DEFAULTS = {
+    "MLM_DATA_ARGS": "--train-epochs 1 --split 98,2,0",
+    "MLM_OPTIM_ARGS": "--lr {lr} --min-lr 0 --lr-decay-style cosine --lr-warmup-fraction 0.1 --clip-grad 1.0 "
+                      "--weight-decay 0.0 --adam-beta1 0.9 --adam-beta2 0.95 --use-distributed-optimizer",
+    "MLM_TRAIN_ARGS": "--micro-batch-size 1",
+    "MLM_EVAL_ARGS": "--eval-iters 0 --save-interval 1000 --log-interval 10",
+}
+
+
+def dpo(s: Settings, conf: ModelConf, work: str) -> Plan:
+    """Preference training (DPO) of MODEL after fine-tuning: examples/dpo.sh Qwen/Qwen3-0.6B
+
+  DATASET         a JSONL file of preference pairs (required): TRL's {"prompt", "chosen", "rejected"} (messages or
+                  strings), chosen/rejected conversations sharing their prompt, or NeMo-RL's {"context",
+                  "completions": [{"rank", "completion"}]}
+  MLM_MODEL_SAVE  where checkpoints go (default $MLM_WORK_DIR/<MODEL>_dpo); a complete training checkpoint there
+                  is resumed (MLM_RESUME=0 starts over)
+  MLM_MODEL_CKPT  the model to start from (and the reference); default: finetune.sh's run in
+                  $MLM_WORK_DIR/<MODEL>_sft when it has a checkpoint, else HF_MODEL_CKPT
+  HF_MODEL_CKPT   a Hugging Face model to start from instead
+  DPO_LOSS        sigmoid (default), ipo or hinge;  DPO_BETA (0.1);  DPO_SFT_WEIGHT: RPO's NLL weight (0)
+  PEFT            lora: adapters on the frozen model (LORA_RANK, LORA_ALPHA), as finetune.sh
+  SAVE_HF         1 / final / 0 (default), as finetune.sh
+  MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (MLM_EXTRA_ARGS last: it wins)
+"""
+    for name in DPO_DEFAULTS:  # a conf's fine-tuning values are not DPO's: its CONF_DPO_* ones, else the defaults
+        dpo_value = s.conf.pop(f"CONF_DPO_{name}", None)
+        s.conf.pop(f"CONF_{name}", None)
+        if dpo_value:
+            s.conf[f"CONF_{name}"] = dpo_value
+    layout = read_layout(s)
+    launch = launcher(s, layout)
+    peft = s.choice("PEFT", "none", {"lora": "LoRA adapters", "none": "the full model"})
+    peft_flags = []
+    if peft == "lora":
+        rank = s.positive_int("LORA_RANK", s.setting("LORA_RANK", str(field_default("lora_rank"))))
+        peft_flags = ["--peft", "lora", "--lora-rank", str(rank), "--lora-alpha",
+                      s.setting("LORA_ALPHA", f"{field_default('lora_alpha'):g}")]
+    lr = "5.0e-6" if peft == "lora" else "5.0e-7"
+    data = _user_run_length(s, s.setting("MLM_DATA_ARGS", DPO_DEFAULTS["MLM_DATA_ARGS"]))
+    groups = [s.setting(name, DPO_DEFAULTS[name].format(lr=lr))
+              for name in ("MLM_OPTIM_ARGS", "MLM_TRAIN_ARGS", "MLM_EVAL_ARGS")]
+    extra = s.given("MLM_EXTRA_ARGS")
+    s.note("MLM_EXTRA_ARGS", extra)
+    dataset = s.setting("DATASET")
+    if not dataset or not Path(dataset).expanduser().exists():
+        raise LaunchError(f"DATASET={dataset or ''}: give a JSONL file of preference pairs")
+    loss = s.choice("DPO_LOSS", "sigmoid", {"sigmoid": "DPO", "ipo": "IPO", "hinge": "hinge"})
+    dpo_flags = ["--dpo-loss-type", loss, "--dpo-beta", s.setting("DPO_BETA", "0.1"),
+                 "--dpo-sft-weight", s.setting("DPO_SFT_WEIGHT", "0")]
+    save_hf = s.choice("SAVE_HF", "0", {"1": "every checkpoint", "final": "the last checkpoint", "0": "none"})
+    flags = [*conf.model_args, *conf.train_args, *layout.flags(),
+             *_start(s, conf.name, work, run="dpo", after=f"{work}/{conf.name}_sft"),
+             "--distributed-timeout-minutes", "30", "--data-path", dataset, "--data-cache-dir", f"{work}/data_cache",
+             *dpo_flags, *peft_flags, *{"0": [], "1": ["--save-hf"], "final": ["--save-hf", "final"]}[save_hf],
+             *words(data), *(w for g in groups for w in words(g)), *words(extra)]
+    return Plan("examples/dpo.py", launch, flags, layout)
+
+
 def _user_run_length(s: Settings, data: str) -> str:
     """A run length in MLM_EXTRA_ARGS or after MODEL replaces the default's or the conf's (not MLM_DATA_ARGS's from
     the environment: two run lengths the user gave are refused by the entry script)."""
@@ -172,9 +231,11 @@ def _is_path(value: str) -> bool:
     return os.path.exists(value) or value.startswith(("/", ".", "~")) or value.endswith((".json", ".jsonl"))
 
 
-def _start(s: Settings, model: str, work: str) -> list[str]:
-    """Resume MLM_MODEL_SAVE when it holds a training checkpoint (unless MLM_RESUME=0), else start from a model."""
-    save = s.setting("MLM_MODEL_SAVE", f"{work}/{model}_sft")
+def _start(s: Settings, model: str, work: str, run: str = "sft", after: str | None = None) -> list[str]:
+    """Resume MLM_MODEL_SAVE when it holds a training checkpoint (unless MLM_RESUME=0), else start from a model:
+    MLM_MODEL_CKPT, else the checkpoint of the stage before (`after`: dpo starts from finetune.sh's), else
+    HF_MODEL_CKPT."""
+    save = s.setting("MLM_MODEL_SAVE", f"{work}/{model}_{run}")
     resume = s.lookup("MLM_RESUME", "1")[0]
     if resume not in ("0", "1"):
         raise LaunchError(f"MLM_RESUME={resume}: use 1 (resume, default) or 0 (start over)")
@@ -185,9 +246,15 @@ def _start(s: Settings, model: str, work: str) -> list[str]:
                         "starts over)")
         return ["--load", save, "--save", save]
     ckpt = s.given("MLM_MODEL_CKPT")
+    before = after and _complete_checkpoint(after)
     if ckpt:
         _check_checkpoint("MLM_MODEL_CKPT", ckpt)
         start, how = ckpt, f"MLM_MODEL_CKPT={ckpt} (weights only: a new run)"
+    elif before:
+        start, how = after, f"{after} (the fine-tuned run; MLM_MODEL_CKPT or HF_MODEL_CKPT name another start)"
+        if s.given("HF_MODEL_CKPT"):
+            start, how = s.given("HF_MODEL_CKPT"), f"HF_MODEL_CKPT={s.given('HF_MODEL_CKPT')} (imported on the fly)"
+            _check_hf_dir("HF_MODEL_CKPT", start)
     else:
         start = s.setting("HF_MODEL_CKPT")
         if not start:
@@ -429,5 +496,5 @@ def _extra(s: Settings) -> list[str]:
     return words(extra)
 
 
-SCRIPTS = {"finetune": finetune, "generate": generate, "mmlu": mmlu, "convert": convert, "quantize": quantize,
+SCRIPTS = {"finetune": finetune, "dpo": dpo, "generate": generate, "mmlu": mmlu, "convert": convert, "quantize": quantize,
            "export": export}

@@ -1,0 +1,45 @@
+"""examples/dpo.sh on the embedded tiny model: it starts from finetune.sh's run by default, computes the reference
+log-probabilities once, trains, and a second call has nothing to do (and computes nothing again)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tests.workflow.helpers import build_embedded_default, run_script, script_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("dpo_workflow")
+    build_embedded_default(work)
+    rng = random.Random(0)
+    data = work / "prefs.jsonl"
+    with open(data, "w") as f:
+        for _ in range(40):
+            word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
+            f.write(json.dumps({"prompt": f"reverse: {word}", "chosen": word[::-1], "rejected": word + word[0]})
+                    + "\n")
+    sft = run_script("finetune", "tiny", script_env(work, MLM_DATA_ARGS="--train-iters 2 --split 100,0,0",
+                                                    MLM_EVAL_ARGS="--eval-iters 0 --log-interval 1"))
+    env = script_env(work, DATASET=str(data), DPO_BETA="0.2",
+                     MLM_DATA_ARGS="--train-iters 3 --split 90,10,0", MLM_EXTRA_ARGS="--log-interval 1")
+    return {"work": work, "sft": sft, "first": run_script("dpo", "tiny", env), "again": run_script("dpo", "tiny", env)}
+
+
+def test_dpo_starts_from_the_fine_tuned_run_and_trains(runs):
+    out = runs["first"].stdout + runs["first"].stderr
+    assert f"{runs['work']}/tiny_sft (the fine-tuned run" in out
+    assert "--dpo-beta 0.2" in out and "reference log-probs: computing them with" in out
+    assert "iteration 3/3 | loss" in out and "rewards/margins" in out
+    assert (runs["work"] / "tiny_dpo" / "iter_0000003" / "train_state.json").is_file()
+
+
+def test_a_second_call_has_nothing_to_do(runs):
+    out = runs["again"].stdout + runs["again"].stderr
+    assert "resuming" in out and "nothing to train" in out
+    assert "reference log-probs: computing" not in out
