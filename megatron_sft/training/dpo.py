@@ -133,8 +133,8 @@ def make_dpo_forward_step(layout: PackedLayout, settings: DpoSettings, reference
         sums = torch.zeros(len(ids), dtype=torch.float64, device=logp.device).index_add_(0, seg, logp.detach().double())
         sums = _context_parallel_sum(sums).cpu()
         policy = sums.clone().requires_grad_(True)
-        pairs = _pairs(ids, policy, supervised, reference)
-        with torch.enable_grad():
+        with torch.enable_grad():  # also in evaluation (no_grad): the weights come from these few numbers
+            pairs = _pairs(ids, policy, supervised, reference)
             share = step_loss(settings, pairs, -pairs["policy_chosen"].sum(), totals.pairs, totals.chosen_tokens)
             (grad,) = torch.autograd.grad(share, policy, allow_unused=True)
         g = torch.zeros(len(ids), dtype=torch.float64) if grad is None else grad
@@ -320,21 +320,42 @@ def _trainer_class():
             self.reference = load_or_compute_reference(self, self.cfg.dpo.ref_load)
 
         def train_step(self, batches):
-            from megatron.core import parallel_state as ps
-
             cfg = self.cfg
-            totals = step_totals(batches)
-            batches = [dict(b, count_step=(k == 0 and ps.get_data_parallel_rank() == 0)) for k, b in enumerate(batches)]
-            forward = make_dpo_forward_step(self.model.layout, self.settings, self.reference, totals,
-                                            self.model.lm_head_chunk_size, self.model.config.sequence_parallel)
-            return train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
-                              cfg.training.global_batch_size, forward_step=forward)
+            return train_step(self.model, self._counted(batches), cfg.data.seq_length, cfg.training.micro_batch_size,
+                              cfg.training.global_batch_size, forward_step=self._forward(batches))
 
         def step_metrics(self, result) -> dict:
             return metrics_everywhere(result.reports)
 
-        def maybe_evaluate(self, force: bool = False) -> None:
-            return None  # DPO validation metrics: not yet
+        def evaluate(self, eval_iters: int) -> tuple[float, dict]:
+            """The DPO loss and metrics of the validation pairs (each global batch's mean, averaged)."""
+            import itertools
+
+            from megatron_sft.training.step import _loss_everywhere, run_schedule
+
+            cfg, batches, reports = self.cfg, iter(self.data.valid), []
+            for chunk in self.model.chunks:
+                chunk.eval()
+            with torch.no_grad():
+                for _ in range(eval_iters):
+                    group = self._counted(list(itertools.islice(batches, cfg.training.num_microbatches)))
+                    if not group:
+                        break
+                    reports += run_schedule(self.model, group, cfg.data.seq_length, cfg.training.micro_batch_size,
+                                            forward_only=True, forward_step=self._forward(group))
+            for chunk in self.model.chunks:
+                chunk.train()
+            return _loss_everywhere(reports), metrics_everywhere(reports)
+
+        def _counted(self, batches: list) -> list:
+            """The step's one count (Megatron divides by it: the losses are shares already) on its first batch."""
+            from megatron.core import parallel_state as ps
+
+            return [dict(b, count_step=(k == 0 and ps.get_data_parallel_rank() == 0)) for k, b in enumerate(batches)]
+
+        def _forward(self, batches: list):
+            return make_dpo_forward_step(self.model.layout, self.settings, self.reference, step_totals(batches),
+                                         self.model.lm_head_chunk_size, self.model.config.sequence_parallel)
 
     return DpoTrainer
 

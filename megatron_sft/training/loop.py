@@ -182,14 +182,21 @@ class Trainer:
             return  # already validated at this iteration
         # At most one pass over the validation split: more would count the same packs twice.
         one_pass = math.ceil(self.data.valid.packs_per_epoch / cfg.training.global_batch_size)
-        loss = evaluate(self.model, iter(self.data.valid), min(cfg.logging.eval_iters, one_pass),
-                        cfg.training.num_microbatches, cfg.data.seq_length, cfg.training.micro_batch_size)
+        loss, extra = self.evaluate(min(cfg.logging.eval_iters, one_pass))
         self.eval_history.append((self.state.iteration, loss))
-        ppl = math.exp(min(loss, 50.0))
-        log.info("validation at iteration %d | loss %.5f | perplexity %.3f", self.state.iteration, loss, ppl)
-        self.files.write("validation", self.state.iteration, {"loss": loss, "perplexity": ppl})
-        self.reporters.scalars({"validation/loss": loss, "validation/ppl": math.exp(min(loss, 50.0))},
-                               self.state.iteration)
+        # a token cross-entropy has a perplexity; another objective's loss (DPO) has its own figures instead
+        figures = extra or {"perplexity": math.exp(min(loss, 50.0))}
+        shown = "".join(f" | {k} {v:.4f}" for k, v in figures.items())
+        log.info("validation at iteration %d | loss %.5f%s", self.state.iteration, loss, shown)
+        self.files.write("validation", self.state.iteration, {"loss": loss, **figures})
+        self.reporters.scalars({"validation/loss": loss, **{f"validation/{'ppl' if k == 'perplexity' else k}": v
+                                                            for k, v in figures.items()}}, self.state.iteration)
+
+    def evaluate(self, eval_iters: int) -> tuple[float, dict]:
+        """(validation loss, the objective's other figures) over `eval_iters` global batches."""
+        cfg = self.cfg
+        return evaluate(self.model, iter(self.data.valid), eval_iters, cfg.training.num_microbatches,
+                        cfg.data.seq_length, cfg.training.micro_batch_size), {}
 
     def content(self) -> TrainingContent:
         """What a checkpoint of this run holds now (the checkpointer writes it)."""

@@ -130,3 +130,9 @@ def test_resume_is_exact_and_reads_the_stored_reference(runs):
     assert passes == [0] * len(passes), "every later run (same data, same reference) reads the stored file"
     # context parallelism pads samples into a data cache of its own, so it has a reference file of its own
     assert runs["cp2"]["reference_passes"] == 1 and runs["cp2"]["cache"] != runs["tp1"]["cache"]
+
+
+def test_validation_pairs_give_the_dpo_loss(runs):
+    """--split with a validation share: the DPO loss of the held-out pairs, below ln 2 once training moved them."""
+    (iteration, loss), *_ = runs["validated"]["validation"]
+    assert iteration == 3 and 0.0 < loss < 0.6931, loss

@@ -24,6 +24,7 @@ LAYOUTS = {
     "dp2": (2, "--use-distributed-optimizer"),
     "cp2": (2, "--context-parallel-size 2"),
     "full_logits": (1, "--lm-head-chunk-size 0"),  # the per-token loss path instead of the chunked head
+    "validated": (2, "--tensor-model-parallel-size 2 --split 80,20,0 --eval-interval 3 --eval-iters 2"),
     "moe_tp1": (1, "MOE"),  # MOE: the hybrid MoE model (Mamba, attention, MoE layers) instead of the dense one
     "moe_ep2": (2, "MOE --expert-model-parallel-size 2"),
 }
@@ -65,7 +66,7 @@ def dpo(flags: str, capture: list | None = None) -> dict:
         original = trainer.next_global_batch
         trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
     trainer.run()
-    return {"steps": [{k: r[k] for k in FIGURES} for r in trainer.records],
+    return {"steps": [{k: r[k] for k in FIGURES} for r in trainer.records], "validation": trainer.eval_history,
             "reference_passes": CALLS["reference"] - before,
             "reference_file": reference_file(trainer.data.cache_dir, cfg.dpo.ref_load), "cache": trainer.data.cache_dir}
 
