@@ -3,6 +3,7 @@
     from megatron_sft import sft
     sft(model_path="Qwen/Qwen3-0.6B", data_path="chat.jsonl", ckpt_output_dir="ckpt", num_epochs=3)
     lora_sft(model_path=..., data_path=..., ckpt_output_dir=..., lora_r=16)   # LoRA adapters only
+    dpo(model_path="ckpt", data_path="prefs.jsonl", ckpt_output_dir="ckpt_dpo", beta=0.1)   # preference training
 
 `import megatron_sft` stays light: `sft` is loaded on first use, and training runs in a child process.
 
@@ -21,12 +22,12 @@ imports included (tests/unit/test_layering.py enforces LAYERS and the absence of
     loading, startup       what --load holds (HF, Megatron, LoRA), decided once; the common start of every app
     training, inference, conversion, quantization      the applications' work
     apps, launch, api, run_finetune, __main__          the table of apps and their main(); the shell scripts'
-                                                       planner; sft(); the entry points
+                                                       planner; sft(), dpo(); the entry points
 """
 
 from __future__ import annotations
 
-__all__ = ["sft", "lora_sft", "SFTResult", "SFTError"]
+__all__ = ["sft", "lora_sft", "dpo", "lora_dpo", "SFTResult", "SFTError"]
 
 LAYERS = (
     ("errors", "config", "cli"),

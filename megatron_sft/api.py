@@ -85,6 +85,14 @@ def sft(
     directory beside every checkpoint (`"final"`: the last only) and the result's `hf_path` names the last one. `extra_args` are more Megatron-LM
     flags, appended last (e.g. ["--bf16", "--save-interval", "500"]).
     """
+    return _train("finetune", locals())
+
+
+def _train(app: str, o: dict) -> SFTResult:
+    """Run `app` (finetune, dpo) in a child process with the flags of the keywords `o` (sft's)."""
+    max_seq_len, max_tokens_per_gpu = o["max_seq_len"], o["max_tokens_per_gpu"]
+    tensor_parallel_size, pipeline_parallel_size = o["tensor_parallel_size"], o["pipeline_parallel_size"]
+    context_parallel_size, nproc_per_node, nnodes = o["context_parallel_size"], o["nproc_per_node"], o["nnodes"]
     seq_length = max_tokens_per_gpu or max_seq_len
     if seq_length < max_seq_len:
         raise SFTError(f"max_tokens_per_gpu {max_tokens_per_gpu} is below max_seq_len {max_seq_len}: a pack must "
@@ -94,12 +102,13 @@ def sft(
     if world % layout:
         raise SFTError(f"nproc_per_node x nnodes = {world} processes do not split into tensor x pipeline x context "
                        f"parallel = {layout}; use a multiple of {layout}")
-    flags = _flags(locals(), seq_length)
-    if effective_batch_size is not None:
-        flags += ["--global-batch-size", str(_global_batch(flags, effective_batch_size, world // layout, world))]
-    command = _launcher(nproc_per_node, nnodes, node_rank, master_addr, master_port) + flags
-    _run(command, quiet)
-    return _result(Path(ckpt_output_dir), bool(save_hf))
+    flags = _flags(o, seq_length)
+    if o["effective_batch_size"] is not None:
+        flags += ["--global-batch-size", str(_global_batch(app, flags, o["effective_batch_size"], world // layout,
+                                                           world))]
+    command = _launcher(app, nproc_per_node, nnodes, o["node_rank"], o["master_addr"], o["master_port"]) + flags
+    _run(command, o["quiet"])
+    return _result(Path(o["ckpt_output_dir"]), bool(o["save_hf"]))
 
 
 def _paths(value) -> list[str]:
@@ -110,10 +119,14 @@ def _flags(o: dict, seq_length: int) -> list[str]:
     """The Megatron-LM flags of one call (see the module docstring for the batch rules)."""
     data = (["--train-data-path", *_paths(o["data_path"]), "--valid-data-path", *_paths(o["valid_data_path"])]
             if o["valid_data_path"] else ["--data-path", *_paths(o["data_path"]), "--split", "100,0,0"])
+    from megatron_sft.checkpointing.layout import is_megatron_checkpoint
+
     resume = o["resume"] and _holds_training_checkpoint(o["ckpt_output_dir"])
     start = o["ckpt_output_dir"] if resume else o["model_path"]
+    # a new run from another run's Megatron checkpoint takes its weights, not its optimizer or data position
+    weights_only = ["--finetune"] if not resume and is_megatron_checkpoint(start) else []
     flags = [
-        "--load", str(start), "--save", str(o["ckpt_output_dir"]), *data,
+        "--load", str(start), *weights_only, "--save", str(o["ckpt_output_dir"]), *data,
         "--train-epochs", str(o["num_epochs"]), "--lr", str(o["learning_rate"]), "--min-lr", "0",
         "--lr-decay-style", "cosine", "--lr-warmup-iters", str(o["warmup_steps"]),
         "--weight-decay", str(o["weight_decay"]), "--seed", str(o["seed"]),
@@ -146,29 +159,31 @@ def _holds_training_checkpoint(folder) -> bool:
         raise SFTError(f"{err} (resume=False starts over from model_path)") from None
 
 
-def _global_batch(flags: list[str], conversations: int, dp: int, world: int) -> int:
-    """Packs per step for `conversations` per step, from the prepared training split (built here)."""
-    from megatron_sft.arguments import parse_args
+def _global_batch(app: str, flags: list[str], conversations: int, dp: int, world: int) -> int:
+    """Packs per step for `conversations` (DPO: pairs) per step, from the prepared training split (built here)."""
+    from megatron_sft.apps import parse
     from megatron_sft.data.cache import prepare
     from megatron_sft.loading import load_run_tokenizer
 
-    args = parse_args(flags, world_size=world)
+    args = parse(app, flags, world_size=world)
     split = prepare(args.data, load_run_tokenizer(args), is_builder=True).meta["splits"]["train"]
     per_pack = split["conversations"] / max(1, split["packs"])
     packs = max(dp, round(conversations / per_pack / dp) * dp)
-    print(f"sft: effective_batch_size {conversations} conversations, {per_pack:.2f} conversations per packed "
-          f"sequence -> global batch {packs} packed sequences (~{packs * per_pack:.1f} conversations per step)",
+    unit = "pairs" if app == "dpo" else "conversations"
+    print(f"{'sft' if app == 'finetune' else app}: effective_batch_size {conversations} {unit}, {per_pack:.2f} {unit} "
+          f"per packed sequence -> global batch {packs} packed sequences (~{packs * per_pack:.1f} {unit} per step)",
           flush=True)
     return packs
 
 
-def _launcher(nproc: int, nnodes: int, node_rank: int, addr: str, port: int | None) -> list[str]:
+def _launcher(app: str, nproc: int, nnodes: int, node_rank: int, addr: str, port: int | None) -> list[str]:
     from megatron_sft.launch.layout import torchrun_args
 
+    entry = ["-m", "megatron_sft.run_finetune"] if app == "finetune" else ["-m", "megatron_sft", app]
     if nproc * nnodes == 1:
-        return [sys.executable, "-m", "megatron_sft.run_finetune"]
+        return [sys.executable, *entry]
     return [sys.executable, "-m", "megatron_sft.launch.torchrun", *torchrun_args(nproc, nnodes, node_rank, addr, port),
-            "-m", "megatron_sft.run_finetune"]
+            *entry]
 
 
 def _run(command: list[str], quiet: bool) -> None:
@@ -242,3 +257,46 @@ def lora_sft(
     extra = list(sft_kwargs.pop("extra_args", None) or [])
     return sft(model_path, data_path, ckpt_output_dir, learning_rate=learning_rate, extra_args=lora + extra,
                **sft_kwargs)
+
+
+def dpo(
+    model_path: str,
+    data_path: str | list[str],
+    ckpt_output_dir: str,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    rpo_alpha: float | None = None,
+    learning_rate: float = 5e-7,
+    **sft_kwargs,
+) -> SFTResult:
+    """Preference training (DPO) of `model_path` (typically sft()'s checkpoint) on preference pairs in `data_path`
+    (docs/dpo.md: TRL's prompt/chosen/rejected, implicit-prompt conversations, NeMo-RL's ranked completions); the
+    keywords of sft() otherwise (effective_batch_size counts pairs). `beta`, `loss_type` (sigmoid, ipo, hinge),
+    `label_smoothing` and `rpo_alpha` (the weight of the chosen responses' NLL) are TRL's names."""
+    flags = ["--dpo-beta", str(beta), "--dpo-loss-type", loss_type, "--dpo-label-smoothing", str(label_smoothing)]
+    if rpo_alpha is not None:
+        flags += ["--dpo-sft-weight", str(rpo_alpha)]
+    o = _sft_keywords(model_path, data_path, ckpt_output_dir, learning_rate=learning_rate, **sft_kwargs)
+    o["extra_args"] = flags + list(o["extra_args"] or [])
+    return _train("dpo", o)
+
+
+def lora_dpo(model_path: str, data_path: str | list[str], ckpt_output_dir: str, *, lora_r: int | None = None,
+             lora_alpha: float | None = None, learning_rate: float = 5e-6, **dpo_kwargs) -> SFTResult:
+    """dpo() training LoRA adapters on the frozen model; the reference is that model (the adapters start at zero)."""
+    sizes = {"--lora-rank": lora_r, "--lora-alpha": lora_alpha}
+    lora = ["--peft", "lora", *(w for flag, v in sizes.items() if v is not None for w in (flag, str(v)))]
+    extra = list(dpo_kwargs.pop("extra_args", None) or [])
+    return dpo(model_path, data_path, ckpt_output_dir, learning_rate=learning_rate, extra_args=lora + extra,
+               **dpo_kwargs)
+
+
+def _sft_keywords(model_path, data_path, ckpt_output_dir, **kwargs) -> dict:
+    """sft()'s keywords with their defaults, as its body sees them (locals())."""
+    import inspect
+
+    bound = inspect.signature(sft).bind(model_path, data_path, ckpt_output_dir, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)

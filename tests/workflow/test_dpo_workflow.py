@@ -43,3 +43,14 @@ def test_a_second_call_has_nothing_to_do(runs):
     out = runs["again"].stdout + runs["again"].stderr
     assert "resuming" in out and "nothing to train" in out
     assert "reference log-probs: computing" not in out
+
+
+def test_dpo_from_python(runs):
+    """dpo() with sft()'s keywords (effective_batch_size counts pairs) and TRL's beta; the result's figures."""
+    from megatron_sft import dpo
+
+    result = dpo(model_path=str(runs["work"] / "tiny_sft"), data_path=str(runs["work"] / "prefs.jsonl"),
+                 ckpt_output_dir=str(runs["work"] / "api_dpo"), num_epochs=1, effective_batch_size=8,
+                 max_seq_len=128, learning_rate=1e-3, beta=0.2, quiet=True)
+    assert result.iterations >= 3 and result.final_loss < 0.6931
+    assert result.metrics["rewards/accuracies"] > 0.5 and "rewards/margins" in result.metrics
