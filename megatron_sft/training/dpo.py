@@ -97,52 +97,76 @@ def _context_parallel_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+@dataclass
+class SequenceLogps:
+    """One micro-batch on the last pipeline stage: each supervised token's log-prob (this rank's tokens) and what
+    turns them into per-sequence sums and back into token weights."""
+
+    ids: list[int]  # sample id per segment of the micro-batch (-1: padding)
+    supervised: torch.Tensor  # supervised tokens per segment (the whole micro-batch)
+    logp: torch.Tensor  # [n] this rank's supervised tokens; with gradients on the per-token-loss path
+    segment: torch.Tensor  # [n] each token's segment
+    head: tuple | None  # chunked head: (selected hidden states, output weight, targets, chunk size)
+
+    def sums(self) -> torch.Tensor:
+        """Per-segment sums over every context-parallel rank's tokens, float64, on the CPU, without gradients."""
+        sums = torch.zeros(len(self.ids), dtype=torch.float64, device=self.logp.device)
+        return _context_parallel_sum(sums.index_add_(0, self.segment, self.logp.detach().double())).cpu()
+
+    def weighted(self, per_segment: torch.Tensor) -> torch.Tensor:
+        """sum_t w_seg(t) * logp_t over this rank's tokens, with its gradient (the chunked head's token weights)."""
+        token_w = per_segment.to(self.logp.device).index_select(0, self.segment).float()
+        if self.head is None:
+            return (token_w * self.logp).sum()
+        selected, weight, targets, chunk = self.head
+        return weighted_token_loss(selected, weight, targets, -token_w, chunk)  # CE_t = -logp_t
+
+
+def sequence_logps(model, batch: dict, layout: PackedLayout, lm_head_chunk_size: int, sequence_parallel: bool):
+    """(SequenceLogps, None) on the last pipeline stage; (None, the stage's output) before it."""
+    from megatron_sft.data.batch import join_rows
+    from megatron_sft.ops.context_parallel import context_parallel_indices
+
+    b = model_inputs(batch, layout, "cuda" if torch.cuda.is_available() else "cpu")
+    args = (b["tokens"], b["position_ids"], b["attention_mask"])
+    gpt = unwrap(model)
+    if not gpt.post_process:
+        return None, model(*args, packed_seq_params=b["packed_seq_params"])
+    token_segment, ids, supervised = segments(batch)
+    if layout.cp_size > 1:
+        cu = torch.as_tensor(join_rows(batch)["cu_seqlens_padded"]).long()
+        token_segment = token_segment[context_parallel_indices(cu, layout.cp_size, layout.cp_rank)]
+    head = None
+    if lm_head_chunk_size:
+        with hidden_states_instead_of_logits(gpt) as output_layer:
+            hidden = model(*args, packed_seq_params=b["packed_seq_params"])
+        selected, targets, _, positions = select_supervised(hidden, b["labels"], b["loss_mask"], sequence_parallel)
+        logp = -token_losses(selected, output_layer["weight"], targets, lm_head_chunk_size)
+        head = (selected, output_layer["weight"], targets, lm_head_chunk_size)
+    else:
+        per_token = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
+        positions = b["loss_mask"].transpose(0, 1).reshape(-1).nonzero().squeeze(1)
+        logp = -per_token.transpose(0, 1).reshape(-1).index_select(0, positions).float()
+    segment = token_segment.to(positions.device).index_select(0, positions)
+    return SequenceLogps(ids, supervised, logp, segment, head), None
+
+
 def make_dpo_forward_step(layout: PackedLayout, settings: DpoSettings, reference: np.ndarray, totals: StepTotals,
                           lm_head_chunk_size: int, sequence_parallel: bool):
     """Megatron's forward_step_func for DPO (see the module docstring)."""
     from megatron.core import parallel_state as ps
 
-    from megatron_sft.ops.context_parallel import context_parallel_indices
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        b = model_inputs(batch, layout, device)
-        args = (b["tokens"], b["position_ids"], b["attention_mask"])
-        gpt = unwrap(model)
-        if not gpt.post_process:
-            return model(*args, packed_seq_params=b["packed_seq_params"]), None
-        token_segment, ids, supervised = segments(batch)
-        if layout.cp_size > 1:
-            from megatron_sft.data.batch import join_rows
-
-            cu = torch.as_tensor(join_rows(batch)["cu_seqlens_padded"]).long()
-            token_segment = token_segment[context_parallel_indices(cu, layout.cp_size, layout.cp_rank)]
-        if lm_head_chunk_size:
-            with hidden_states_instead_of_logits(gpt) as output_layer:
-                hidden = model(*args, packed_seq_params=b["packed_seq_params"])
-            selected, targets, _, positions = select_supervised(hidden, b["labels"], b["loss_mask"],
-                                                                sequence_parallel)
-            logp = -token_losses(selected, output_layer["weight"], targets, lm_head_chunk_size)
-        else:
-            per_token = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
-            positions = b["loss_mask"].transpose(0, 1).reshape(-1).nonzero().squeeze(1)
-            logp = -per_token.transpose(0, 1).reshape(-1).index_select(0, positions).float()
-        seg = token_segment.to(positions.device).index_select(0, positions)
-        sums = torch.zeros(len(ids), dtype=torch.float64, device=logp.device).index_add_(0, seg, logp.detach().double())
-        sums = _context_parallel_sum(sums).cpu()
-        policy = sums.clone().requires_grad_(True)
+        seq, output = sequence_logps(model, batch, layout, lm_head_chunk_size, sequence_parallel)
+        if seq is None:
+            return output, None
+        policy = seq.sums().requires_grad_(True)
         with torch.enable_grad():  # also in evaluation (no_grad): the weights come from these few numbers
-            pairs = _pairs(ids, policy, supervised, reference)
+            pairs = _pairs(seq.ids, policy, seq.supervised, reference)
             share = step_loss(settings, pairs, -pairs["policy_chosen"].sum(), totals.pairs, totals.chosen_tokens)
             (grad,) = torch.autograd.grad(share, policy, allow_unused=True)
-        g = torch.zeros(len(ids), dtype=torch.float64) if grad is None else grad
-        token_g = g.to(logp.device).index_select(0, seg).float()  # d(share)/d(logp_t) = g of t's sequence
-        if lm_head_chunk_size:  # CE_t = -logp_t: weights -g give sum_t g_t logp_t
-            surrogate = weighted_token_loss(selected, output_layer["weight"], targets, -token_g, lm_head_chunk_size)
-        else:
-            surrogate = (-token_g * -logp).sum()
+        surrogate = seq.weighted(torch.zeros(len(seq.ids), dtype=torch.float64) if grad is None else grad)
         first = ps.get_context_parallel_rank() == 0
         value = share.detach().to(surrogate.device, surrogate.dtype) if first else surrogate.new_zeros(())
         output = surrogate - surrogate.detach() + value
@@ -168,40 +192,17 @@ def make_reference_forward_step(layout: PackedLayout, lm_head_chunk_size: int, s
     the last pipeline stage by tensor- and context-parallel rank 0; zeros elsewhere, so a sum over ranks is exact)."""
     from megatron.core import parallel_state as ps
 
-    from megatron_sft.ops.context_parallel import context_parallel_indices
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        b = model_inputs(batch, layout, device)
-        args = (b["tokens"], b["position_ids"], b["attention_mask"])
-        gpt = unwrap(model)
-        if not gpt.post_process:
-            return model(*args, packed_seq_params=b["packed_seq_params"]), None
-        token_segment, ids, _ = segments(batch)
-        if layout.cp_size > 1:
-            from megatron_sft.data.batch import join_rows
-
-            cu = torch.as_tensor(join_rows(batch)["cu_seqlens_padded"]).long()
-            token_segment = token_segment[context_parallel_indices(cu, layout.cp_size, layout.cp_rank)]
-        positions = b["loss_mask"].transpose(0, 1).reshape(-1).nonzero().squeeze(1)
-        if lm_head_chunk_size:
-            with hidden_states_instead_of_logits(gpt) as output_layer:
-                hidden = model(*args, packed_seq_params=b["packed_seq_params"])
-            selected, targets, _, positions = select_supervised(hidden, b["labels"], b["loss_mask"],
-                                                                sequence_parallel)
-            logp = -token_losses(selected, output_layer["weight"], targets, lm_head_chunk_size)
-        else:
-            per_token = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
-            logp = -per_token.transpose(0, 1).reshape(-1).index_select(0, positions).float()
-        seg = token_segment.to(positions.device).index_select(0, positions)
-        sums = torch.zeros(len(ids), dtype=torch.float64, device=logp.device).index_add_(0, seg, logp.double())
-        sums = _context_parallel_sum(sums).cpu()
+        seq, output = sequence_logps(model, batch, layout, lm_head_chunk_size, sequence_parallel)
+        if seq is None:
+            return output, None
+        sums = seq.sums()
         if batch.get("record", True) and ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
-            for k, sample in enumerate(ids):
+            for k, sample in enumerate(seq.ids):
                 if sample >= 0:
                     out[sample] = sums[k]
+        logp = seq.logp
 
         def loss_func(output_tensor):
             zero = torch.zeros((), device=logp.device)
@@ -415,22 +416,9 @@ def run(cfg: RunConfig) -> int:
 
 def train_dpo(cfg: RunConfig):
     """python -m megatron_sft dpo: preference training, then the usual checkpoint and summary; the Trainer."""
-    from megatron_sft.checkpointing.checkpointer import claim_save_dir
-    from megatron_sft.startup import start
-    from megatron_sft.training.runlog import RunFiles
-
     from megatron_sft.errors import UserError
+    from megatron_sft.training.loop import finetune
 
     if not cfg.checkpoint.load:
         raise UserError("dpo starts from a model: give --load (a fine-tuned checkpoint or a Hugging Face directory)")
-    cfg = with_reference(cfg)  # recorded in run_args.json, so a resume knows its reference
-    claim = claim_save_dir(cfg.checkpoint.save)
-    files = RunFiles(cfg.checkpoint.save)
-    try:
-        trainer = _trainer_class()(start(cfg, training=True), files)
-        trainer.run()
-    finally:
-        files.close()
-        if claim is not None:
-            claim.release()
-    return trainer
+    return finetune(with_reference(cfg), _trainer_class())  # ref_load recorded in run_args.json for a resume

@@ -259,12 +259,15 @@ def start_training(cfg: RunConfig, files: RunFiles | None = None) -> Trainer:
     return Trainer(start(cfg, training=True), files)
 
 
-def finetune(cfg: RunConfig) -> Trainer:
-    """Train as `cfg` says; returns the Trainer (its history is what tests and tools read)."""
+def finetune(cfg: RunConfig, trainer_class: type[Trainer] | None = None) -> Trainer:
+    """Train as `cfg` says (another objective: its Trainer subclass, training/dpo.py); returns the Trainer (its
+    history is what tests and tools read)."""
+    from megatron_sft.startup import start
+
     claim = claim_save_dir(cfg.checkpoint.save)  # before this run writes anything there
     files = RunFiles(cfg.checkpoint.save)  # training.log gets the start-up lines too
     try:
-        trainer = start_training(cfg, files)
+        trainer = (trainer_class or Trainer)(start(cfg, training=True), files)
         trainer.run()
     finally:
         files.close()
