@@ -234,7 +234,7 @@ def compute_reference_logps(model, prepared, cfg: RunConfig) -> np.ndarray:
             # every DP rank runs as many passes (expert parallelism spans DP ranks: its collectives must pair up);
             # a rank out of packs runs pack 0 again and keeps nothing
             for i in range(rank, -(-len(ds) // dp) * dp, dp):
-                batch = [dict(collate([ds[min(i, len(ds) - 1) if i < len(ds) else 0]],
+                batch = [dict(collate([ds[i if i < len(ds) else 0]],
                                       with_attention_mask=not model.layout.thd), record=i < len(ds))]
                 get_forward_backward_func()(forward_step_func=step, data_iterator=iter(batch), model=model.chunks,
                                             num_microbatches=1, seq_length=seq_length, micro_batch_size=mbs,
@@ -395,13 +395,13 @@ def with_reference(cfg: RunConfig) -> RunConfig:
             raise UserError(f"{resume[0]}: no reference model recorded; give --ref-load (the model the run started "
                             "from)")
         return cfg.replace(ref_load=cfg.dpo.ref_load or recorded)
-    if cfg.dpo.ref_load and layout_path(cfg.dpo.ref_load) != layout_path(start_model):
+    if cfg.dpo.ref_load and _real(cfg.dpo.ref_load) != _real(start_model):
         raise UserError(f"--ref-load {cfg.dpo.ref_load}: a reference other than the starting model "
                         f"({start_model}) is not supported yet; leave --ref-load out")
     return cfg.replace(ref_load=start_model)
 
 
-def layout_path(path: str | None) -> str | None:
+def _real(path: str | None) -> str | None:
     import os
 
     return None if path is None else os.path.realpath(path)
