@@ -387,7 +387,7 @@ def with_reference(cfg: RunConfig) -> RunConfig:
     from megatron_sft.errors import UserError
     from megatron_sft.training.state import resume_point
 
-    start_model = cfg.checkpoint.hf_model_path or cfg.checkpoint.load
+    start_model = cfg.checkpoint.load  # the weights the run starts from (not the HF source a checkpoint records)
     resume = resume_point(cfg)
     if resume is not None:
         recorded = (layout.CheckpointDir(resume[0]).run_args() or {}).get("ref_load")
