@@ -83,6 +83,16 @@ def load_weights(cfg: RunConfig, chunks: list, resume_dir: Path | None = None) -
     return Loaded(None)
 
 
+def load_reference_weights(cfg: RunConfig, chunks: list, source: str) -> None:
+    """Fill `chunks` with another model's weights (DPO's --ref-load: a Hugging Face directory or a whole-model
+    Megatron checkpoint of the run's architecture, arguments/dpo.py checks which)."""
+    if layout.is_megatron_checkpoint(source):
+        ckpt_dir, _ = layout.latest_checkpoint_dir(source, None, deep=True)
+        load_model_weights(ckpt_dir, chunks)
+    else:
+        import_hf_weights(chunks, source, import_dtype(cfg))
+
+
 def restore_quantization(chunks: list, ckpt_dir) -> None:
     """A checkpoint made by quantize (or QAT on one) turns `chunks` into its fake-quantized model; the weights and
     calibrated quantizer values are loaded next, with the rest of the checkpoint."""

@@ -7,8 +7,14 @@
         WORKDIR/tiny/heldout.jsonl    prompts never seen in training, each ending in the expected answer
     python tools/make_embedded_default.py report --before before.jsonl --after after.jsonl [--min-exact 0.9]
         prints expected / before / after for each held-out prompt, and the exact-match rates
+    python tools/make_embedded_default.py prefs --out WORKDIR/tiny
+        WORKDIR/tiny/prefs.jsonl          preference pairs: "pick: 372 815" -> the larger number chosen
+        WORKDIR/tiny/prefs_heldout.jsonl  pairs whose numbers training never sees
+    python tools/make_embedded_default.py prefer --before HF_DIR --after HF_DIR --pairs prefs_heldout.jsonl
+        the share of pairs whose chosen answer each model prefers (transformers' log-probabilities)
 
-examples/demo.sh runs both around generate.sh and finetune.sh. `report` reads the --output files of
+examples/demo.sh runs build and report around generate.sh and finetune.sh; examples/demo_dpo.sh runs prefs and prefer
+(and report) around dpo.sh. `report` reads the --output files of
 examples/generate.py (each record carries the reference answer of its prompt) and needs no torch.
 """
 
@@ -62,6 +68,19 @@ def report(before: Path, after: Path, min_exact: float | None) -> int:
     return 0
 
 
+def prefer(before: Path, after: Path, pairs: Path, min_accuracy: float | None) -> int:
+    from megatron_sft.tiny.preference import preference_accuracy
+
+    (won_before, n), (won_after, _) = (preference_accuracy(model, pairs) for model in (before, after))
+    print(f"preference accuracy on {n} held-out pairs (chosen answer more likely than rejected): "
+          f"before {won_before}/{n} ({won_before / n:.0%}), after {won_after}/{n} ({won_after / n:.0%})")
+    if min_accuracy is not None and won_after / n < min_accuracy:
+        print(f"error: {won_after / n:.0%} preference accuracy after DPO is below --min-accuracy {min_accuracy:.0%}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,10 +95,26 @@ def main() -> int:
     r.add_argument("--before", type=Path, required=True)
     r.add_argument("--after", type=Path, required=True)
     r.add_argument("--min-exact", type=float, default=None, help="exit 1 when the exact-match rate after is below")
+    p = sub.add_parser("prefs", help="write the preference task's pairs (for DPO after the demo)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("prefer", help="preference accuracy of two Hugging Face models on held-out pairs")
+    s.add_argument("--before", type=Path, required=True)
+    s.add_argument("--after", type=Path, required=True)
+    s.add_argument("--pairs", type=Path, required=True)
+    s.add_argument("--min-accuracy", type=float, default=None, help="exit 1 when the accuracy after is below")
     cli = parser.parse_args()
     if cli.command == "build":
         build(cli.out, cli.train_samples, cli.heldout, cli.seed, cli.kind)
         return 0
+    if cli.command == "prefs":
+        from megatron_sft.tiny.preference import build_preference_task
+
+        paths = build_preference_task(cli.out, seed=cli.seed)
+        print(f"preference task in {cli.out}: {paths['train'].name}, {paths['heldout'].name}")
+        return 0
+    if cli.command == "prefer":
+        return prefer(cli.before, cli.after, cli.pairs, cli.min_accuracy)
     return report(cli.before, cli.after, cli.min_exact)
 
 

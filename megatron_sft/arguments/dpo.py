@@ -34,6 +34,61 @@ def check_dpo_args(cfg: RunConfig) -> None:
         raise UserError(f"--dpo-label-smoothing applies to --dpo-loss-type sigmoid, not {d.dpo_loss_type}")
     if d.dpo_sft_weight < 0:
         raise UserError(f"--dpo-sft-weight {d.dpo_sft_weight} must be 0 or more")
-    if cfg.data.per_split:
-        raise UserError("dpo reads its pairs from --data-path (with --split); --train/valid/test-data-path are not "
-                        "supported yet")
+    if d.ref_load:
+        check_reference(cfg, d.ref_load)
+
+
+# What a reference's weights must share with the policy to be loaded into its model.
+ARCHITECTURE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                "kv_channels", "num_experts", "moe_ffn_hidden_size", "hybrid_override_pattern")
+PRESENCE = ("num_experts", "hybrid_override_pattern")  # unset is a value too: dense, not hybrid
+
+
+def check_reference(cfg: RunConfig, ref_load: str) -> None:
+    """--ref-load is a full model of the policy's architecture: a Hugging Face directory or a Megatron checkpoint
+    (not LoRA adapters, not a quantized model); a LoRA run's reference is its own base."""
+    import os
+
+    if cfg.is_lora and os.path.realpath(ref_load) != os.path.realpath(cfg.checkpoint.load or ""):
+        raise UserError(f"--ref-load {ref_load}: a LoRA run's reference is its base model (the adapters off); "
+                        "leave --ref-load out")
+    values, where = reference_architecture(ref_load)
+    for name in ARCHITECTURE:
+        ours, theirs = getattr(cfg.model, name, None), values.get(name)
+        if ours != theirs and (name in PRESENCE or (ours is not None and theirs is not None)):
+            raise UserError(f"--ref-load {ref_load}: {name} {_shown(theirs)} ({where}) but the policy's is "
+                            f"{_shown(ours)}; the reference must have the policy's architecture")
+    vocab = values.get("padded_vocab_size") or values.get("vocab_size")
+    if cfg.model.padded_vocab_size and vocab and vocab != cfg.model.padded_vocab_size:
+        raise UserError(f"--ref-load {ref_load}: vocabulary {vocab} ({where}) but the policy's is "
+                        f"{cfg.model.padded_vocab_size}; the reference must share the policy's tokenizer")
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def reference_architecture(ref_load: str) -> tuple[dict, str]:
+    """The architecture values a reference model records, and the file they come from."""
+    from pathlib import Path
+
+    from megatron_sft.checkpointing.layout import RUN_ARGS, CheckpointDir, is_megatron_checkpoint, latest_checkpoint_dir
+    from megatron_sft.models.hf_config import megatron_args_from_hf_config, read_hf_config
+
+    path = Path(ref_load)
+    if is_megatron_checkpoint(path):
+        iter_dir, _ = latest_checkpoint_dir(path, None)
+        view = CheckpointDir(iter_dir)
+        if view.is_quantized:
+            raise UserError(f"--ref-load {ref_load}: a quantized checkpoint; give the unquantized model")
+        if view.lora_record() is not None:
+            raise UserError(f"--ref-load {ref_load}: LoRA adapters, not a whole model; export it merged "
+                            "(examples/export.sh) and give that")
+        return view.run_args() or {}, str(iter_dir / RUN_ARGS)
+    if (path / "config.json").is_file():
+        from megatron_sft.arguments.resolve import check_hf_dir
+
+        check_hf_dir(path, "--ref-load")
+        config, where = read_hf_config(path)
+        return megatron_args_from_hf_config(config, where), str(where)
+    raise UserError(f"--ref-load {ref_load}: neither a Hugging Face model directory nor a Megatron checkpoint")

@@ -133,6 +133,7 @@ class SFTSplits:
     test: PackStream | None
     stats: dict
     cache_dir: str
+    valid_cache_dir: str | None = None  # the validation split's cache: its own with --valid-data-path, else cache_dir
 
 
 def build_sft_datasets(
@@ -172,8 +173,9 @@ def build_sft_datasets(
             conversations_per_epoch=ds.num_conversations,
             name=name,
         )
-    train = parts["train"][1]
-    return SFTSplits(streams["train"], streams["valid"], streams["test"], train.meta, train.path)
+    train, valid = parts["train"][1], parts["valid"][1]
+    return SFTSplits(streams["train"], streams["valid"], streams["test"], train.meta, train.path,
+                     valid.path if valid is not None else train.path)
 
 
 def _prepared_split(cfg: DataConfig, paths: list[str], tokenizer, dp_rank: int):

@@ -135,7 +135,7 @@ DPO_DEFAULTS = {
 def dpo(s: Settings, conf: ModelConf, work: str) -> Plan:
     """Preference training (DPO) of MODEL after fine-tuning: examples/dpo.sh Qwen/Qwen3-0.6B
 
-  DATASET         a JSONL file of preference pairs (required): TRL's {"prompt", "chosen", "rejected"} (messages or
+  DATASET         a JSONL file of preference pairs (required unless the conf has CONF_DPO_DATASET): TRL's {"prompt", "chosen", "rejected"} (messages or
                   strings), chosen/rejected conversations sharing their prompt, or NeMo-RL's {"context",
                   "completions": [{"rank", "completion"}]}
   MLM_MODEL_SAVE  where checkpoints go (default $MLM_WORK_DIR/<MODEL>_dpo); a complete training checkpoint there
@@ -148,7 +148,7 @@ def dpo(s: Settings, conf: ModelConf, work: str) -> Plan:
   SAVE_HF         1 / final / 0 (default), as finetune.sh
   MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (MLM_EXTRA_ARGS last: it wins)
 """
-    for name in DPO_DEFAULTS:  # a conf's fine-tuning values are not DPO's: its CONF_DPO_* ones, else the defaults
+    for name in (*DPO_DEFAULTS, "DATASET"):  # a conf's fine-tuning values are not DPO's: its CONF_DPO_* ones
         dpo_value = s.conf.pop(f"CONF_DPO_{name}", None)
         s.conf.pop(f"CONF_{name}", None)
         if dpo_value:

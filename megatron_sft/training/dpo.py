@@ -15,7 +15,9 @@ so the loss and gradients are the mean over the global batch's pairs whatever th
 
 from __future__ import annotations
 
+import itertools
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,7 +200,7 @@ def make_reference_forward_step(layout: PackedLayout, lm_head_chunk_size: int, s
         if seq is None:
             return output, None
         sums = seq.sums()
-        if batch.get("record", True) and ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
+        if ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
             for k, sample in enumerate(seq.ids):
                 if sample >= 0:
                     out[sample] = sums[k]
@@ -215,7 +217,8 @@ def make_reference_forward_step(layout: PackedLayout, lm_head_chunk_size: int, s
 
 def compute_reference_logps(model, prepared, cfg: RunConfig) -> np.ndarray:
     """Every sample's summed response log-probability under `model` (eval mode): the train and valid packs, pack i
-    on data-parallel rank i % DP, at the run's own layout; the same array on every rank."""
+    on data-parallel rank i % DP, --micro-batch-size packs per forward, at the run's own layout; the same array on
+    every rank."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -224,18 +227,22 @@ def compute_reference_logps(model, prepared, cfg: RunConfig) -> np.ndarray:
 
     out = torch.zeros(len(prepared), dtype=torch.float64)
     step = make_reference_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel, out)
-    dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    seq_length, mbs = model.layout.schedule_shape(cfg.data.seq_length, 1)
+    dp, rank, rows = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), cfg.training.micro_batch_size
+    seq_length, mbs = model.layout.schedule_shape(cfg.data.seq_length, rows)
     for chunk in model.chunks:
         chunk.eval()
     with torch.no_grad():
         for split in ("train", "valid"):
             ds = SFTDataset.from_prepared(prepared, split, cfg.data)
-            # every DP rank runs as many passes (expert parallelism spans DP ranks: its collectives must pair up);
-            # a rank out of packs runs pack 0 again and keeps nothing
-            for i in range(rank, -(-len(ds) // dp) * dp, dp):
-                batch = [dict(collate([ds[i if i < len(ds) else 0]],
-                                      with_attention_mask=not model.layout.thd), record=i < len(ds))]
+            mine = list(range(rank, len(ds), dp))
+            # every DP rank runs as many passes of as many rows (expert parallelism spans DP ranks: its collectives
+            # must pair up, and pipeline stages exchange fixed shapes); the rows short of that are pack 0 again,
+            # with no sample id, so nothing of theirs is kept
+            most = -(-len(ds) // dp)  # packs of the busiest rank
+            for p in range(-(-most // rows)):
+                packs = [ds[i] for i in mine[p * rows:(p + 1) * rows]]
+                packs += [_unrecorded(ds[0])] * (rows - len(packs))
+                batch = [collate(packs, with_attention_mask=not model.layout.thd)]
                 get_forward_backward_func()(forward_step_func=step, data_iterator=iter(batch), model=model.chunks,
                                             num_microbatches=1, seq_length=seq_length, micro_batch_size=mbs,
                                             forward_only=True)
@@ -246,6 +253,10 @@ def compute_reference_logps(model, prepared, cfg: RunConfig) -> np.ndarray:
     total = out.to(collective_device())
     torch.distributed.all_reduce(total)
     return total.cpu().numpy()
+
+
+def _unrecorded(pack: dict) -> dict:
+    return dict(pack, sample_ids=torch.full_like(pack["sample_ids"], -1))
 
 
 REFERENCE_DIR = "reference_logps"
@@ -275,28 +286,34 @@ def reference_file(cache_dir: str, source: str) -> str:
     return os.path.join(cache_dir, REFERENCE_DIR, f"{key}.npy")
 
 
-def load_or_compute_reference(trainer, source: str) -> np.ndarray:
-    """The reference log-probabilities of the run's data under `source`: read from the cache when this data and
-    this reference were seen before (a rerun, a resume), else computed once by the model as it stands now (the
-    starting weights) and stored atomically beside the data cache."""
+def load_or_compute_reference(trainer, source: str, cache_dir: str) -> np.ndarray:
+    """The reference log-probabilities of a data cache's sequences under `source`: read from the cache when this
+    data and this reference were seen before (a rerun, a resume), else computed once (by the starting weights, or
+    by the reference's loaded for the pass) and stored atomically beside the data."""
     import os
 
     from megatron_sft.data.cache import PreparedData
 
-    path = reference_file(trainer.data.cache_dir, source)
-    prepared = PreparedData(trainer.data.cache_dir)
+    path = reference_file(cache_dir, source)
+    prepared = PreparedData(cache_dir)
     if os.path.isfile(path):
         values = np.load(path)
         if len(values) == len(prepared):
             log.info("reference log-probs: reused %s (%d sequences)", path, len(values))
             return values
-    if trainer.state.iteration > 0:
+    cfg = trainer.cfg
+    holds_reference = trainer.state.iteration == 0 and _real(source) == _real(cfg.checkpoint.load)
+    if not holds_reference and cfg.is_lora:
         from megatron_sft.errors import UserError
 
-        raise UserError(f"reference log-probs {path} are missing and the model has moved from the reference since; "
-                        f"give --ref-load with the model this run started from")
+        raise UserError(f"reference log-probs {path} are missing and the adapters have moved since; start the run "
+                        "again (MLM_RESUME=0) to compute them from the base")
     log.info("reference log-probs: computing them with %s over %d sequences", source, len(prepared))
-    values = compute_reference_logps(trainer.model, prepared, trainer.cfg)
+    if holds_reference:  # the weights just loaded are the reference
+        values = compute_reference_logps(trainer.model, prepared, cfg)
+    else:  # another model (--ref-load), or the start of a run that has trained since: its weights for the pass
+        with reference_weights(cfg, trainer.model.chunks, source):
+            values = compute_reference_logps(trainer.model, prepared, cfg)
     if torch.distributed.get_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp.npy"
@@ -305,6 +322,29 @@ def load_or_compute_reference(trainer, source: str) -> np.ndarray:
         log.info("reference log-probs: stored %s", path)
     torch.distributed.barrier()
     return values
+
+
+@contextmanager
+def reference_weights(cfg: RunConfig, chunks: list, source: str):
+    """Inside, `chunks` hold the weights of `source`; after, their own again, bit for bit and in the same storage
+    (Megatron's DDP buffers and the optimizer's copies point into it): a copy on the CPU meanwhile."""
+    from megatron_sft.loading import load_reference_weights
+
+    modules = [chunk.module for chunk in chunks]  # inside Megatron's DDP: the modules the weights were loaded into
+    tensors = [dict(itertools.chain(m.named_parameters(), m.named_buffers())) for m in modules]
+    kept = [{name: t.detach().to("cpu", copy=True) for name, t in named.items()} for named in tensors]
+    storage = [t.data_ptr() for named in tensors for t in named.values()]
+    load_reference_weights(cfg, modules, source)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for named, saved in zip(tensors, kept):
+                for name, t in named.items():
+                    t.copy_(saved[name])
+        if storage != [t.data_ptr() for named in tensors for t in named.values()]:
+            raise RuntimeError(f"loading the reference {source} replaced the model's tensors instead of copying "
+                               "into them; the policy's weights would no longer be the ones trained")
 
 
 def _trainer_class():
@@ -318,7 +358,11 @@ def _trainer_class():
             super().__init__(cfg, files)
             d = self.cfg.dpo
             self.settings = DpoSettings(d.dpo_loss_type, d.dpo_beta, d.dpo_label_smoothing, d.dpo_sft_weight)
-            self.reference = load_or_compute_reference(self, self.cfg.dpo.ref_load)
+            data, source = self.data, self.cfg.dpo.ref_load
+            self.reference = load_or_compute_reference(self, source, data.cache_dir)
+            # the validation pairs: in the same cache (--split), or in their own (--valid-data-path)
+            self.valid_reference = (self.reference if data.valid_cache_dir in (None, data.cache_dir)
+                                    else load_or_compute_reference(self, source, data.valid_cache_dir))
 
         def train_step(self, batches):
             cfg = self.cfg
@@ -343,7 +387,7 @@ def _trainer_class():
                     if not group:
                         break
                     reports += run_schedule(self.model, group, cfg.data.seq_length, cfg.training.micro_batch_size,
-                                            forward_only=True, forward_step=self._forward(group))
+                                            forward_only=True, forward_step=self._forward(group, self.valid_reference))
             for chunk in self.model.chunks:
                 chunk.train()
             return _loss_everywhere(reports), metrics_everywhere(reports)
@@ -354,8 +398,9 @@ def _trainer_class():
 
             return [dict(b, count_step=(k == 0 and ps.get_data_parallel_rank() == 0)) for k, b in enumerate(batches)]
 
-        def _forward(self, batches: list):
-            return make_dpo_forward_step(self.model.layout, self.settings, self.reference, step_totals(batches),
+        def _forward(self, batches: list, reference: np.ndarray | None = None):
+            reference = self.reference if reference is None else reference
+            return make_dpo_forward_step(self.model.layout, self.settings, reference, step_totals(batches),
                                          self.model.lm_head_chunk_size, self.model.config.sequence_parallel)
 
     return DpoTrainer
@@ -394,11 +439,11 @@ def with_reference(cfg: RunConfig) -> RunConfig:
         if cfg.dpo.ref_load is None and recorded is None:
             raise UserError(f"{resume[0]}: no reference model recorded; give --ref-load (the model the run started "
                             "from)")
+        if cfg.dpo.ref_load and recorded and _real(cfg.dpo.ref_load) != _real(recorded):
+            raise UserError(f"--ref-load {cfg.dpo.ref_load}: the run being resumed ({resume[0]}) trains against "
+                            f"{recorded}; leave --ref-load out, or start a new run (another --save)")
         return cfg.replace(ref_load=cfg.dpo.ref_load or recorded)
-    if cfg.dpo.ref_load and _real(cfg.dpo.ref_load) != _real(start_model):
-        raise UserError(f"--ref-load {cfg.dpo.ref_load}: a reference other than the starting model "
-                        f"({start_model}) is not supported yet; leave --ref-load out")
-    return cfg.replace(ref_load=start_model)
+    return cfg.replace(ref_load=cfg.dpo.ref_load or start_model)
 
 
 def _real(path: str | None) -> str | None:

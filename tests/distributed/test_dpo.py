@@ -2,7 +2,8 @@
 norm; the stored reference log-probabilities against each sequence alone (so a pair packed with others = the pair
 alone); 3 steps at TP2, TP2+SP, PP2, DP2, CP2 and with full logits = one process, and EP2 on the hybrid MoE
 (Mamba, attention and MoE layers) = its one process; an exact resume that reads the
-stored reference instead of computing it again. TRL's own DPOTrainer is the reference of the losses themselves:
+stored reference instead of computing it again (and computes it again from the start model when the file is
+gone); another reference model (--ref-load); a validation pairs file (--valid-data-path). TRL's own DPOTrainer is the reference of the losses themselves:
 tests/unit/test_dpo_loss.py."""
 
 from __future__ import annotations
@@ -37,13 +38,30 @@ def write_preferences(path: Path, n: int, seed: int) -> Path:
 def runs(tiny_models, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("dpo")
     data = write_preferences(out / "prefs.jsonl", 48, seed=0)
+    valid = write_preferences(out / "valid.jsonl", 16, seed=1)
+    reference = perturbed_copy(tiny_models["qwen3"], out / "ref_model")
     merged = {"out": out}
     for world_size in (1, 2):
         torchrun(WORKERS / "dpo.py", world_size, ["--model", tiny_models["qwen3"], "--moe-model",
-                                                  tiny_models["nemotron_h_moe"], "--data", data, "--out", out],
+                                                  tiny_models["nemotron_h_moe"], "--ref-model", reference,
+                                                  "--data", data, "--valid-data", valid, "--out", out],
                  timeout=600)
         merged.update(json.loads((out / f"dpo_ws{world_size}.json").read_text()))
     return merged
+
+
+def perturbed_copy(source: Path, out: Path) -> Path:
+    """The tiny model with every weight moved by noise: a reference other than the model DPO starts from."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
 
 
 def rel(a: float, b: float) -> float:
@@ -136,3 +154,51 @@ def test_validation_pairs_give_the_dpo_loss(runs):
     """--split with a validation share: the DPO loss of the held-out pairs, below ln 2 once training moved them."""
     (iteration, loss), *_ = runs["validated"]["validation"]
     assert iteration == 3 and 0.0 < loss < 0.6931, loss
+
+
+def test_a_validation_pairs_file(runs):
+    """--train-data-path / --valid-data-path: the held-out pairs get a cache and reference log-probs of their own
+    (sample ids start at 0 in each cache, so a wrong lookup shows). Before training the policy is the reference:
+    loss ln 2 and zero rewards exactly; after 3 steps, validation as with --split."""
+    loss, metrics = runs["valid_file"]["validation_before_training"]
+    assert abs(loss - 0.693147) <= 1e-6 and abs(metrics["rewards/margins"]) <= 1e-7, (loss, metrics)
+    assert metrics["logps/chosen"] < 0 and metrics["rewards/accuracies"] == 0.0
+    (iteration, after), *_ = runs["valid_file"]["validation"]
+    assert iteration == 3 and 0.0 < after < 0.6931, after
+    # the training pairs prepared whole are tp1's cache (same file, same 100,0,0 split): its file is read; the
+    # held-out pairs' cache gets its own pass
+    assert runs["valid_file"]["reference_passes"] == 1 and runs["valid_file"]["cache"] == runs["tp1"]["cache"]
+
+
+def test_a_lost_reference_is_computed_again_from_the_start_model_on_resume(runs):
+    """The stored file deleted between a stop and its resume: the resume loads the recorded reference (the start
+    model) for one pass while the trained weights wait, writes the same file, and trains on exactly as before."""
+    resumed = runs["resumed3_recomputed"]
+    assert resumed["reference_passes"] == 1 and resumed["same_file"]
+    assert runs["first3_again"]["steps"] + resumed["steps"] == runs["straight6"]["steps"]
+
+
+def test_another_reference_model(runs, tiny_models):
+    """--ref-load a perturbed copy at TP2: the stored reference = transformers on that copy, and step 1 = the loss,
+    metrics and gradient norm of the start model against it (so the policy kept its own weights after the pass)."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    batches = torch.load(runs["out"] / "dpo_first_batch.pt")
+    reference = AutoModelForCausalLM.from_pretrained(runs["out"] / "ref_model", dtype=torch.float32)
+    with torch.no_grad():
+        ref, ids = _segment_logps(reference, batches)
+    stored = np.load(runs["other_ref"]["reference_file"])
+    assert all(rel(float(stored[i]), v) <= 1e-6 for v, i in zip(ref.tolist(), ids))
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    logps, _ = _segment_logps(model, batches)
+    chosen = torch.tensor([i % 2 == 0 for i in ids])
+    delta = (logps[chosen] - ref[chosen]) - (logps[~chosen] - ref[~chosen])
+    loss = -F.logsigmoid(BETA * delta).mean()
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None)).item()
+    first = runs["other_ref"]["steps"][0]
+    assert rel(first["loss"], loss.item()) <= 1e-6 and rel(first["grad_norm"], norm) <= 1e-5, (first, loss, norm)
+    assert rel(first["rewards/margins"], BETA * delta.mean().item()) <= 1e-5
+    assert rel(first["logps/chosen"], logps[chosen].mean().item()) <= 1e-5
+    assert abs(first["loss"] - 0.6931) > 1e-3, "a reference other than the policy moves the first loss off ln 2"

@@ -1,6 +1,6 @@
 """DPO runs, several per launch (one launch per world size).
 
-    torchrun --nproc_per_node=N dpo.py --model DIR --data FILE --out DIR
+    torchrun --nproc_per_node=N dpo.py --model DIR --moe-model DIR --ref-model DIR --data FILE --valid-data FILE --out DIR
 
 Rank 0 writes OUT/dpo_ws<N>.json: per named run, every step's loss, grad norm and metrics; at world size 1 also the
 first global batch (OUT/dpo_first_batch.pt) and the reference file's path, for the test to recompute with
@@ -54,7 +54,7 @@ def count_reference_passes() -> None:
     dpo.compute_reference_logps = counted
 
 
-def dpo(flags: str, capture: list | None = None) -> dict:
+def dpo(flags: str, capture: list | None = None, evaluate_first: bool = False) -> dict:
     from megatron_sft.apps import parse
     from megatron_sft.startup import start
     from megatron_sft.training.dpo import _trainer_class, reference_file, with_reference
@@ -65,8 +65,10 @@ def dpo(flags: str, capture: list | None = None) -> dict:
     if capture is not None:
         original = trainer.next_global_batch
         trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
+    before_training = trainer.evaluate(2) if evaluate_first else None  # the policy is still the reference here
     trainer.run()
     return {"steps": [{k: r[k] for k in FIGURES} for r in trainer.records], "validation": trainer.eval_history,
+            "validation_before_training": before_training,
             "reference_passes": CALLS["reference"] - before,
             "reference_file": reference_file(trainer.data.cache_dir, cfg.dpo.ref_load), "cache": trainer.data.cache_dir}
 
@@ -79,7 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--moe-model", type=Path, required=True)
+    parser.add_argument("--ref-model", type=Path, required=True, help="another reference (--ref-load)")
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--valid-data", type=Path, required=True, help="held-out pairs (--valid-data-path)")
     parser.add_argument("--out", type=Path, required=True)
     cli = parser.parse_args()
     DataConfig.cp_multiple = property(lambda self: 4)
@@ -99,6 +103,23 @@ def main() -> None:
         results["straight6"] = dpo(f"{base} --train-iters 6")
         results["first3"] = dpo(f"{base} --train-iters 6 --exit-interval 3 --save {ckpt}")
         results["resumed3"] = dpo(f"{base.replace(str(cli.model), str(ckpt))} --train-iters 6")
+        # the stored reference lost before a resume: computed again from the start model, not from the moved one
+        ckpt = cli.out / "resume_lost_reference"
+        results["first3_again"] = dpo(f"{base} --train-iters 6 --exit-interval 3 --save {ckpt}")
+        reference = Path(results["first3_again"]["reference_file"])
+        kept = reference.read_bytes()
+        torch.distributed.barrier()
+        if torch.distributed.get_rank() == 0:
+            reference.unlink()
+        torch.distributed.barrier()
+        results["resumed3_recomputed"] = dpo(f"{base.replace(str(cli.model), str(ckpt))} --train-iters 6")
+        results["resumed3_recomputed"]["same_file"] = reference.read_bytes() == kept
+        per_split = base.replace(f"--data-path {cli.data}", f"--train-data-path {cli.data} --valid-data-path "
+                                 f"{cli.valid_data}").replace(" --split 100,0,0", "")
+        results["valid_file"] = dpo(f"{per_split} --tensor-model-parallel-size 2 --eval-interval 3 --eval-iters 2 "
+                                    "--train-iters 3", evaluate_first=True)
+        results["other_ref"] = dpo(f"{base} --tensor-model-parallel-size 2 --ref-load {cli.ref_model} "
+                                   "--train-iters 3")
     if torch.distributed.get_rank() == 0:
         (cli.out / f"dpo_ws{ws}.json").write_text(json.dumps(results))
 
