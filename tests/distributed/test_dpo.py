@@ -1,4 +1,5 @@
-"""DPO on Megatron-Core (the dpo app) against transformers: the first step's loss, log-probabilities and gradient
+"""DPO on Megatron-Core (the dpo app) against TRL 1.16.0's DPOTrainer fed the same tokens (sigmoid, IPO, hinge, RPO:
+loss, metrics, gradient norm) and against transformers: the first step's loss, log-probabilities and gradient
 norm; the stored reference log-probabilities against each sequence alone (so a pair packed with others = the pair
 alone); 3 steps at TP2, TP2+SP, PP2, DP2, CP2 and with full logits = one process, and EP2 on the hybrid MoE
 (Mamba, attention and MoE layers) = its one process; an exact resume that reads the
@@ -202,3 +203,66 @@ def test_another_reference_model(runs, tiny_models):
     assert rel(first["rewards/margins"], BETA * delta.mean().item()) <= 1e-5
     assert rel(first["logps/chosen"], logps[chosen].mean().item()) <= 1e-5
     assert abs(first["loss"] - 0.6931) > 1e-3, "a reference other than the policy moves the first loss off ln 2"
+
+
+TRL_CASES = {"sigmoid": (["sigmoid"], None, 0.2), "ipo": (["ipo"], None, 0.5), "hinge": (["hinge"], None, 0.3),
+             "rpo": (["sigmoid", "sft"], [1.0, 0.7], 0.1)}  # = the worker's TRL_CASES flags
+
+
+def _trl_inputs(micro_batches: list[dict]) -> list[dict]:
+    """The global batch's pairs as TRL's tokenized examples: per sequence, the tokens before its first supervised
+    token (prompt) and from there to its last supervised token (completion), exactly the tokens this run saw."""
+    sequences = {}
+    for batch in micro_batches:
+        for row in range(batch["tokens"].shape[0]):
+            cu = batch["cu_seqlens"][row] if isinstance(batch["cu_seqlens"], list) else batch["cu_seqlens"]
+            cu_padded = batch["cu_seqlens_padded"][row] if isinstance(batch["cu_seqlens_padded"], list) \
+                else batch["cu_seqlens_padded"]
+            for k, sample in enumerate(batch["sample_ids"][row].tolist()):
+                start, n = int(cu_padded[k]), int(cu[k + 1] - cu[k])
+                tokens = batch["tokens"][row, start:start + n].tolist()
+                supervised = (batch["loss_mask"][row, start:start + n - 1].nonzero()[:, 0] + 1).tolist()
+                assert supervised == list(range(supervised[0], supervised[-1] + 1)), "one response, contiguous"
+                sequences[sample] = (tokens[:supervised[0]], tokens[supervised[0]:supervised[-1] + 1])
+    pairs = []
+    for sample in sorted(s for s in sequences if s % 2 == 0):
+        (prompt, chosen), (prompt_r, rejected) = sequences[sample], sequences[sample + 1]
+        assert prompt == prompt_r
+        pairs.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected})
+    return pairs
+
+
+@pytest.mark.parametrize("case", sorted(TRL_CASES))
+def test_a_megatron_step_equals_trl_dpo_trainer(runs, tiny_models, case, tmp_path):
+    """The dpo app's first step (Megatron-Core, chunked LM head, packed pairs, reference from --ref-load) against
+    TRL 1.16.0's DPOTrainer fed the same pairs' tokens: loss, TRL's six metrics and the gradient norm, fp32, 1e-5.
+    (TRL is given the tokens: its own rendering of Qwen3 supervises the template's empty think block and the newline
+    after <|im_end|>, which this project's SFT masking does not.)"""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from megatron_sft.training.dpo_loss import METRICS
+
+    loss_type, weights, beta = TRL_CASES[case]
+    pairs = _trl_inputs(torch.load(runs["out"] / "dpo_first_batch.pt"))
+    policy = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(runs["out"] / "ref_model", dtype=torch.float32)
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(pairs), beta=beta,
+                     loss_type=loss_type, loss_weights=weights, report_to="none", use_cpu=True, max_length=None,
+                     disable_dropout=True, dataloader_num_workers=0, seed=0, bf16=False)
+    placeholder = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])  # replaced below
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=placeholder,
+                         processing_class=AutoTokenizer.from_pretrained(tiny_models["qwen3"]))
+    trainer.train_dataset = Dataset.from_list(pairs)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in trainer.model.parameters() if p.grad is not None))
+    ours = runs[f"trl_{case}"]["steps"][0]
+    assert rel(ours["loss"], loss.item()) <= 1e-5, (case, ours["loss"], loss.item())
+    for name in METRICS:
+        theirs = trainer._metrics["train"][name][-1]
+        assert abs(ours[name] - theirs) <= 1e-5 * max(1.0, abs(theirs)), (case, name, ours[name], theirs)
+    assert rel(ours["grad_norm"], norm.item()) <= 1e-5, (case, ours["grad_norm"], norm.item())

@@ -28,6 +28,8 @@ LAYOUTS = {
     "moe_tp1": (1, "MOE"),  # MOE: the hybrid MoE model (Mamba, attention, MoE layers) instead of the dense one
     "moe_ep2": (2, "MOE --expert-model-parallel-size 2"),
 }
+TRL_CASES = {"sigmoid": "--dpo-beta 0.2", "ipo": "--dpo-loss-type ipo --dpo-beta 0.5",
+             "hinge": "--dpo-loss-type hinge --dpo-beta 0.3", "rpo": "--dpo-beta 0.1 --dpo-sft-weight 0.7"}
 FIGURES = ("loss", "grad_norm", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected")
 
@@ -98,6 +100,9 @@ def main() -> None:
             results[name] = dpo(f"{run} {flags.removeprefix('MOE')} --train-iters 3", capture)
             if capture:
                 torch.save(capture[0], cli.out / "dpo_first_batch.pt")
+    if ws == 1:  # one step of each loss against another reference, for TRL's DPOTrainer on the same batch
+        for case, flags in TRL_CASES.items():
+            results[f"trl_{case}"] = dpo(f"{base} --ref-load {cli.ref_model} --train-iters 1 {flags}")
     if ws == 2:
         ckpt = cli.out / "resume_ckpt"
         results["straight6"] = dpo(f"{base} --train-iters 6")
