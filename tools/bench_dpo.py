@@ -2,8 +2,9 @@
 
     python tools/bench_dpo.py [--steps 4] [--seq-lengths 2048,8192]
 
-The same preference pairs are trained twice from the same randomly initialised Qwen3-shape model (hidden 512, 4
-layers, Qwen's 151,936-token vocabulary), each in its own process so peak RSS is its own: with the dpo app (each
+The same preference pairs are trained twice from the same randomly initialised Qwen3 model (--shape head-heavy:
+hidden 512, 4 layers, where the LM head is most of the work; --shape qwen3-0.6b: Qwen3-0.6B's own shape; both with
+Qwen's 151,936-token vocabulary), each in its own process so peak RSS is its own: with the dpo app (each
 pair's chosen and rejected sequences side by side in a pack, the reference log-probs computed before training and
 left out of the timing), and with the finetune app on the same sequences as SFT conversations (prompt + chosen and
 prompt + rejected), packed the same way. fp32, CPU, one process, micro-batch 1, one pack per step. Prints the
@@ -24,13 +25,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHAPE = dict(num_hidden_layers=4, hidden_size=512, intermediate_size=1536, num_attention_heads=8,
-             num_key_value_heads=4, head_dim=64, vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6,
-             tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+COMMON = dict(vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=True,
+              rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+SHAPES = {
+    # the LM head is most of a step here: the worst case for DPO's extra head pass
+    "head-heavy": dict(num_hidden_layers=4, hidden_size=512, intermediate_size=1536, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=64, **COMMON),
+    # Qwen/Qwen3-0.6B's own shape (28 layers, hidden 1024), randomly initialised
+    "qwen3-0.6b": dict(num_hidden_layers=28, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, **COMMON),
+}
 WORDS = ["alpha", "beta", "gamma", "delta", "kappa", "omega", "sigma", "theta"]
 
 
-def make_model(out: Path) -> Path:
+def make_model(out: Path, shape: str) -> Path:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -38,7 +46,7 @@ def make_model(out: Path) -> Path:
 
     if not (out / "config.json").is_file():
         torch.manual_seed(0)
-        Qwen3ForCausalLM(Qwen3Config(dtype="float32", **SHAPE)).save_pretrained(out)
+        Qwen3ForCausalLM(Qwen3Config(dtype="float32", **SHAPES[shape])).save_pretrained(out)
         make_tiny_tokenizer("qwen3").save_pretrained(out)
     return out
 
@@ -85,8 +93,8 @@ def one(app: str, flags: str) -> dict:
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps)}
 
 
-def run_length(seq: int, work: Path, steps: int) -> dict[str, dict]:
-    model = make_model(work / "model")
+def run_length(seq: int, work: Path, steps: int, shape: str) -> dict[str, dict]:
+    model = make_model(work / shape, shape)
     prefs, sft = work / "prefs.jsonl", work / "sft.jsonl"
     base = (f"--load {model} --data-cache-dir {work / 'cache'} --device cpu --seq-length {seq} --micro-batch-size 1 "
             f"--global-batch-size 1 --train-iters {steps} --lr 1e-6 --log-interval 1000 --split 100,0,0 "
@@ -107,17 +115,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seq-lengths", default="2048,8192")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="head-heavy",
+                        help="head-heavy (hidden 512, 4 layers) or qwen3-0.6b (Qwen3-0.6B's shape)")
+    parser.add_argument("--pairs", type=int, default=200,
+                        help="preference pairs written (the untimed reference pass reads them all; enough for the "
+                             "steps at the longest sequence)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.one:
         print(json.dumps(one(*cli.one)))
         return
     work = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
-    write_data(work)
-    print(f"CPU fp32, 1 process, one pack per step, {cli.steps} steps (median of all but the first)")
+    write_data(work, cli.pairs)
+    print(f"{cli.shape} shape, CPU fp32, 1 process, one pack per step, {cli.steps} steps (median of all but the "
+          "first)")
     print(f"{'seq':>6} {'run':9}{'tokens/s':>10}{'s/step':>9}{'peak RSS GB':>13}{'growth GB':>11}")
     for seq in (int(s) for s in cli.seq_lengths.split(",")):
-        r = run_length(seq, work, cli.steps)
+        r = run_length(seq, work, cli.steps, cli.shape)
         for app in ("finetune", "dpo"):
             x = r[app]
             print(f"{seq:6} {app:9}{x['tokens_per_s']:10.0f}{x['step_s']:9.2f}{x['peak'] / 1e9:13.2f}"

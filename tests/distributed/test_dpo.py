@@ -266,3 +266,17 @@ def test_a_megatron_step_equals_trl_dpo_trainer(runs, tiny_models, case, tmp_pat
         theirs = trainer._metrics["train"][name][-1]
         assert abs(ours[name] - theirs) <= 1e-5 * max(1.0, abs(theirs)), (case, name, ours[name], theirs)
     assert rel(ours["grad_norm"], norm.item()) <= 1e-5, (case, ours["grad_norm"], norm.item())
+
+
+def test_lora_dpo_trains_adapters_against_the_base(runs):
+    """LoRA at TP2: the adapters start at zero, so the reference is the base model: step 1 is ln 2 with zero
+    rewards, and the base's stored log-probs (tp1's file: same model, same data) are read, not computed. The
+    adapters train and --save-hf writes them as a PEFT adapter."""
+    lora = runs["lora_tp2"]
+    first, last = lora["steps"][0], lora["steps"][-1]
+    assert abs(first["loss"] - 0.693147) <= 1e-6 and abs(first["rewards/margins"]) <= 1e-7 and first["grad_norm"] > 0
+    assert last["loss"] < first["loss"] and last["rewards/margins"] > 0
+    assert lora["reference_passes"] == 0 and lora["reference_file"] == runs["tp1"]["reference_file"]
+    hf = runs["out"] / "lora_ckpt" / "iter_0000003" / "hf"
+    assert (hf / "adapter_config.json").is_file() and (hf / "adapter_model.safetensors").is_file()
+    assert json.loads((hf / "parity.json").read_text())["adapter"]["ok"], "peft loads it onto the base: same logits"

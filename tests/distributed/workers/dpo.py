@@ -123,6 +123,8 @@ def main() -> None:
                                  f"{cli.valid_data}").replace(" --split 100,0,0", "")
         results["valid_file"] = dpo(f"{per_split} --tensor-model-parallel-size 2 --eval-interval 3 --eval-iters 2 "
                                     "--train-iters 3", evaluate_first=True)
+        results["lora_tp2"] = dpo(f"{base} --tensor-model-parallel-size 2 --peft lora --lora-rank 8 --lora-alpha 16 "
+                                  f"--train-iters 3 --save {cli.out / 'lora_ckpt'} --save-hf")
         results["other_ref"] = dpo(f"{base} --tensor-model-parallel-size 2 --ref-load {cli.ref_model} "
                                    "--train-iters 3")
     if torch.distributed.get_rank() == 0:
