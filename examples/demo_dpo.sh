@@ -34,7 +34,8 @@ SFT_HF="$TINY/sft/iter_$(printf %07d "$(cat "$TINY/sft/latest_checkpointed_itera
 if [ ! -f "$SFT_HF/config.json" ]; then  # demo.sh ran with SAVE_HF=0
     SFT_HF="$TINY/sft_hf"
     CP=1 MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/sft" EXPORT_DIR="$SFT_HF" \
-        "$EXAMPLES_DIR/export.sh" "$MODEL" > "$TINY/export_sft.log" 2>&1 || { tail -n 40 "$TINY/export_sft.log" >&2; exit 1; }
+        "$EXAMPLES_DIR/export.sh" "$MODEL" > "$TINY/export_sft.log" 2>&1 \
+        || { tail -n 40 "$TINY/export_sft.log" >&2; exit 1; }
 fi
 
 echo "== 2/4 the preference task in $TINY"
@@ -50,8 +51,9 @@ CP=1 OMP_NUM_THREADS="$THREADS" MLM_WORK_DIR="$WORK_DIR" MLM_MODEL_CKPT="$TINY/d
     OUTPUT_PATH="$TINY/after_dpo.jsonl" MLM_EXTRA_ARGS="--max-new-tokens 8 ${MLM_EXTRA_ARGS:-}" \
     "$EXAMPLES_DIR/generate.sh" "$MODEL" > "$TINY/after_dpo.log" 2>&1 || { tail -n 40 "$TINY/after_dpo.log" >&2; exit 1; }
 status=0
-python "$REPO_DIR/tools/make_embedded_default.py" report --before "$TINY/after.jsonl" --after "$TINY/after_dpo.jsonl" \
-    --min-exact "${DEMO_MIN_EXACT:-0.9}" | tail -n 1 | sed 's/^exact answers/reversal task: exact answers/' || status=1
+python "$REPO_DIR/tools/make_embedded_default.py" report --before "$TINY/after.jsonl" \
+    --after "$TINY/after_dpo.jsonl" --min-exact "${DEMO_MIN_EXACT:-0.9}" \
+    | tail -n 1 | sed 's/^exact answers/reversal task: exact answers/' || status=1
 python "$REPO_DIR/tools/make_embedded_default.py" prefer --before "$SFT_HF" --after "$DPO_HF" \
     --pairs "$TINY/prefs_heldout.jsonl" --min-accuracy "${DEMO_MIN_PREFERENCE:-0.9}" || status=1
 echo "demo_dpo done in ${SECONDS} s; DPO checkpoint: $TINY/dpo; Hugging Face model: $DPO_HF"

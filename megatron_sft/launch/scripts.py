@@ -135,9 +135,9 @@ DPO_DEFAULTS = {
 def dpo(s: Settings, conf: ModelConf, work: str) -> Plan:
     """Preference training (DPO) of MODEL after fine-tuning: examples/dpo.sh Qwen/Qwen3-0.6B
 
-  DATASET         a JSONL file of preference pairs (required unless the conf has CONF_DPO_DATASET): TRL's {"prompt", "chosen", "rejected"} (messages or
-                  strings), chosen/rejected conversations sharing their prompt, or NeMo-RL's {"context",
-                  "completions": [{"rank", "completion"}]}
+  DATASET         a JSONL file of preference pairs (default: the conf's CONF_DPO_DATASET): TRL's {"prompt",
+                  "chosen", "rejected"} (messages or strings), chosen/rejected conversations sharing their prompt,
+                  or NeMo-RL's {"context", "completions": [{"rank", "completion"}]}
   MLM_MODEL_SAVE  where checkpoints go (default $MLM_WORK_DIR/<MODEL>_dpo); a complete training checkpoint there
                   is resumed (MLM_RESUME=0 starts over)
   MLM_MODEL_CKPT  the model to start from (and the reference); default: finetune.sh's run in

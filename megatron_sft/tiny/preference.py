@@ -18,11 +18,11 @@ import json
 import pathlib
 import random
 
+DIGITS = "0123456789"
+
+
 def _number(rng: random.Random, first: int, length: int) -> str:
     return str(first) + "".join(rng.choice(DIGITS) for _ in range(length - 1))
-
-
-DIGITS = "0123456789"
 
 
 def preference_pairs(n: int, rng: random.Random, banned: set[str]) -> list[dict]:

@@ -1,10 +1,10 @@
 """DPO on Megatron-Core (the dpo app) against TRL 1.16.0's DPOTrainer fed the same tokens (sigmoid, IPO, hinge, RPO:
-loss, metrics, gradient norm) and against transformers: the first step's loss, log-probabilities and gradient
-norm; the stored reference log-probabilities against each sequence alone (so a pair packed with others = the pair
-alone); 3 steps at TP2, TP2+SP, PP2, DP2, CP2 and with full logits = one process, and EP2 on the hybrid MoE
-(Mamba, attention and MoE layers) = its one process; an exact resume that reads the
-stored reference instead of computing it again (and computes it again from the start model when the file is
-gone); another reference model (--ref-load); a validation pairs file (--valid-data-path). TRL's own DPOTrainer is the reference of the losses themselves:
+loss, metrics, gradient norm) and against transformers: the first step's loss, log-probabilities and gradient norm;
+the stored reference log-probabilities against each sequence alone (so a pair packed with others = the pair alone);
+3 steps at TP2, TP2+SP, PP2, DP2, CP2 and with full logits = one process, and EP2 on the hybrid MoE (Mamba,
+attention and MoE layers) = its one process; an exact resume that reads the stored reference instead of computing
+it again (and computes it again from the start model when the file is gone); another reference model (--ref-load);
+a validation pairs file (--valid-data-path); LoRA. The losses alone against DPOTrainer, full gradients included:
 tests/unit/test_dpo_loss.py."""
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def style(smollm2_gguf, smollm2_hf, smollm2_work, tmp_path_factory) -> dict:
     save = smollm2_work / "dpo_style"
     env = script_env(smollm2_work, HF_MODEL_CKPT=str(smollm2_gguf), DATASET=str(prefs), MLM_MODEL_SAVE=str(save),
                      SAVE_HF="final", MLM_DATA_ARGS=f"--train-iters {ITERS} --split 85,15,0",
-                     DPO_SFT_WEIGHT="1.0", MLM_OPTIM_ARGS="--lr 2e-5 --min-lr 2e-6 --lr-decay-style cosine --lr-warmup-iters 1 "
+                     DPO_SFT_WEIGHT="1.0",
+                     MLM_OPTIM_ARGS="--lr 2e-5 --min-lr 2e-6 --lr-decay-style cosine --lr-warmup-iters 1 "
                                     "--weight-decay 0.0 --clip-grad 1.0",
                      MLM_TRAIN_ARGS="--micro-batch-size 4 --global-batch-size 8",
                      MLM_EVAL_ARGS=f"--eval-interval {ITERS} --eval-iters 1 --save-interval 1000 --log-interval 2",
