@@ -103,9 +103,10 @@ def summary_lines(meta: dict) -> list[str]:
                 f"{source['spec']}: {source['records_selected']} of its {source['records_read']} records "
                 f"(subset :{source['subset']}, seed {meta['config']['seed']})"
             )
+    units = "pairs" if meta["config"].get("preference") else "conversations"
     for name, split in meta["splits"].items():
         lines.append(
-            f"{name}: {split['conversations']} conversations -> {split['packs']} packed sequences of "
+            f"{name}: {split['conversations']} {units} -> {split['packs']} packed sequences of "
             f"{meta['config']['seq_length']} tokens, fill {split['fill']:.2%}"
         )
     hist = ", ".join(f"{k}: {v}" for k, v in s["length_histogram"].items())

@@ -51,9 +51,11 @@ def resolve_epochs(cfg: RunConfig, packs_per_epoch: int):
 
 def _log_batch(cfg: RunConfig, train) -> None:
     per_pack = (train.conversations_per_epoch or 0) / train.packs_per_epoch
-    log.info("batch: %d packed sequences per step x %.2f conversations per pack = ~%.1f conversations per step "
-             "(%d micro-batches of %d per data-parallel rank)", cfg.training.global_batch_size, per_pack,
-             cfg.training.global_batch_size * per_pack, cfg.training.num_microbatches, cfg.training.micro_batch_size)
+    units = "pairs" if cfg.data.preference else "conversations"
+    log.info("batch: %d packed sequences per step x %.2f %s per pack = ~%.1f %s per step "
+             "(%d micro-batches of %d per data-parallel rank)", cfg.training.global_batch_size, per_pack, units,
+             cfg.training.global_batch_size * per_pack, units, cfg.training.num_microbatches,
+             cfg.training.micro_batch_size)
 
 
 def total_iterations(cfg: RunConfig) -> int:
