@@ -236,8 +236,8 @@ def _trl_inputs(micro_batches: list[dict]) -> list[dict]:
 def test_a_megatron_step_equals_trl_dpo_trainer(runs, tiny_models, case, tmp_path):
     """The dpo app's first step (Megatron-Core, chunked LM head, packed pairs, reference from --ref-load) against
     TRL 1.16.0's DPOTrainer fed the same pairs' tokens: loss, TRL's six metrics and the gradient norm, fp32, 1e-5.
-    (TRL is given the tokens: its own rendering of Qwen3 supervises the template's empty think block and the newline
-    after <|im_end|>, which this project's SFT masking does not.)"""
+    (TRL is given the tokens: its own rendering of Qwen3 also supervises the newline after <|im_end|>, which this
+    project's SFT masking leaves out.)"""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
