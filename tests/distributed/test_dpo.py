@@ -235,7 +235,8 @@ def _trl_inputs(micro_batches: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("case", sorted(TRL_CASES))
 def test_a_megatron_step_equals_trl_dpo_trainer(runs, tiny_models, case, tmp_path):
     """The dpo app's first step (Megatron-Core, chunked LM head, packed pairs, reference from --ref-load) against
-    TRL 1.16.0's DPOTrainer fed the same pairs' tokens: loss, TRL's six metrics and the gradient norm, fp32, 1e-5.
+    TRL 1.16.0's DPOTrainer fed the same pairs' tokens: loss, TRL's six metrics, the gradient norm and every
+    parameter's gradient (Megatron's main_grad mapped to Hugging Face's names by the writer), fp32, 1e-5.
     (TRL is given the tokens: its own rendering of Qwen3 also supervises the newline after <|im_end|>, which this
     project's SFT masking leaves out.)"""
     from datasets import Dataset
@@ -266,6 +267,11 @@ def test_a_megatron_step_equals_trl_dpo_trainer(runs, tiny_models, case, tmp_pat
         theirs = trainer._metrics["train"][name][-1]
         assert abs(ours[name] - theirs) <= 1e-5 * max(1.0, abs(theirs)), (case, name, ours[name], theirs)
     assert rel(ours["grad_norm"], norm.item()) <= 1e-5, (case, ours["grad_norm"], norm.item())
+    grads = torch.load(runs["out"] / f"grads_{case}.pt")  # the step's main_grad, under Hugging Face's names
+    for name, p in trainer.model.named_parameters():
+        scale = max(p.grad.abs().max().item(), 1e-12)
+        worst = (grads[name] - p.grad).abs().max().item() / scale
+        assert worst <= 1e-5, f"{case}: {name} differs by {worst:.2e} of its largest entry"
 
 
 def test_lora_dpo_trains_adapters_against_the_base(runs):

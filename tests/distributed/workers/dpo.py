@@ -1,6 +1,7 @@
 """DPO runs, several per launch (one launch per world size).
 
-    torchrun --nproc_per_node=N dpo.py --model DIR --moe-model DIR --ref-model DIR --data FILE --valid-data FILE --out DIR
+    torchrun --nproc_per_node=N dpo.py --model DIR --moe-model DIR --ref-model DIR --data FILE --valid-data FILE \
+        --out DIR
 
 Rank 0 writes OUT/dpo_ws<N>.json: per named run, every step's loss, grad norm and metrics; at world size 1 also the
 first global batch (OUT/dpo_first_batch.pt) and the reference file's path, for the test to recompute with
@@ -56,7 +57,33 @@ def count_reference_passes() -> None:
     dpo.compute_reference_logps = counted
 
 
-def dpo(flags: str, capture: list | None = None, evaluate_first: bool = False) -> dict:
+def hf_named_grads(trainer) -> dict:
+    """The last step's gradients (Megatron's fp32 main_grad) under Hugging Face's names (one process): put in the
+    weights' place for the Hugging Face writer's layer exporter, then the weights put back."""
+    import json
+
+    import torch
+
+    from megatron_sft.checkpointing.hf_tensors import LayerExporter
+    from megatron_sft.models.builder import unwrap
+
+    config = json.loads((Path(trainer.cfg.checkpoint.load) / "config.json").read_text())
+    out = {}
+    for chunk in trainer.model.chunks:
+        model = unwrap(chunk)
+        params = [p for p in model.parameters() if p.requires_grad]
+        kept = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                p.copy_(p.main_grad)
+            for piece in LayerExporter(model, config["architectures"][0], torch.float32, config["vocab_size"]).pieces():
+                out.update({name: t.clone() for name, t in piece.tensors.items()})
+            for p, weight in zip(params, kept):
+                p.copy_(weight)
+    return out
+
+
+def dpo(flags: str, capture: list | None = None, evaluate_first: bool = False, grads_to: Path | None = None) -> dict:
     from megatron_sft.apps import parse
     from megatron_sft.startup import start
     from megatron_sft.training.dpo import _trainer_class, reference_file, with_reference
@@ -69,6 +96,10 @@ def dpo(flags: str, capture: list | None = None, evaluate_first: bool = False) -
         trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
     before_training = trainer.evaluate(2) if evaluate_first else None  # the policy is still the reference here
     trainer.run()
+    if grads_to is not None:
+        import torch
+
+        torch.save(hf_named_grads(trainer), grads_to)
     return {"steps": [{k: r[k] for k in FIGURES} for r in trainer.records], "validation": trainer.eval_history,
             "validation_before_training": before_training,
             "reference_passes": CALLS["reference"] - before,
@@ -102,7 +133,9 @@ def main() -> None:
                 torch.save(capture[0], cli.out / "dpo_first_batch.pt")
     if ws == 1:  # one step of each loss against another reference, for TRL's DPOTrainer on the same batch
         for case, flags in TRL_CASES.items():
-            results[f"trl_{case}"] = dpo(f"{base} --ref-load {cli.ref_model} --train-iters 1 {flags}")
+            # no clipping: the step's gradients stay as computed in main_grad, for a tensor-by-tensor comparison
+            results[f"trl_{case}"] = dpo(f"{base} --ref-load {cli.ref_model} --train-iters 1 --clip-grad 0 {flags}",
+                                         grads_to=cli.out / f"grads_{case}.pt")
     if ws == 2:
         ckpt = cli.out / "resume_ckpt"
         results["straight6"] = dpo(f"{base} --train-iters 6")
