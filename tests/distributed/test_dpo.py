@@ -69,22 +69,25 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
+def _sequences(micro_batches: list[dict]):
+    """(sample id, tokens, loss mask of the positions predicting tokens[1:]) of every sequence in the batches."""
+    for batch in micro_batches:
+        for row in range(batch["tokens"].shape[0]):
+            cu, cu_padded = (batch[k][row] if isinstance(batch[k], list) else batch[k]
+                             for k in ("cu_seqlens", "cu_seqlens_padded"))
+            for k, sample in enumerate(batch["sample_ids"][row].tolist()):
+                start, n = int(cu_padded[k]), int(cu[k + 1] - cu[k])
+                yield sample, batch["tokens"][row, start:start + n], batch["loss_mask"][row, start:start + n - 1]
+
+
 def _segment_logps(model, micro_batches: list[dict]) -> tuple[torch.Tensor, list[int]]:
     """Each sequence's summed response log-probability, run alone through transformers; and its sample id."""
     sums, ids = [], []
-    for batch in micro_batches:
-        for row in range(batch["tokens"].shape[0]):
-            cu = batch["cu_seqlens"][row] if isinstance(batch["cu_seqlens"], list) else batch["cu_seqlens"]
-            cu_padded = batch["cu_seqlens_padded"][row] if isinstance(batch["cu_seqlens_padded"], list) \
-                else batch["cu_seqlens_padded"]
-            for k, sample in enumerate(batch["sample_ids"][row].tolist()):
-                start, n = int(cu_padded[k]), int(cu[k + 1] - cu[k])
-                tokens = batch["tokens"][row, start:start + n]
-                mask = batch["loss_mask"][row, start:start + n - 1]
-                logits = model(tokens[None], use_cache=False).logits[0, :-1].float()
-                token_logps = torch.gather(F.log_softmax(logits, -1), 1, tokens[1:, None])[:, 0]
-                sums.append((token_logps * mask).sum())
-                ids.append(sample)
+    for sample, tokens, mask in _sequences(micro_batches):
+        logits = model(tokens[None], use_cache=False).logits[0, :-1].float()
+        token_logps = torch.gather(F.log_softmax(logits, -1), 1, tokens[1:, None])[:, 0]
+        sums.append((token_logps * mask).sum())
+        ids.append(sample)
     return torch.stack(sums), ids
 
 
@@ -213,17 +216,10 @@ def _trl_inputs(micro_batches: list[dict]) -> list[dict]:
     """The global batch's pairs as TRL's tokenized examples: per sequence, the tokens before its first supervised
     token (prompt) and from there to its last supervised token (completion), exactly the tokens this run saw."""
     sequences = {}
-    for batch in micro_batches:
-        for row in range(batch["tokens"].shape[0]):
-            cu = batch["cu_seqlens"][row] if isinstance(batch["cu_seqlens"], list) else batch["cu_seqlens"]
-            cu_padded = batch["cu_seqlens_padded"][row] if isinstance(batch["cu_seqlens_padded"], list) \
-                else batch["cu_seqlens_padded"]
-            for k, sample in enumerate(batch["sample_ids"][row].tolist()):
-                start, n = int(cu_padded[k]), int(cu[k + 1] - cu[k])
-                tokens = batch["tokens"][row, start:start + n].tolist()
-                supervised = (batch["loss_mask"][row, start:start + n - 1].nonzero()[:, 0] + 1).tolist()
-                assert supervised == list(range(supervised[0], supervised[-1] + 1)), "one response, contiguous"
-                sequences[sample] = (tokens[:supervised[0]], tokens[supervised[0]:supervised[-1] + 1])
+    for sample, tokens, mask in _sequences(micro_batches):
+        tokens, supervised = tokens.tolist(), (mask.nonzero()[:, 0] + 1).tolist()
+        assert supervised == list(range(supervised[0], supervised[-1] + 1)), "one response, contiguous"
+        sequences[sample] = (tokens[:supervised[0]], tokens[supervised[0]:supervised[-1] + 1])
     pairs = []
     for sample in sorted(s for s in sequences if s % 2 == 0):
         (prompt, chosen), (prompt_r, rejected) = sequences[sample], sequences[sample + 1]
