@@ -417,6 +417,15 @@ class DpoConfig:
     ref_load: str | None = None  # the reference model; default: the model the run starts from (--load)
 
 
+@dataclass(frozen=True)
+class KdConfig:
+    """Knowledge distillation (finetune with a teacher): Megatron-LM's --export-kd-* flags (training/kd.py)."""
+
+    export_kd_teacher_load: str | None = None  # the teacher: HF directory, .gguf or Megatron checkpoint; None: no KD
+    export_kd_cfg: str | None = None  # YAML of Megatron-LM's distillation keys (arguments/kd.py: read_kd_cfg)
+    export_kd_teacher_model_config: str | None = None  # YAML of Megatron flag names overriding the teacher's shape
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -430,6 +439,7 @@ SECTIONS = {
     "inference": InferenceConfig,
     "quantization": QuantizationConfig,
     "dpo": DpoConfig,
+    "kd": KdConfig,
 }
 # Parsed, checked at parse time, and not carried: nothing after validation reads them.
 NOT_CARRIED = {"truncate_long_samples"}
@@ -483,6 +493,7 @@ class RunConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    kd: KdConfig = field(default_factory=KdConfig)
     arch_sources: dict[str, str] = field(default_factory=dict)  # architecture field -> flag, a file, or default
     notices: tuple[str, ...] = ()  # said once at start-up: flags with no effect, values turned off
 
@@ -509,6 +520,11 @@ class RunConfig:
         if homeless:  # a value set during parsing that no section holds would be lost: a bug, not a user error
             raise RuntimeError(f"no RunConfig section holds {sorted(homeless)}; add them to megatron_sft/config.py")
         return cls.from_values(values, arch_sources=dict(args.arch_sources), notices=tuple(args.notices))
+
+    @property
+    def is_kd(self) -> bool:
+        """The run distills from a teacher (--export-kd-teacher-load)."""
+        return self.kd.export_kd_teacher_load is not None
 
     @property
     def is_lora(self) -> bool:

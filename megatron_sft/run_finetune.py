@@ -12,8 +12,16 @@ def run(cfg) -> int:
     from megatron_sft.cli import EXIT_INTERRUPTED
     from megatron_sft.training.loop import finetune
 
-    trainer = finetune(cfg)
+    trainer = finetune(*_objective(cfg))
     return EXIT_INTERRUPTED if trainer.exit.interrupted else 0
+
+
+def _objective(cfg):
+    """(config, Trainer class): with a teacher, now or recorded by the run being resumed, distillation."""
+    from megatron_sft.training.kd import trainer_class, with_teacher
+
+    cfg = with_teacher(cfg)
+    return (cfg, trainer_class()) if cfg.is_kd else (cfg, None)
 
 
 def main() -> int:

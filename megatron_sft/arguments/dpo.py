@@ -52,7 +52,7 @@ def check_reference(cfg: RunConfig, ref_load: str) -> None:
     if cfg.is_lora and os.path.realpath(ref_load) != os.path.realpath(cfg.checkpoint.load or ""):
         raise UserError(f"--ref-load {ref_load}: a LoRA run's reference is its base model (the adapters off); "
                         "leave --ref-load out")
-    values, where = reference_architecture(ref_load)
+    values, where = reference_architecture(ref_load, "--ref-load")
     for name in ARCHITECTURE:
         ours, theirs = getattr(cfg.model, name, None), values.get(name)
         if ours != theirs and (name in PRESENCE or (ours is not None and theirs is not None)):
@@ -68,8 +68,8 @@ def _shown(value) -> str:
     return "none" if value is None else str(value)
 
 
-def reference_architecture(ref_load: str) -> tuple[dict, str]:
-    """The architecture values a reference model records, and the file they come from."""
+def reference_architecture(ref_load: str, flag: str) -> tuple[dict, str]:
+    """The architecture values a whole model (`flag`: --ref-load, a teacher) records, and the file they come from."""
     from pathlib import Path
 
     from megatron_sft.checkpointing.layout import RUN_ARGS, CheckpointDir, is_megatron_checkpoint, latest_checkpoint_dir
@@ -80,15 +80,15 @@ def reference_architecture(ref_load: str) -> tuple[dict, str]:
         iter_dir, _ = latest_checkpoint_dir(path, None)
         view = CheckpointDir(iter_dir)
         if view.is_quantized:
-            raise UserError(f"--ref-load {ref_load}: a quantized checkpoint; give the unquantized model")
+            raise UserError(f"{flag} {ref_load}: a quantized checkpoint; give the unquantized model")
         if view.lora_record() is not None:
-            raise UserError(f"--ref-load {ref_load}: LoRA adapters, not a whole model; export it merged "
+            raise UserError(f"{flag} {ref_load}: LoRA adapters, not a whole model; export it merged "
                             "(examples/export.sh) and give that")
         return view.run_args() or {}, str(iter_dir / RUN_ARGS)
     if (path / "config.json").is_file():
         from megatron_sft.arguments.resolve import check_hf_dir
 
-        check_hf_dir(path, "--ref-load")
+        check_hf_dir(path, flag)
         config, where = read_hf_config(path)
         return megatron_args_from_hf_config(config, where), str(where)
-    raise UserError(f"--ref-load {ref_load}: neither a Hugging Face model directory nor a Megatron checkpoint")
+    raise UserError(f"{flag} {ref_load}: neither a Hugging Face model directory nor a Megatron checkpoint")

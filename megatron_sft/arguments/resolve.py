@@ -181,9 +181,10 @@ def resolve_source(args: Namespace) -> Source | None:
 
 
 def _gguf_to_hf(args: Namespace) -> None:
-    """A .gguf --load / --pretrained-model-path stands for its cached Hugging Face directory from here on."""
-    for attr, flag in (("load", "--load"), ("pretrained_model_path", "--pretrained-model-path")):
-        value = getattr(args, attr)
+    """A .gguf --load / --pretrained-model-path / teacher stands for its cached Hugging Face directory from here on."""
+    for attr, flag in (("load", "--load"), ("pretrained_model_path", "--pretrained-model-path"),
+                       ("export_kd_teacher_load", "--export-kd-teacher-load")):
+        value = getattr(args, attr, None)
         if is_gguf(value):
             hf_dir = hf_dir_from_gguf(value, args.gguf_cache_dir, flag)
             setattr(args, attr, str(hf_dir))

@@ -35,7 +35,8 @@ class Progress:
             self.bar.update(1)
         if iteration % self.log_interval == 0 or iteration == self.total:
             mfu = f" | MFU {fig['mfu'] * 100:.1f}%" if fig.get("mfu") is not None else ""
-            extra = "".join(f" | {k} {_fmt(v, '.4f')}" for k, v in fig.items() if "/" in k)  # DPO's rewards/...
+            # the objective's own figures: DPO's rewards/..., distillation's kd_loss and lm_loss
+            extra = "".join(f" | {k} {_fmt(v, '.4f')}" for k, v in fig.items() if "/" in k or k.endswith("_loss"))
             log.info(
                 "iteration %d/%d | loss %s | lr %s | grad norm %s | %.2f s/it | tokens/s %s "
                 "| supervised tokens/s %s%s%s",
