@@ -73,6 +73,9 @@ def sft(
     keep_last: int | None = None,
     save_hf: bool | str = False,
     resume: bool = True,
+    teacher_path: str | None = None,
+    kd_config: str | None = None,
+    teacher_model_config: str | None = None,
     extra_args: list[str] | None = None,
     quiet: bool = False,
 ) -> SFTResult:
@@ -84,6 +87,11 @@ def sft(
     and writes nothing. `keep_last` keeps only the newest N checkpoints. `save_hf=True` writes a Hugging Face
     directory beside every checkpoint (`"final"`: the last only) and the result's `hf_path` names the last one. `extra_args` are more Megatron-LM
     flags, appended last (e.g. ["--bf16", "--save-interval", "500"]).
+
+    `teacher_path` distills from that teacher (a Hugging Face directory, .gguf or Megatron checkpoint sharing the
+    tokenizer): the loss becomes KL(teacher || student) on the assistant tokens (docs/distillation.md);
+    `kd_config` is Megatron-LM's distillation YAML, `teacher_model_config` the teacher's shape where it does not
+    record it. A quantized `model_path` with its unquantized source as teacher is QAD.
     """
     return _train("finetune", locals())
 
@@ -146,6 +154,10 @@ def _flags(o: dict, seq_length: int) -> list[str]:
         flags += ["--save-hf"] + (["final"] if o["save_hf"] == "final" else [])
     if o["valid_data_path"]:
         flags += ["--eval-iters", "1000000000"]  # each validation reads the whole split once
+    for key, flag in (("teacher_path", "--export-kd-teacher-load"), ("kd_config", "--export-kd-cfg"),
+                      ("teacher_model_config", "--export-kd-teacher-model-config")):
+        if o.get(key):
+            flags += [flag, str(o[key])]
     return flags + list(o["extra_args"] or [])
 
 
@@ -275,6 +287,8 @@ def dpo(
     (docs/dpo.md: TRL's prompt/chosen/rejected, implicit-prompt conversations, NeMo-RL's ranked completions); the
     keywords of sft() otherwise (effective_batch_size counts pairs). `beta`, `loss_type` (sigmoid, ipo, hinge),
     `label_smoothing` and `rpo_alpha` (the weight of the chosen responses' NLL) are TRL's names."""
+    if sft_kwargs.get("teacher_path"):
+        raise SFTError("dpo(teacher_path=...): distillation is sft()'s; train DPO on the distilled model instead")
     flags = ["--dpo-beta", str(beta), "--dpo-loss-type", loss_type, "--dpo-label-smoothing", str(label_smoothing)]
     if rpo_alpha is not None:
         flags += ["--dpo-sft-weight", str(rpo_alpha)]

@@ -1,12 +1,14 @@
-"""Does quantization-aware training recover what post-training quantization loses? Measured on the embedded
-demo task (reverse a string; exact held-out answers), through the shell scripts a user runs:
+"""Does quantization-aware training (or distillation) recover what post-training quantization loses? Measured on
+the embedded demo task (reverse a string; exact held-out answers), through the shell scripts a user runs:
 
-    python tools/qat_quality.py [--work DIR] [--formats fp8 int8_sq int4_awq] [--qat-iters 100]
+    python tools/qat_quality.py [--work DIR] [--formats fp8 int8_sq int4_awq] [--qat-iters 100] [--qad]
 
 1. the fine-tuned demo model ($MLM_WORK_DIR/tiny/sft; made with make_embedded_default.py + finetune.sh if missing)
 2. per format: quantize.sh tiny FORMAT (calibrated on the training data) -> generate.sh on the held-out prompts
 3. per format: finetune.sh tiny on the quantized checkpoint for --qat-iters steps (QAT) -> generate.sh again
 4. the control: the same steps on the unquantized model (what the extra training alone does)
+5. with --qad, per format: the same steps on the quantized checkpoint with the fine-tuned model as the teacher
+   (finetune.sh with TEACHER_CKPT: quantization-aware distillation, KL to the teacher's distribution)
 and prints one table: exact answers of each model and its mean negative log-likelihood of the reference
 answers (teacher-forced; finer than exact match, which a small task saturates), all from this one run.
 """
@@ -89,6 +91,7 @@ def main() -> None:
     p.add_argument("--formats", nargs="+", default=["fp8", "int8_sq", "int4_awq"])
     p.add_argument("--qat-iters", type=int, default=100)
     p.add_argument("--qat-lr", default="3e-4")
+    p.add_argument("--qad", action="store_true", help="also QAD: the QAT steps with the unquantized model as teacher")
     p.add_argument("--sft-iters", type=int, default=None,
                    help="fine-tune the demo model for this many steps (default: conf/tiny.sh's 1000); a shorter run "
                         "leaves smaller margins, where quantization can flip answers")
@@ -127,6 +130,14 @@ def main() -> None:
         rows.append((f"PTQ {fmt} + QAT {cli.qat_iters} steps (finetune.sh, lr {cli.qat_lr})",
                      exact(env, qat, tiny / f"eval_qat_{fmt}.jsonl"), answer_nll(qat, heldout), f"{seconds:.0f} s"))
         print(rows[-1], flush=True)
+        if cli.qad:
+            qad = tiny / f"qad_{fmt}"
+            seconds = run("finetune.sh", {**env, **qat_env, "MLM_MODEL_CKPT": str(quant), "MLM_MODEL_SAVE": str(qad),
+                                          "TEACHER_CKPT": str(sft)})
+            rows.append((f"PTQ {fmt} + QAD {cli.qat_iters} steps (finetune.sh, TEACHER_CKPT: the unquantized model)",
+                         exact(env, qad, tiny / f"eval_qad_{fmt}.jsonl"), answer_nll(qad, heldout),
+                         f"{seconds:.0f} s"))
+            print(rows[-1], flush=True)
     print("\n| model | exact held-out answers | answer NLL (nats/token) | script time |\n|---|---|---|---|")
     for name, (hits, n), nll, seconds in rows:
         print(f"| {name} | {hits}/{n} ({hits / n:.0%}) | {nll:.3g} | {seconds} |")

@@ -133,6 +133,9 @@ def check_kd_args(cfg: RunConfig) -> None:
                             f"add {FLAG} PATH")
         return
     read_kd_cfg(cfg.kd.export_kd_cfg)
+    if cfg.is_lora:
+        raise UserError(f"{FLAG} with --peft lora: distillation trains the whole student (or a quantized one, QAD); "
+                        "leave out --peft lora")
     if cfg.parallel.virtual_pipeline_model_parallel_size:
         raise UserError(f"{FLAG}: distillation runs on a non-interleaved pipeline (as Megatron-LM's); leave out "
                         "--num-layers-per-virtual-pipeline-stage")

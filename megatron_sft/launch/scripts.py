@@ -94,6 +94,10 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
   KEEP_LAST       keep only the newest N checkpoints in MLM_MODEL_SAVE (--keep-last; default: keep all)
   SAVE_HF         1: a Hugging Face directory beside every checkpoint, iter_N/hf/ (--save-hf; LoRA: the PEFT
                   adapter); final: for the last checkpoint only; 0 (default): none (convert.sh exports later)
+  TEACHER_CKPT    distill from this teacher (--export-kd-teacher-load): a Hugging Face directory, a .gguf or a
+                  Megatron checkpoint sharing the model's tokenizer. QAD: MLM_MODEL_CKPT=<quantize.sh's checkpoint>
+                  TEACHER_CKPT=<the unquantized model>. KD_CFG: Megatron-LM's distillation YAML (--export-kd-cfg);
+                  TEACHER_MODEL_CONFIG: the teacher's shape where it does not record it (docs/distillation.md)
   MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (MLM_EXTRA_ARGS last: it wins)
 """
     layout = read_layout(s)
@@ -119,8 +123,32 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     keep_flags += {"0": [], "1": ["--save-hf"], "final": ["--save-hf", "final"]}[save_hf]
     flags = [*conf.model_args, *conf.train_args, *layout.flags(), *_start(s, conf.name, work),
              "--distributed-timeout-minutes", "30", *_dataset(s, data, extra, work), *peft_flags, *keep_flags,
-             *words(data), *(w for g in groups for w in words(g)), *words(extra)]
+             *_teacher(s), *words(data), *(w for g in groups for w in words(g)), *words(extra)]
     return Plan("examples/finetune.py", launch, flags, layout)
+
+
+def _teacher(s: Settings) -> list[str]:
+    """TEACHER_CKPT, KD_CFG, TEACHER_MODEL_CONFIG -> Megatron-LM's --export-kd-* flags (distillation)."""
+    teacher = s.given("TEACHER_CKPT")
+    files = {name: s.given(name) for name in ("KD_CFG", "TEACHER_MODEL_CONFIG")}
+    if not teacher:
+        given = [name for name, value in files.items() if value]
+        if given:
+            raise LaunchError(f"{given[0]} needs a teacher: set TEACHER_CKPT too")
+        return []
+    if is_gguf(teacher):
+        _check_hf_dir("TEACHER_CKPT", teacher)
+    else:
+        _check_checkpoint("TEACHER_CKPT", teacher)
+    s.note("TEACHER_CKPT", teacher, "distillation from this teacher")
+    flags = ["--export-kd-teacher-load", teacher]
+    for name, flag in (("KD_CFG", "--export-kd-cfg"), ("TEACHER_MODEL_CONFIG", "--export-kd-teacher-model-config")):
+        if files[name]:
+            if not Path(files[name]).is_file():
+                raise LaunchError(f"{name}={files[name]}: no such file")
+            s.note(name, files[name])
+            flags += [flag, files[name]]
+    return flags
 
 
 DPO_DEFAULTS = {

@@ -17,7 +17,7 @@ from megatron_sft.loading import hf_assets_source, load_run_tokenizer
 from megatron_sft.models.builder import padded_vocab_size
 from megatron_sft.runtime.distributed import collective_device
 from megatron_sft.training.metrics import Reporters, gpu_peak_flops, sample_lengths, training_flops
-from megatron_sft.training.progress import Progress
+from megatron_sft.training.progress import Progress, figure_format
 from megatron_sft.training.resume_check import check_resume
 from megatron_sft.training.runlog import RunFiles
 from megatron_sft.training.signals import ExitController
@@ -188,7 +188,7 @@ class Trainer:
         self.eval_history.append((self.state.iteration, loss))
         # a token cross-entropy has a perplexity; another objective's loss (DPO) has its own figures instead
         figures = extra or {"perplexity": math.exp(min(loss, 50.0))}
-        shown = "".join(f" | {k} {v:.4f}" for k, v in figures.items())
+        shown = "".join(f" | {k} {format(v, figure_format(k))}" for k, v in figures.items())
         log.info("validation at iteration %d | loss %.5f%s", self.state.iteration, loss, shown)
         self.files.write("validation", self.state.iteration, {"loss": loss, **figures})
         self.reporters.scalars({"validation/loss": loss, **{f"validation/{'ppl' if k == 'perplexity' else k}": v

@@ -13,6 +13,11 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def figure_format(name: str) -> str:
+    """A loss next to the main one may be tiny (a student close to its teacher): significant digits for it."""
+    return ".5g" if name.endswith("_loss") else ".4f"
+
+
 class Progress:
     """tqdm bar on rank 0 (ETA included); plain log lines when output is not a terminal."""
 
@@ -36,7 +41,8 @@ class Progress:
         if iteration % self.log_interval == 0 or iteration == self.total:
             mfu = f" | MFU {fig['mfu'] * 100:.1f}%" if fig.get("mfu") is not None else ""
             # the objective's own figures: DPO's rewards/..., distillation's kd_loss and lm_loss
-            extra = "".join(f" | {k} {_fmt(v, '.4f')}" for k, v in fig.items() if "/" in k or k.endswith("_loss"))
+            extra = "".join(f" | {k} {_fmt(v, figure_format(k))}" for k, v in fig.items()
+                            if "/" in k or k.endswith("_loss"))
             log.info(
                 "iteration %d/%d | loss %s | lr %s | grad norm %s | %.2f s/it | tokens/s %s "
                 "| supervised tokens/s %s%s%s",
