@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# --qad: the KD loss alone (Megatron-LM's default), and the LM loss plus the KD loss rescaled to its size
+QAD_VARIANTS = {"kd": ("the KD loss alone", "skip_lm_loss: true\n"),
+                "lm_kd": ("LM + KD loss", "skip_lm_loss: false\n")}
 EXAMPLES = REPO / "examples"
 
 
@@ -130,13 +133,14 @@ def main() -> None:
         rows.append((f"PTQ {fmt} + QAT {cli.qat_iters} steps (finetune.sh, lr {cli.qat_lr})",
                      exact(env, qat, tiny / f"eval_qat_{fmt}.jsonl"), answer_nll(qat, heldout), f"{seconds:.0f} s"))
         print(rows[-1], flush=True)
-        if cli.qad:
-            qad = tiny / f"qad_{fmt}"
+        for variant, (label, kd_cfg) in QAD_VARIANTS.items() if cli.qad else ():
+            qad, yaml = tiny / f"qad_{fmt}_{variant}", tiny / f"qad_{variant}.yaml"
+            yaml.write_text(kd_cfg)
             seconds = run("finetune.sh", {**env, **qat_env, "MLM_MODEL_CKPT": str(quant), "MLM_MODEL_SAVE": str(qad),
-                                          "TEACHER_CKPT": str(sft)})
-            rows.append((f"PTQ {fmt} + QAD {cli.qat_iters} steps (finetune.sh, TEACHER_CKPT: the unquantized model)",
-                         exact(env, qad, tiny / f"eval_qad_{fmt}.jsonl"), answer_nll(qad, heldout),
-                         f"{seconds:.0f} s"))
+                                          "TEACHER_CKPT": str(sft), "KD_CFG": str(yaml)})
+            rows.append((f"PTQ {fmt} + QAD {cli.qat_iters} steps (finetune.sh, TEACHER_CKPT: the unquantized model; "
+                         f"{label})", exact(env, qad, tiny / f"eval_qad_{fmt}_{variant}.jsonl"),
+                         answer_nll(qad, heldout), f"{seconds:.0f} s"))
             print(rows[-1], flush=True)
     print("\n| model | exact held-out answers | answer NLL (nats/token) | script time |\n|---|---|---|---|")
     for name, (hits, n), nll, seconds in rows:
