@@ -123,6 +123,19 @@ def test_first_step_equals_transformers(runs, run):
         assert worst <= 1e-5, f"{run}: {name} differs by {worst:.2e} of its largest entry"
 
 
+def test_first_moe_step_equals_transformers(runs, tiny_models):
+    """The hybrid MoE student (Mamba, attention and MoE layers) and its noisy copy as teacher: loss, KD and LM
+    figures and gradient norm of step 1 = transformers' NemotronH, 1e-5 (EP2 is compared with this run below)."""
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_models["nemotron_h_moe"], dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(runs["out"] / "moe_teacher", dtype=torch.float32)
+    expected = hand_step(student, teacher, torch.load(runs["out"] / "kd_first_batch_moe.pt"), mix=False)
+    first = runs["moe_tp1"]["steps"][0]
+    for key in ("loss", "kd_loss", "lm_loss", "grad_norm"):
+        assert rel(first[key], expected[key]) <= 1e-5, ("moe_tp1", key, first[key], expected[key])
+
+
 # 3 steps at other layouts: the same arithmetic in another order (fp32 rounding); a token counted twice, a
 # vocabulary shard's KL left out or a teacher hidden state from another position is > 1e-3.
 @pytest.mark.parametrize("layout,reference", [

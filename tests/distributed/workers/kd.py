@@ -4,7 +4,7 @@
         --out DIR
 
 Rank 0 writes OUT/kd_ws<N>.json: per named run, every step's loss, grad norm, kd_loss and lm_loss, and the teacher's
-state after training; at world size 1 also the first global batch (OUT/kd_first_batch.pt) and the step's gradients
+state after training; at world size 1 also the first global batch (OUT/kd_first_batch.pt; _moe.pt: the MoE run's) and the step's gradients
 under Hugging Face's names (OUT/kd_grads_<run>.pt), for the test to recompute with transformers.
 """
 
@@ -111,12 +111,12 @@ def main() -> None:
         if size != ws:
             continue
         run = moe if flags.startswith("MOE") else base
-        capture = [] if name == "tp1" else None
+        capture = [] if name in ("tp1", "moe_tp1") else None
         grads = cli.out / f"kd_grads_{name}.pt" if name in ("tp1", "mix_tp1") else None
         results[name] = kd(f"{run} {flags.removeprefix('MOE')} --export-kd-cfg {yamls[yaml_key]} --train-iters 3",
                            capture, grads)
         if capture:
-            torch.save(capture[0], cli.out / "kd_first_batch.pt")
+            torch.save(capture[0], cli.out / f"kd_first_batch{'_moe' if name.startswith('moe') else ''}.pt")
     if ws == 2:
         ckpt = cli.out / "resume_ckpt"
         tp2 = f"{base} --tensor-model-parallel-size 2 --export-kd-cfg {yamls['MIX']} --train-iters 5"
