@@ -35,9 +35,11 @@ def write_data(path: Path, n: int) -> Path:
     return path
 
 
-def noisy_copy(source: Path, out: Path, scale: float, **overrides) -> Path:
-    """The tiny model with every weight moved by noise (a teacher that disagrees with the student); `overrides`
-    change its config first (fewer layers: the first ones kept)."""
+def noisy_copy(source: Path, out: Path, scale: float, only: str = ".", **overrides) -> Path:
+    """The tiny model with every weight whose name matches `only` moved by noise (a teacher that disagrees with the
+    student); `overrides` change its config first (fewer layers: the first ones kept)."""
+    import re
+
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(source)
@@ -46,8 +48,9 @@ def noisy_copy(source: Path, out: Path, scale: float, **overrides) -> Path:
     model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=generator))
+        for name, p in model.named_parameters():
+            if re.search(only, name):
+                p.add_(scale * torch.randn(p.shape, generator=generator))
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return out
@@ -65,7 +68,11 @@ def runs(tiny_models, tmp_path_factory) -> dict:
     teacher = noisy_copy(tiny_models["qwen3"], out / "teacher", 0.3)
     student = noisy_copy(tiny_models["qwen3"], out / "student", 0.0, num_hidden_layers=layers // 2,
                          layer_types=AutoConfig.from_pretrained(tiny_models["qwen3"]).layer_types[:layers // 2])
-    moe_teacher = noisy_copy(tiny_models["nemotron_h_moe"], out / "moe_teacher", 0.3)
+    # Mamba layers left as they are: transformers' NemotronH scan (torch_forward, the reference) loses accuracy when
+    # they move far from their initialisation (3e-4 of the largest logit here with noise 0.05 on every
+    # weight)
+    moe_teacher = noisy_copy(tiny_models["nemotron_h_moe"], out / "moe_teacher", 0.3,
+                             only=r"mixer\.(gate|experts|shared_experts|[qkvo]_proj)|embeddings|lm_head")
     merged = {"out": out, "teacher": teacher, "student": student}
     for world_size in (1, 2):
         torchrun(WORKERS / "kd.py", world_size, ["--student", student, "--teacher", teacher, "--moe-student",
@@ -125,15 +132,18 @@ def test_first_step_equals_transformers(runs, run):
 
 def test_first_moe_step_equals_transformers(runs, tiny_models):
     """The hybrid MoE student (Mamba, attention and MoE layers) and its noisy copy as teacher: loss, KD and LM
-    figures and gradient norm of step 1 = transformers' NemotronH, 1e-5 (EP2 is compared with this run below)."""
+    figures (1e-5) and gradient norm (5e-5) of step 1 = transformers' NemotronH (EP2 is compared with this run
+    below)."""
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(tiny_models["nemotron_h_moe"], dtype=torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(runs["out"] / "moe_teacher", dtype=torch.float32)
     expected = hand_step(student, teacher, torch.load(runs["out"] / "kd_first_batch_moe.pt"), mix=False)
     first = runs["moe_tp1"]["steps"][0]
-    for key in ("loss", "kd_loss", "lm_loss", "grad_norm"):
+    for key in ("loss", "kd_loss", "lm_loss"):
         assert rel(first[key], expected[key]) <= 1e-5, ("moe_tp1", key, first[key], expected[key])
+    # backward through transformers' Mamba scan adds its rounding (1.3e-5 seen); a wrong token or expert is > 1e-3
+    assert rel(first["grad_norm"], expected["grad_norm"]) <= 5e-5, (first["grad_norm"], expected["grad_norm"])
 
 
 # 3 steps at other layouts: the same arithmetic in another order (fp32 rounding); a token counted twice, a
