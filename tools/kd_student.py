@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qat_quality import REPO, answer_nll, exact, run  # the sibling tool (this script's directory is on the path)
+from qat_quality import REPO, answer_nll, exact, print_table, run  # the sibling tool (this script's directory is on the path)
 
 
 def half_depth(hf: Path, out: Path) -> Path:
@@ -97,9 +97,7 @@ def main() -> None:
         rows.append((f"student + {cli.iters} steps {label}, lr {cli.lr}", exact(env, save, tiny / f"eval_{name}.jsonl"),
                      answer_nll(save, heldout), f"{seconds:.0f} s"))
         print(rows[-1], flush=True)
-    print("\n| model | exact held-out answers | answer NLL (nats/token) | script time |\n|---|---|---|---|")
-    for name, (hits, n), nll, seconds in rows:
-        print(f"| {name} | {hits}/{n} ({hits / n:.0%}) | {nll:.3g} | {seconds} |")
+    print_table(rows)
 
 
 if __name__ == "__main__":

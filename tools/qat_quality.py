@@ -84,6 +84,13 @@ def _nll_main(ckpt: str, heldout: str, bf16: bool) -> None:
     print(total / count)
 
 
+def print_table(rows: list) -> None:
+    """The rows (name, (exact, of), NLL, script time) as one Markdown table."""
+    print("\n| model | exact held-out answers | answer NLL (nats/token) | script time |\n|---|---|---|---|")
+    for name, (hits, n), nll, seconds in rows:
+        print(f"| {name} | {hits}/{n} ({hits / n:.0%}) | {nll:.3g} | {seconds} |")
+
+
 def main() -> None:
     if "--nll" in sys.argv:
         argv = sys.argv
@@ -142,9 +149,7 @@ def main() -> None:
                          f"{label})", exact(env, qad, tiny / f"eval_qad_{fmt}_{variant}.jsonl"),
                          answer_nll(qad, heldout), f"{seconds:.0f} s"))
             print(rows[-1], flush=True)
-    print("\n| model | exact held-out answers | answer NLL (nats/token) | script time |\n|---|---|---|---|")
-    for name, (hits, n), nll, seconds in rows:
-        print(f"| {name} | {hits}/{n} ({hits / n:.0%}) | {nll:.3g} | {seconds} |")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -408,20 +408,9 @@ def _trainer_class():
 
 def metrics_everywhere(reports: list[dict]) -> dict:
     """TRL's metrics of the step: summed over micro-batches and DP x CP ranks, divided by the pairs; every rank."""
-    from megatron.core import parallel_state as ps
+    from megatron_sft.training.step import report_sums_everywhere
 
-    from megatron_sft.runtime.distributed import collective_device
-
-    total = torch.zeros(len(METRICS) + 1, dtype=torch.float64)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        for report in reports:
-            total += report["dpo metrics"].double().cpu()
-    total = total.to(collective_device())
-    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        torch.distributed.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
-                                    group=ps.get_pipeline_model_parallel_group())
-    total = total.cpu()
+    total = report_sums_everywhere(reports, "dpo metrics", len(METRICS) + 1)
     pairs = max(float(total[-1]), 1.0)
     return {name: float(total[k]) / pairs for k, name in enumerate(METRICS)}
 

@@ -29,8 +29,6 @@ from megatron_sft.training.lm_head import hidden_states_instead_of_logits, selec
 
 log = logging.getLogger(__name__)
 
-METRICS = ("kd_loss", "lm_loss")  # per supervised token, in the progress line, training.log and metrics.jsonl
-
 
 @dataclass
 class Teacher:
@@ -82,6 +80,12 @@ def build_teacher(cfg: RunConfig) -> Teacher:
     return Teacher(chunks, config, source)
 
 
+def _inputs(data_iterator, model, layout: PackedLayout):
+    """(the next micro-batch's inputs on the device, the model's positional arguments, the model inside DDP)."""
+    b = model_inputs(next(data_iterator), layout, "cuda" if torch.cuda.is_available() else "cpu")
+    return b, (b["tokens"], b["position_ids"], b["attention_mask"]), unwrap(model)
+
+
 def _no_loss(output_tensor):
     zero = torch.zeros((), device=output_tensor.device)
     return zero, torch.tensor(0, dtype=torch.int, device=zero.device), {}
@@ -94,13 +98,10 @@ def teacher_outputs(teacher: Teacher, batches: list, layout: PackedLayout, seq_l
     (whole=False), or every token's as the output layer takes them (whole=True); and its output layer's weight."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     out = {"hidden": [], "weight": None, "model": None}
 
     def forward_step(data_iterator, model):
-        b = model_inputs(next(data_iterator), layout, device)
-        args = (b["tokens"], b["position_ids"], b["attention_mask"])
-        gpt = unwrap(model)
+        b, args, gpt = _inputs(data_iterator, model, layout)
         if not gpt.post_process:
             return model(*args, packed_seq_params=b["packed_seq_params"]), _no_loss
         with hidden_states_instead_of_logits(gpt) as seen:
@@ -141,14 +142,11 @@ def _lm_ratio(kd_sum, ce_sum) -> float:
 def make_kd_forward_step(layout: PackedLayout, settings: KdSettings, teacher_out: dict, lm_head_chunk_size: int,
                          sequence_parallel: bool):
     """Megatron's forward_step_func of the student: the loss on the last stage as the module docstring says."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     hidden_iter = iter(teacher_out["hidden"])
     temperature = settings.temperature
 
     def forward_step(data_iterator, model):
-        b = model_inputs(next(data_iterator), layout, device)
-        args = (b["tokens"], b["position_ids"], b["attention_mask"])
-        gpt = unwrap(model)
+        b, args, gpt = _inputs(data_iterator, model, layout)
         if not gpt.post_process:
             return model(*args, packed_seq_params=b["packed_seq_params"]), _no_loss
         t_hidden = next(hidden_iter)
@@ -200,20 +198,9 @@ def _chunked(model, gpt, b, args, t_hidden, t_weight, settings, chunk_size, sequ
 
 def metrics_everywhere(reports: list[dict]) -> dict:
     """The step's KD and LM losses per supervised token: summed over micro-batches and DP x CP ranks; every rank."""
-    from megatron.core import parallel_state as ps
+    from megatron_sft.training.step import report_sums_everywhere
 
-    from megatron_sft.runtime.distributed import collective_device
-
-    total = torch.zeros(3, dtype=torch.float64)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        for report in reports:
-            total += report["kd metrics"].double().cpu()
-    total = total.to(collective_device())
-    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        torch.distributed.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
-                                    group=ps.get_pipeline_model_parallel_group())
-    kd, ce, count = total.cpu().tolist()
+    kd, ce, count = report_sums_everywhere(reports, "kd metrics", 3).tolist()
     count = max(count, 1.0)
     return {"kd_loss": kd / count, "lm_loss": ce / count}
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from megatron_sft.training.lm_head import _placeholder
+from megatron_sft.training.lm_head import add_weight_grad, head_backward, weight_grad_target
 
 
 def _tp():
@@ -71,10 +71,7 @@ class _ChunkedVocabParallelKD(torch.autograd.Function):
         group, world, rank = _tp()
         sums = torch.zeros(3, dtype=torch.float64, device=hidden.device)  # weighted total, KD, CE
         grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
-        in_main_grad = need_weight_grad and hasattr(weight, "main_grad") and hasattr(weight, "grad_added_to_main_grad")
-        grad_weight = None
-        if need_weight_grad:
-            grad_weight = weight.main_grad if in_main_grad else torch.zeros_like(weight, dtype=torch.float32)
+        grad_weight, in_main_grad = weight_grad_target(weight, need_weight_grad)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:end].to(weight.dtype)
@@ -90,10 +87,8 @@ class _ChunkedVocabParallelKD(torch.autograd.Function):
                 dz[owned, idx[owned]] -= b[owned, 0]  # the one-hot of the targets on this shard
                 if need_hidden_grad:  # partial over the vocabulary shard; summed over TP in backward
                     grad_hidden[start:end] = dz.to(weight.dtype) @ weight
-                if need_weight_grad and weight.dtype == torch.float32:
-                    grad_weight.addmm_(dz.t(), h)
-                elif need_weight_grad:
-                    grad_weight.add_(dz.t().to(weight.dtype) @ h)
+                if need_weight_grad:
+                    add_weight_grad(grad_weight, dz, h)
                 del dz
             del ps_t, pt, ps_1
         ctx.save_for_backward(grad_hidden, None if in_main_grad else grad_weight)
@@ -104,17 +99,7 @@ class _ChunkedVocabParallelKD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, _kd, _ce):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
-        if ctx.in_main_grad:
-            if float(grad_output) != 1.0:  # see training/lm_head.py: added in forward as if it were 1
-                raise RuntimeError(f"kd_loss: loss gradient {float(grad_output)} != 1 was already applied as 1; "
-                                   "run with --lm-head-chunk-size 0")
-            grad_weight = _placeholder(ctx.weight)
-        elif grad_weight is not None:
-            grad_weight = grad_weight.mul_(grad_output).to(ctx.weight.dtype)
-        return grad_hidden, grad_weight, *([None] * 9)
+        return (*head_backward(ctx, grad_output), *([None] * 9))
 
 
 def chunked_kd_loss(hidden, weight, t_hidden, t_weight, targets, w_kd, w_ce, temperature: float, chunk_size: int):

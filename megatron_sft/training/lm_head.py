@@ -59,12 +59,7 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
 
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
-        # Under Megatron's DDP the weight gradient goes straight into the fp32 main_grad, as Megatron's own
-        # linear layers do with gradient accumulation fusion: no [vocab x hidden] buffer lives until backward.
-        in_main_grad = need_weight_grad and hasattr(weight, "main_grad") and hasattr(weight, "grad_added_to_main_grad")
-        grad_weight = None
-        if need_weight_grad:
-            grad_weight = weight.main_grad if in_main_grad else torch.zeros_like(weight, dtype=torch.float32)
+        grad_weight, in_main_grad = weight_grad_target(weight, need_weight_grad)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:end].to(weight.dtype)
@@ -76,10 +71,8 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
             total += loss.detach()
             if need_hidden_grad:  # partial over the vocabulary shard; summed over TP in backward
                 grad_hidden[start:end] = dlogits.to(weight.dtype) @ weight
-            if need_weight_grad and weight.dtype == torch.float32:
-                grad_weight.addmm_(dlogits.t(), h)  # in place: no [vocab x hidden] temporary
-            elif need_weight_grad:  # the product in the weight's dtype (tensor cores on GPU), summed in fp32
-                grad_weight.add_(dlogits.t().to(weight.dtype) @ h)
+            if need_weight_grad:
+                add_weight_grad(grad_weight, dlogits, h)
             del logits, losses, loss, dlogits
         ctx.save_for_backward(grad_hidden, None if in_main_grad else grad_weight)
         ctx.weight, ctx.in_main_grad = weight, in_main_grad
@@ -87,19 +80,45 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
-        if ctx.in_main_grad:
-            # Added in forward as if grad_output were 1, which it is: Megatron's per-token loss is not divided
-            # by micro-batches, and only fp16 (where this head is off) scales the loss.
-            if float(grad_output) != 1.0:
-                raise RuntimeError(f"lm_head: loss gradient {float(grad_output)} != 1 was already applied as 1; "
-                                   "run with --lm-head-chunk-size 0")
-            grad_weight = _placeholder(ctx.weight)
-        elif grad_weight is not None:
-            grad_weight = grad_weight.mul_(grad_output).to(ctx.weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return (*head_backward(ctx, grad_output), None, None, None, None, None)
+
+
+def weight_grad_target(weight, need_weight_grad: bool):
+    """(where the output weight's gradient is accumulated during forward, whether that is Megatron's main_grad).
+
+    Under Megatron's DDP it goes straight into the fp32 main_grad, as Megatron's own linear layers do with gradient
+    accumulation fusion: no [vocab x hidden] buffer lives until backward."""
+    if not need_weight_grad:
+        return None, False
+    in_main_grad = hasattr(weight, "main_grad") and hasattr(weight, "grad_added_to_main_grad")
+    return (weight.main_grad if in_main_grad else torch.zeros_like(weight, dtype=torch.float32)), in_main_grad
+
+
+def add_weight_grad(grad_weight: torch.Tensor, dlogits: torch.Tensor, h: torch.Tensor) -> None:
+    """grad_weight += dlogits^T h, in place: no [vocab x hidden] temporary in fp32; in another dtype the product in
+    that dtype (tensor cores on GPU), summed in fp32."""
+    if h.dtype == torch.float32:
+        grad_weight.addmm_(dlogits.t(), h)
+    else:
+        grad_weight.add_(dlogits.t().to(h.dtype) @ h)
+
+
+def head_backward(ctx, grad_output):
+    """(hidden-state gradient, weight gradient) of a chunked head whose forward kept them (ctx: saved tensors
+    grad_hidden and grad_weight, weight, in_main_grad)."""
+    grad_hidden, grad_weight = ctx.saved_tensors
+    if grad_hidden is not None:
+        grad_hidden = grad_hidden.mul_(grad_output.to(grad_hidden.dtype))
+    if ctx.in_main_grad:
+        # Added in forward as if grad_output were 1, which it is: Megatron's per-token loss is not divided by
+        # micro-batches, and only fp16 (where this head is off) scales the loss.
+        if float(grad_output) != 1.0:
+            raise RuntimeError(f"lm_head: loss gradient {float(grad_output)} != 1 was already applied as 1; "
+                               "run with --lm-head-chunk-size 0")
+        grad_weight = _placeholder(ctx.weight)
+    elif grad_weight is not None:
+        grad_weight = grad_weight.mul_(grad_output).to(ctx.weight.dtype)
+    return grad_hidden, grad_weight
 
 
 def _placeholder(weight):

@@ -64,6 +64,25 @@ def _loss_everywhere(reports: list[dict]) -> float:
     return float(value[0])
 
 
+def report_sums_everywhere(reports: list[dict], key: str, size: int) -> torch.Tensor:
+    """The last stage's `key` reports (each `size` numbers) summed over micro-batches and DP x CP ranks, float64,
+    on every rank (broadcast over the pipeline): an objective's figures beside the loss (DPO's, distillation's)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.runtime.distributed import collective_device
+
+    total = torch.zeros(size, dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        for report in reports:
+            total += report[key].double().cpu()
+    total = total.to(collective_device())
+    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
+                                    group=ps.get_pipeline_model_parallel_group())
+    return total.cpu()
+
+
 def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, forward_only: bool,
                  forward_step=None) -> list:
     """Megatron's schedule over `batches`; `forward_step`: another objective's (DPO), else the SFT loss's."""
