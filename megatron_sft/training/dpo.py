@@ -374,22 +374,13 @@ def _trainer_class():
 
         def evaluate(self, eval_iters: int) -> tuple[float, dict]:
             """The DPO loss and metrics of the validation pairs (each global batch's mean, averaged)."""
-            import itertools
+            from megatron_sft.training.step import _loss_everywhere
 
-            from megatron_sft.training.step import _loss_everywhere, run_schedule
+            def prepare(group):
+                group = self._counted(group)
+                return group, self._forward(group, self.valid_reference)
 
-            cfg, batches, reports = self.cfg, iter(self.data.valid), []
-            for chunk in self.model.chunks:
-                chunk.eval()
-            with torch.no_grad():
-                for _ in range(eval_iters):
-                    group = self._counted(list(itertools.islice(batches, cfg.training.num_microbatches)))
-                    if not group:
-                        break
-                    reports += run_schedule(self.model, group, cfg.data.seq_length, cfg.training.micro_batch_size,
-                                            forward_only=True, forward_step=self._forward(group, self.valid_reference))
-            for chunk in self.model.chunks:
-                chunk.train()
+            reports = self.validation_reports(eval_iters, prepare)
             return _loss_everywhere(reports), metrics_everywhere(reports)
 
         def _counted(self, batches: list) -> list:

@@ -207,7 +207,7 @@ def metrics_everywhere(reports: list[dict]) -> dict:
 
 def trainer_class():
     from megatron_sft.training.loop import Trainer
-    from megatron_sft.training.step import _loss_everywhere, run_schedule, train_step
+    from megatron_sft.training.step import train_step
 
     class KdTrainer(Trainer):
         """The SFT Trainer with a teacher: the KD loss, its figures beside the LM loss."""
@@ -237,22 +237,9 @@ def trainer_class():
 
         def evaluate(self, eval_iters: int) -> tuple[float, dict]:
             """The validation LM loss (as Megatron-LM reports it for distillation), its perplexity and the KD loss."""
-            import itertools
             import math
 
-            cfg, batches, reports = self.cfg, iter(self.data.valid), []
-            for chunk in self.model.chunks:
-                chunk.eval()
-            with torch.no_grad():
-                for _ in range(eval_iters):
-                    group = list(itertools.islice(batches, cfg.training.num_microbatches))
-                    if not group:
-                        break
-                    reports += run_schedule(self.model, group, cfg.data.seq_length, cfg.training.micro_batch_size,
-                                            forward_only=True, forward_step=self._forward(group))
-            for chunk in self.model.chunks:
-                chunk.train()
-            _loss_everywhere(reports)  # the collective every rank makes; the figures below are the ones shown
+            reports = self.validation_reports(eval_iters, lambda group: (group, self._forward(group)))
             figures = metrics_everywhere(reports)
             lm = figures["lm_loss"]
             return lm, {"perplexity": math.exp(min(lm, 50.0)), "kd_loss": figures["kd_loss"]}

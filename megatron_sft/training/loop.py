@@ -200,6 +200,26 @@ class Trainer:
         return evaluate(self.model, iter(self.data.valid), eval_iters, cfg.training.num_microbatches,
                         cfg.data.seq_length, cfg.training.micro_batch_size), {}
 
+    def validation_reports(self, eval_iters: int, prepare) -> list[dict]:
+        """The last stage's reports of the forward-only schedule over `eval_iters` validation global batches, for an
+        objective's own figures: prepare(micro-batches) -> (micro-batches, forward_step) of each global batch."""
+        from megatron_sft.training.step import run_schedule
+
+        cfg, batches, reports = self.cfg, iter(self.data.valid), []
+        for chunk in self.model.chunks:
+            chunk.eval()
+        with torch.no_grad():
+            for _ in range(eval_iters):
+                group = list(itertools.islice(batches, cfg.training.num_microbatches))
+                if not group:
+                    break
+                group, forward_step = prepare(group)
+                reports += run_schedule(self.model, group, cfg.data.seq_length, cfg.training.micro_batch_size,
+                                        forward_only=True, forward_step=forward_step)
+        for chunk in self.model.chunks:
+            chunk.train()
+        return reports
+
     def content(self) -> TrainingContent:
         """What a checkpoint of this run holds now (the checkpointer writes it)."""
         return TrainingContent(self.model, self.state, self.cfg, self.history, self.eval_history)

@@ -179,6 +179,13 @@ def test_distillation_trains(runs):
     assert steps[-1]["kd_loss"] < steps[0]["kd_loss"]
 
 
+def test_validation_reports_the_lm_loss(runs):
+    """--split with a validation share at PP2: validation at iterations 2 and at the end is the student's LM loss
+    on the held-out packs (near ln 512 for these untrained tiny models), as Megatron-LM reports it."""
+    (iteration, loss), *_ = runs["validated"]["validation"]
+    assert iteration == 2 and 5.0 < loss < 7.0, runs["validated"]["validation"]
+
+
 def test_resume_is_exact_with_the_recorded_teacher(runs):
     """5 steps straight = 3, a save, and 2 more from the checkpoint naming neither teacher nor YAML (recorded)."""
     assert runs["first3"]["steps"] + runs["resumed2"]["steps"] == runs["straight5"]["steps"]

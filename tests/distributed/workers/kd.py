@@ -125,6 +125,8 @@ def main() -> None:
         # the resume names neither the teacher nor the YAML: both come from the checkpoint's record
         resumed = tp2.replace(f"--load {cli.student} --export-kd-teacher-load {cli.teacher}", f"--load {ckpt}")
         results["resumed2"] = kd(resumed.replace(f"--export-kd-cfg {yamls['MIX']}", ""))
+        results["validated"] = kd(f"{base} --pipeline-model-parallel-size 2 --export-kd-cfg {yamls['T2']} "
+                                  "--split 75,25,0 --eval-interval 2 --eval-iters 2 --train-iters 2")
     if int(os.environ.get("RANK", "0")) == 0:
         (cli.out / f"kd_ws{ws}.json").write_text(json.dumps(results))
 
