@@ -76,6 +76,9 @@ def sft(
     teacher_path: str | None = None,
     kd_config: str | None = None,
     teacher_model_config: str | None = None,
+    loss_normalization: str = "token",
+    loss_turns: str = "all",
+    neftune_noise_alpha: float | None = None,
     extra_args: list[str] | None = None,
     quiet: bool = False,
 ) -> SFTResult:
@@ -92,6 +95,10 @@ def sft(
     tokenizer): the loss becomes KL(teacher || student) on the assistant tokens (docs/distillation.md);
     `kd_config` is Megatron-LM's distillation YAML, `teacher_model_config` the teacher's shape where it does not
     record it. A quantized `model_path` with its unquantized source as teacher is QAD.
+
+    `loss_normalization="sample"`: each conversation's mean token loss, then the mean over conversations (default
+    "token": the mean over supervised tokens); `loss_turns="last"`: train on each conversation's last assistant turn
+    only; `neftune_noise_alpha`: NEFTune's noise on the input embeddings (TRL's keyword). docs/data.md.
     """
     return _train("finetune", locals())
 
@@ -155,8 +162,13 @@ def _flags(o: dict, seq_length: int) -> list[str]:
     if o["valid_data_path"]:
         flags += ["--eval-iters", "1000000000"]  # each validation reads the whole split once
     for key, flag in (("teacher_path", "--export-kd-teacher-load"), ("kd_config", "--export-kd-cfg"),
-                      ("teacher_model_config", "--export-kd-teacher-model-config")):
+                      ("teacher_model_config", "--export-kd-teacher-model-config"),
+                      ("neftune_noise_alpha", "--neftune-noise-alpha")):
         if o.get(key):
+            flags += [flag, str(o[key])]
+    for key, flag, default in (("loss_normalization", "--loss-normalization", "token"),
+                               ("loss_turns", "--loss-turns", "all")):
+        if o.get(key, default) != default:
             flags += [flag, str(o[key])]
     return flags + list(o["extra_args"] or [])
 

@@ -27,7 +27,7 @@ from megatron_sft.arguments.inference import (
 from megatron_sft.arguments.inputs import check_not_converting_in_place
 from megatron_sft.arguments.kd import add_kd_args, check_kd_args
 from megatron_sft.arguments.quantize import add_quantize_args, check_quantize_args
-from megatron_sft.arguments.training import check_run_length
+from megatron_sft.arguments.training import check_neftune, check_run_length
 from megatron_sft.config import RunConfig
 
 
@@ -42,7 +42,7 @@ class App:
 
 APPS = {app.name: app for app in (
     App("finetune", "supervised fine-tuning (full or LoRA) on packed chat data, or distillation from a teacher",
-        "megatron_sft.run_finetune:run", (add_kd_args,), (check_run_length, check_kd_args)),
+        "megatron_sft.run_finetune:run", (add_kd_args,), (check_run_length, check_neftune, check_kd_args)),
     App("dpo", "preference training (DPO, IPO, hinge) on chosen/rejected pairs, after fine-tuning",
         "megatron_sft.training.dpo:run", (add_dpo_args,), (check_run_length, check_dpo_args)),
     App("generate", "generate from a checkpoint or a Hugging Face directory", "megatron_sft.inference.run:generate_main",

@@ -134,6 +134,7 @@ class TrainingConfig:
     gradient_accumulation_fusion: bool = True
     check_for_nan_in_loss_and_grad: bool = True
     lm_head_chunk_size: int = 128  # supervised tokens per output-layer chunk (0: full logits)
+    neftune_noise_alpha: float | None = None  # NEFTune's alpha (training/neftune.py); None: no noise
     recompute_granularity: str | None = None
     recompute_method: str | None = None
     recompute_num_layers: int | None = None
@@ -285,6 +286,8 @@ class DataConfig:
     skip_invalid: bool = False
     drop_long_samples: bool = False
     unmask_user: bool = False
+    loss_turns: str = "all"  # all assistant turns, or the last one only (a message's own "loss" wins)
+    loss_normalization: str = "token"  # token: mean over supervised tokens; sample: mean of conversations' means
     eod_mask_loss: bool = False
     reset_position_ids: bool = False
     reset_attention_mask: bool = False

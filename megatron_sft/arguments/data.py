@@ -59,6 +59,12 @@ def add_data_args(parser: ArgumentParser) -> None:
     )
     g.add_argument("--skip-invalid", action="store_true", help="skip malformed samples (counted) instead of failing")
     g.add_argument("--unmask-user", action="store_true", help="train on user turns too (default: assistant only)")
+    g.add_argument("--loss-turns", choices=["all", "last"], default="all",
+                   help="which assistant turns of a conversation are trained on: all (default) or the last only "
+                   "(LLaMA-Factory's mask_history); a message's own \"loss\": true|false wins")
+    g.add_argument("--loss-normalization", choices=["token", "sample"], default="token",
+                   help="token (default): the mean over the global batch's supervised tokens; sample: each "
+                   "conversation's mean over its supervised tokens, then the mean over conversations")
     long = g.add_mutually_exclusive_group()
     long.add_argument(
         "--truncate-long-samples", action="store_true", help="cut samples over --max-sample-length (default)"

@@ -34,6 +34,10 @@ def check_dpo_args(cfg: RunConfig) -> None:
         raise UserError(f"--dpo-label-smoothing applies to --dpo-loss-type sigmoid, not {d.dpo_loss_type}")
     if d.dpo_sft_weight < 0:
         raise UserError(f"--dpo-sft-weight {d.dpo_sft_weight} must be 0 or more")
+    if cfg.data.loss_normalization != "token" or cfg.data.loss_turns != "all":
+        raise UserError("--loss-normalization / --loss-turns shape the SFT loss; DPO's is per pair (leave them out)")
+    if cfg.training.neftune_noise_alpha is not None:
+        raise UserError("--neftune-noise-alpha: NEFTune is for fine-tuning (finetune); leave it out of dpo")
     if d.ref_load:
         check_reference(cfg, d.ref_load)
 

@@ -133,6 +133,9 @@ def check_kd_args(cfg: RunConfig) -> None:
                             f"add {FLAG} PATH")
         return
     read_kd_cfg(cfg.kd.export_kd_cfg)
+    if cfg.data.loss_normalization != "token":
+        raise UserError(f"{FLAG} with --loss-normalization {cfg.data.loss_normalization}: distillation's loss is the "
+                        "mean over supervised tokens; leave --loss-normalization out")
     if cfg.is_lora:
         raise UserError(f"{FLAG} with --peft lora: distillation trains the whole student (or a quantized one, QAD); "
                         "leave out --peft lora")

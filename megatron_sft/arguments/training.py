@@ -67,6 +67,13 @@ def add_training_args(parser: ArgumentParser) -> None:
         "a time, so at most N x vocab/TP logits exist (0: full logits of every token, Megatron's own path)",
     )
     g.add_argument(
+        "--neftune-noise-alpha",
+        type=float,
+        metavar="A",
+        help="NEFTune: uniform noise of scale A / sqrt(L x hidden) added to the input embeddings in training, L each "
+        "conversation's own length inside its pack (transformers' formula; TRL's neftune_noise_alpha; 5 is usual)",
+    )
+    g.add_argument(
         "--recompute-granularity",
         choices=["full", "selective"],
         help="activation recomputation: full layers, or selective (attention core only)",
@@ -139,6 +146,12 @@ def _add_logging_args(parser: ArgumentParser) -> None:
     g.add_argument("--tensorboard-dir", help="write TensorBoard scalars here (pip install .[loggers])")
     g.add_argument("--wandb-project", help="log to this Weights & Biases project (wandb installed and logged in)")
     g.add_argument("--wandb-exp-name", help="the Weights & Biases run name")
+
+
+def check_neftune(cfg) -> None:
+    alpha = cfg.training.neftune_noise_alpha
+    if alpha is not None and alpha <= 0:
+        raise UserError(f"--neftune-noise-alpha {alpha} must be positive (leave it out for no noise)")
 
 
 def check_run_length(cfg) -> None:

@@ -14,7 +14,8 @@ A micro-batch (`collate`) holds:
   cu_seqlens: int32 [n+1] for B=1, else a list of those per row: real sample lengths, cumulated, the
       trailing padding counted as one more segment; cu_seqlens_padded: the same with each sample's
       CP padding included (equal to cu_seqlens without context parallelism); max_seqlen: int;
-  num_supervised: int64 scalar, the number of loss tokens; num_padding: int64 [B], per row the tokens
+  num_supervised: int64 scalar, the number of loss tokens (loss_mask > 0: it holds weights with
+      --loss-normalization sample); num_padding: int64 [B], per row the tokens
       of its trailing padding segment (0: the row is full; else its last cu_seqlens segment is padding);
   sample_ids: per row, the cache's ids of its samples in segment order (rows from SFTDataset).
 """
@@ -30,9 +31,14 @@ PACK_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
 def build_pack(
-    samples: list[tuple[np.ndarray, np.ndarray]], seq_length: int, pad_id: int, cp_multiple: int = 1
+    samples: list[tuple[np.ndarray, np.ndarray]], seq_length: int, pad_id: int, cp_multiple: int = 1,
+    per_sample: bool = False,
 ) -> dict:
-    """One packed row from (token ids, supervised flags) samples whose padded lengths fit in seq_length."""
+    """One packed row from (token ids, supervised flags) samples whose padded lengths fit in seq_length.
+
+    per_sample (--loss-normalization sample): a sample's loss-mask entries are 1 / its supervised tokens, so each
+    sample weighs 1 in total and Megatron's division by the summed mask makes the loss the mean of the samples'
+    means, whatever the packing, micro-batching or layout."""
     tokens = np.full(seq_length, pad_id, dtype=np.int64)
     labels = np.full(seq_length, pad_id, dtype=np.int64)
     loss_mask = np.zeros(seq_length, dtype=np.float32)
@@ -44,7 +50,8 @@ def build_pack(
         assert at + padded <= seq_length, "pack overflows seq_length"
         tokens[at : at + n] = ids
         labels[at : at + n - 1] = ids[1:]
-        loss_mask[at : at + n - 1] = supervised[1:]
+        weights = supervised[1:].astype(np.float32)
+        loss_mask[at : at + n - 1] = weights / max(1.0, float(weights.sum())) if per_sample else weights
         position_ids[at : at + padded] = np.arange(padded)
         at += padded
         cu.append(cu[-1] + n)
@@ -84,7 +91,7 @@ def collate(rows: list[dict], with_attention_mask: bool = False) -> dict:
     batch["cu_seqlens"] = cu[0] if len(rows) == 1 else cu
     batch["cu_seqlens_padded"] = cu_padded[0] if len(rows) == 1 else cu_padded
     batch["max_seqlen"] = int(max(int((c[1:] - c[:-1]).max()) for c in cu_padded))
-    batch["num_supervised"] = batch["loss_mask"].sum().to(torch.int64)
+    batch["num_supervised"] = (batch["loss_mask"] > 0).sum().to(torch.int64)
     batch["num_padding"] = torch.tensor([int(r.get("num_padding", 0)) for r in rows], dtype=torch.int64)
     if all("sample_ids" in r for r in rows):
         batch["sample_ids"] = [r["sample_ids"] for r in rows]
@@ -150,7 +157,7 @@ def split_for_context_parallel(batch: dict, cp_size: int, cp_rank: int) -> dict:
         rows = index[:, None, :, None].expand(-1, 1, -1, batch["attention_mask"].shape[-1])
         out["attention_mask"] = torch.gather(batch["attention_mask"], 2, rows)
     if "loss_mask" in out:
-        out["num_supervised"] = out["loss_mask"].sum().to(torch.int64)
+        out["num_supervised"] = (out["loss_mask"] > 0).sum().to(torch.int64)
     return out
 
 
@@ -192,7 +199,7 @@ def pad_for_context_parallel(batch: dict, cp_size: int, pad_token_id: int) -> di
     out["cu_seqlens_padded"] = new_padded[0] if b == 1 else new_padded
     out["max_seqlen"] = max(int((p[1:] - p[:-1]).max()) for p in new_padded)
     if "loss_mask" in out:
-        out["num_supervised"] = out["loss_mask"].sum().to(torch.int64)
+        out["num_supervised"] = (out["loss_mask"] > 0).sum().to(torch.int64)
     if "attention_mask" in batch:
         out["attention_mask"] = torch.stack([attention_mask_from_cu_seqlens(p, width) for p in new_padded])
     return out

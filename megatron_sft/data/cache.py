@@ -50,6 +50,7 @@ def cache_key(cfg: DataConfig, tokenizer) -> tuple[str, dict]:
         "max_sample_length": cfg.max_sample_length,
         "context_parallel_size": cfg.context_parallel_size,
         "unmask_user": cfg.unmask_user,
+        "loss_turns": cfg.loss_turns,
         "eod_mask_loss": cfg.eod_mask_loss,
         "drop_long_samples": cfg.drop_long_samples,
         "skip_invalid": cfg.skip_invalid,

@@ -84,6 +84,7 @@ class SFTDataset(torch.utils.data.Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.prepared, self.split, self.seq_length = prepared, split, cfg.seq_length
         self.cp_multiple, self.pad_token_id = cfg.cp_multiple, prepared.pad_token_id
+        self.per_sample = cfg.loss_normalization == "sample"
         self.pack_offsets, self.pack_samples = prepared.packs(split)
 
     def __getstate__(self) -> dict:  # pickled for DataLoader workers: re-open, never copy, the arrays
@@ -92,6 +93,7 @@ class SFTDataset(torch.utils.data.Dataset):
             "split": self.split,
             "seq_length": self.seq_length,
             "cp_multiple": self.cp_multiple,
+            "per_sample": self.per_sample,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -119,7 +121,8 @@ class SFTDataset(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"pack {i} out of range [0, {len(self)})")
         ids = self.samples_of(i)
-        row = build_pack([self.prepared.sample(s) for s in ids], self.seq_length, self.pad_token_id, self.cp_multiple)
+        row = build_pack([self.prepared.sample(s) for s in ids], self.seq_length, self.pad_token_id, self.cp_multiple,
+                         self.per_sample)
         row["sample_ids"] = torch.tensor(ids, dtype=torch.int64)  # in segment order (preference data: c0 r0 c1 ...)
         return row
 

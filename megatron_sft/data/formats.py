@@ -87,8 +87,10 @@ class Conversation:
     tools: list | None = None
 
 
-def to_conversation(record, where: str, unmask_user: bool = False, data_format: str = "auto") -> Conversation:
-    """Detect (or take `data_format`), validate and return the conversation of `record`."""
+def to_conversation(record, where: str, unmask_user: bool = False, data_format: str = "auto",
+                    loss_turns: str = "all") -> Conversation:
+    """Detect (or take `data_format`), validate and return the conversation of `record`. `loss_turns` "last": of
+    the assistant turns without a "loss" of their own, only the last is trained on."""
     if not isinstance(record, dict):
         raise InvalidRecord(where, f"a record must be a JSON object, got {type(record).__name__}", "not_an_object")
     fmt = detect_format(record, where) if data_format == "auto" else _check_forced(record, where, data_format)
@@ -107,6 +109,8 @@ def to_conversation(record, where: str, unmask_user: bool = False, data_format: 
     if tools is not None and not isinstance(tools, list):
         raise InvalidRecord(where, "'tools' must be a list of tool schemas", "bad_field")
     clean, train = _validate_messages(messages, where, unmask or unmask_user)
+    if loss_turns == "last":
+        train = _last_assistant_turn_only(messages, clean, train)
     if "assistant" not in {m["role"] for m in clean}:
         raise NothingToTrain("no_assistant_turn")
     if not any(train):
@@ -137,15 +141,37 @@ def _validate_messages(messages, where: str, unmask_user: bool) -> tuple[list[di
         out = {k: msg[k] for k in _TEMPLATE_KEYS if k in msg and msg[k] is not None}
         out["content"] = content
         _check_optional_fields(out, where, at)
-        flag = msg.get("train")
-        if flag is not None and not isinstance(flag, bool):
-            raise InvalidRecord(where, f"{at}.train must be true or false", "bad_field")
+        flag = _own_flag(msg, where, at)
         if flag and role in ("system", "tool"):
-            raise InvalidRecord(where, f"{at}: {role} turns are never trained on; remove 'train'", "bad_field")
+            raise InvalidRecord(where, f"{at}: {role} turns are never trained on; remove '{_flag_key(msg)}'",
+                                "bad_field")
         default = role == "assistant" or (role == "user" and unmask_user)
         clean.append(out)
         train.append(default if flag is None else flag)
     return clean, train
+
+
+def _flag_key(msg: dict) -> str:
+    return "loss" if "loss" in msg else "train"
+
+
+def _own_flag(msg: dict, where: str, at: str) -> bool | None:
+    """A message's own choice: "loss" (ms-swift / TRL's name) or "train" (true or false); None: the default."""
+    if "loss" in msg and "train" in msg:
+        raise InvalidRecord(where, f"{at} has both 'loss' and 'train'; keep one", "bad_field")
+    key = _flag_key(msg)
+    flag = msg.get(key)
+    if flag is not None and not isinstance(flag, bool):
+        raise InvalidRecord(where, f"{at}.{key} must be true or false, got {flag!r}", "bad_field")
+    return flag
+
+
+def _last_assistant_turn_only(messages: list, clean: list[dict], train: list[bool]) -> list[bool]:
+    """--loss-turns last: assistant turns without an own "loss"/"train" are trained on only if they are the last
+    assistant turn (LLaMA-Factory's mask_history)."""
+    last = max(i for i, m in enumerate(clean) if m["role"] == "assistant")
+    return [t if (clean[i]["role"] != "assistant" or i == last or _flag_key(messages[i]) in messages[i]) else False
+            for i, t in enumerate(train)]
 
 
 def _check_optional_fields(msg: dict, where: str, at: str) -> None:

@@ -44,12 +44,13 @@ class ChunkProcessor:
         drop_long_samples: bool = False,
         eod_mask_loss: bool = False,
         data_format: str = "auto",
+        loss_turns: str = "all",
     ):
         self.renderer = ChatRenderer(tokenizer, chat_template)
         self.encoder = SampleEncoder(tokenizer)
         self.max_length = max_length  # --max-sample-length, by default --seq-length
         self.unmask_user, self.skip_invalid, self.drop_long = unmask_user, skip_invalid, drop_long_samples
-        self.data_format = data_format
+        self.data_format, self.loss_turns = data_format, loss_turns
         self.masked_id = _eod_id_to_mask(tokenizer, self.renderer.end_of_turn) if eod_mask_loss else None
 
     def __call__(self, chunk: RawChunk) -> ChunkResult:
@@ -64,7 +65,7 @@ class ChunkProcessor:
             stats.records_read += 1
             try:
                 record = decode_line(chunk, n, item) if chunk.is_lines else item
-                conv = to_conversation(record, where, self.unmask_user, self.data_format)
+                conv = to_conversation(record, where, self.unmask_user, self.data_format, self.loss_turns)
                 rendered.append(self.renderer.render(conv, where))
                 wheres.append(where)
             except InvalidRecord as e:

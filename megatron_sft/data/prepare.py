@@ -70,6 +70,7 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
             "seed": cfg.seed,
             "context_parallel_size": cfg.context_parallel_size,
             "unmask_user": cfg.unmask_user,
+            "loss_turns": cfg.loss_turns,
             "skip_invalid": cfg.skip_invalid,
             "drop_long_samples": cfg.drop_long_samples,
             "eod_mask_loss": cfg.eod_mask_loss,
@@ -112,6 +113,7 @@ def _processor(cfg: DataConfig, tokenizer):
         drop_long_samples=cfg.drop_long_samples,
         eod_mask_loss=cfg.eod_mask_loss,
         data_format=cfg.data_format,
+        loss_turns=cfg.loss_turns,
     )
 
 

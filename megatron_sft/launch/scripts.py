@@ -98,6 +98,10 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
                   Megatron checkpoint sharing the model's tokenizer. QAD: MLM_MODEL_CKPT=<quantize.sh's checkpoint>
                   TEACHER_CKPT=<the unquantized model>. KD_CFG: Megatron-LM's distillation YAML (--export-kd-cfg);
                   TEACHER_MODEL_CONFIG: the teacher's shape where it does not record it (docs/distillation.md)
+  LOSS_NORMALIZATION  token (default): the mean over supervised tokens; sample: each conversation's mean, then
+                  the mean over conversations (--loss-normalization)
+  LOSS_TURNS      all (default) or last: train on each conversation's last assistant turn only (--loss-turns)
+  NEFTUNE_NOISE_ALPHA  NEFTune's noise on the input embeddings, e.g. 5 (--neftune-noise-alpha; default none)
   MLM_DATA_ARGS MLM_OPTIM_ARGS MLM_TRAIN_ARGS MLM_EVAL_ARGS MLM_EXTRA_ARGS   flags (MLM_EXTRA_ARGS last: it wins)
 """
     layout = read_layout(s)
@@ -123,8 +127,20 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     keep_flags += {"0": [], "1": ["--save-hf"], "final": ["--save-hf", "final"]}[save_hf]
     flags = [*conf.model_args, *conf.train_args, *layout.flags(), *_start(s, conf.name, work),
              "--distributed-timeout-minutes", "30", *_dataset(s, data, extra, work), *peft_flags, *keep_flags,
-             *_teacher(s), *words(data), *(w for g in groups for w in words(g)), *words(extra)]
+             *_teacher(s), *_loss_control(s), *words(data), *(w for g in groups for w in words(g)), *words(extra)]
     return Plan("examples/finetune.py", launch, flags, layout)
+
+
+def _loss_control(s: Settings) -> list[str]:
+    """LOSS_NORMALIZATION, LOSS_TURNS, NEFTUNE_NOISE_ALPHA -> their flags (checked there, with the others)."""
+    flags = []
+    for name, flag in (("LOSS_NORMALIZATION", "--loss-normalization"), ("LOSS_TURNS", "--loss-turns"),
+                       ("NEFTUNE_NOISE_ALPHA", "--neftune-noise-alpha")):
+        value = s.given(name)
+        if value:
+            s.note(name, value)
+            flags += [flag, value]
+    return flags
 
 
 def _teacher(s: Settings) -> list[str]:

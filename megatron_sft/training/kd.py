@@ -26,6 +26,8 @@ from megatron_sft.models.builder import unwrap
 from megatron_sft.training.inputs import PackedLayout, model_inputs
 from megatron_sft.training.kd_loss import chunked_kd_loss, full_logits_kd_terms
 from megatron_sft.training.lm_head import hidden_states_instead_of_logits, select_supervised
+from megatron_sft.training.neftune import noisy_embeddings
+from megatron_sft.training.step import input_noise
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,9 @@ def build_teacher(cfg: RunConfig) -> Teacher:
     return Teacher(chunks, config, source)
 
 
-def _inputs(data_iterator, model, layout: PackedLayout):
-    """(the next micro-batch's inputs on the device, the model's positional arguments, the model inside DDP)."""
-    b = model_inputs(next(data_iterator), layout, "cuda" if torch.cuda.is_available() else "cpu")
+def _inputs(batch: dict, model, layout: PackedLayout):
+    """(the micro-batch's inputs on the device, the model's positional arguments, the model inside DDP)."""
+    b = model_inputs(batch, layout, "cuda" if torch.cuda.is_available() else "cpu")
     return b, (b["tokens"], b["position_ids"], b["attention_mask"]), unwrap(model)
 
 
@@ -101,7 +103,7 @@ def teacher_outputs(teacher: Teacher, batches: list, layout: PackedLayout, seq_l
     out = {"hidden": [], "weight": None, "model": None}
 
     def forward_step(data_iterator, model):
-        b, args, gpt = _inputs(data_iterator, model, layout)
+        b, args, gpt = _inputs(next(data_iterator), model, layout)
         if not gpt.post_process:
             return model(*args, packed_seq_params=b["packed_seq_params"]), _no_loss
         with hidden_states_instead_of_logits(gpt) as seen:
@@ -140,13 +142,19 @@ def _lm_ratio(kd_sum, ce_sum) -> float:
 
 
 def make_kd_forward_step(layout: PackedLayout, settings: KdSettings, teacher_out: dict, lm_head_chunk_size: int,
-                         sequence_parallel: bool):
-    """Megatron's forward_step_func of the student: the loss on the last stage as the module docstring says."""
+                         sequence_parallel: bool, neftune=None):
+    """Megatron's forward_step_func of the student: the loss on the last stage as the module docstring says;
+    `neftune`: noise on the student's input embeddings (the teacher sees the data as it is)."""
     hidden_iter = iter(teacher_out["hidden"])
     temperature = settings.temperature
 
     def forward_step(data_iterator, model):
-        b, args, gpt = _inputs(data_iterator, model, layout)
+        raw = next(data_iterator)
+        b, args, gpt = _inputs(raw, model, layout)
+        with noisy_embeddings(gpt, input_noise(raw, gpt, neftune, layout, sequence_parallel)):
+            return _student_forward(model, gpt, b, args)
+
+    def _student_forward(model, gpt, b, args):
         if not gpt.post_process:
             return model(*args, packed_seq_params=b["packed_seq_params"]), _no_loss
         t_hidden = next(hidden_iter)
@@ -220,17 +228,17 @@ def trainer_class():
             log.info("distillation: KL(teacher || student) at temperature %g on the supervised tokens%s",
                      s.temperature, "" if s.skip_lm_loss else f", plus the LM loss (kd_loss_scale {s.kd_loss_scale})")
 
-        def _forward(self, batches: list):
+        def _forward(self, batches: list, neftune=None):
             cfg, model = self.cfg, self.model
             out = teacher_outputs(self.teacher, batches, model.layout, cfg.data.seq_length,
                                   cfg.training.micro_batch_size, whole=not model.lm_head_chunk_size)
             return make_kd_forward_step(model.layout, self.settings, out, model.lm_head_chunk_size,
-                                        model.config.sequence_parallel)
+                                        model.config.sequence_parallel, neftune)
 
         def train_step(self, batches):
             cfg = self.cfg
             return train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
-                              cfg.training.global_batch_size, forward_step=self._forward(batches))
+                              cfg.training.global_batch_size, forward_step=self._forward(batches, self.neftune()))
 
         def step_metrics(self, result) -> dict:
             return metrics_everywhere(result.reports)

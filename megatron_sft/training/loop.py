@@ -166,9 +166,23 @@ class Trainer:
 
     def train_step(self, batches: list[dict]):
         """One optimizer step on `batches` (another objective overrides it: training/dpo.py)."""
-        cfg = self.cfg
-        return train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
-                          cfg.training.global_batch_size)
+        from megatron_sft.training.step import counted_batches, make_forward_step, total_loss_weight
+
+        cfg, model = self.cfg, self.model
+        total = None
+        if cfg.data.loss_normalization == "sample":  # fractional weights: each micro-batch returns its share
+            batches, total = counted_batches(batches), total_loss_weight(batches)
+        forward = make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel,
+                                    self.neftune(), total)
+        return train_step(model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
+                          cfg.training.global_batch_size, forward_step=forward)
+
+    def neftune(self):
+        """NEFTune's settings for the step being computed (None: no noise)."""
+        from megatron_sft.training.neftune import Neftune
+
+        alpha = self.cfg.training.neftune_noise_alpha
+        return None if alpha is None else Neftune(alpha, self.cfg.training.seed, self.state.iteration + 1)
 
     def step_metrics(self, result) -> dict:
         """Figures of the objective beyond the loss (none for SFT)."""

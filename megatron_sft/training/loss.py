@@ -35,6 +35,19 @@ def summed_loss_func(loss_mask: torch.Tensor):
     return loss_func
 
 
+def share_loss_func(counted: bool):
+    """`loss_func` for a loss that is already this micro-batch's share of the global batch's mean (each token's
+    weight divided by the global batch's total weight): Megatron is given a count of 1 for the whole step, on one
+    micro-batch of one rank, so it divides by 1. (--loss-normalization sample: the weights are fractions, and
+    Megatron adds counts as integers.)"""
+
+    def loss_func(share: torch.Tensor):
+        count = torch.tensor(1 if counted else 0, dtype=torch.int, device=share.device)
+        return share, count, {"lm loss": torch.stack([share.detach().float(), count.float()])}
+
+    return loss_func
+
+
 def reduce_loss_reports(reports: list[dict], group=None) -> float:
     """Token-weighted mean of 'lm loss' reports over micro-batches and the given (DP×CP) group.
 

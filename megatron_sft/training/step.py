@@ -11,28 +11,73 @@ import torch
 from megatron_sft.models.builder import unwrap
 from megatron_sft.training.inputs import PackedLayout, model_inputs
 from megatron_sft.training.lm_head import hidden_states_instead_of_logits, supervised_loss_sum
-from megatron_sft.training.loss import masked_loss_func, reduce_loss_reports, summed_loss_func
+from megatron_sft.training.loss import masked_loss_func, reduce_loss_reports, share_loss_func, summed_loss_func
+from megatron_sft.training.neftune import Neftune, embedding_noise, noisy_embeddings
 
 
-def make_forward_step(layout: PackedLayout, lm_head_chunk_size: int = 0, sequence_parallel: bool = False):
+def input_noise(batch: dict, gpt, neftune: Neftune | None, layout: PackedLayout, sequence_parallel: bool):
+    """NEFTune's noise for this micro-batch on a stage with the embedding; None without NEFTune or the embedding."""
+    if neftune is None or not gpt.pre_process:
+        return None
+    return embedding_noise(batch, neftune, gpt.config.hidden_size, layout, sequence_parallel)
+
+
+def make_forward_step(layout: PackedLayout, lm_head_chunk_size: int = 0, sequence_parallel: bool = False,
+                      neftune: Neftune | None = None, total_weight: float | None = None):
     """Megatron's forward_step_func. On the last pipeline stage with a chunk size, the loss comes from the
-    supervised tokens' hidden states (training/lm_head.py); otherwise the model's per-token losses are masked."""
+    supervised tokens' hidden states (training/lm_head.py); otherwise the model's per-token losses are masked.
+    `neftune`: noise on the input embeddings (training/neftune.py). `total_weight`: the global batch's summed
+    loss mask, when its weights are fractions (--loss-normalization sample): each micro-batch returns its share of
+    the mean, counted once per step (the batch flagged count_step: counted_batches)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def forward_step(data_iterator, model):
-        b = model_inputs(next(data_iterator), layout, device)
+        raw = next(data_iterator)
+        b = model_inputs(raw, layout, device)
         args = (b["tokens"], b["position_ids"], b["attention_mask"])
         gpt = unwrap(model)
-        if not (lm_head_chunk_size and gpt.post_process):
-            per_token_loss = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
-            return per_token_loss, masked_loss_func(b["loss_mask"])
-        with hidden_states_instead_of_logits(gpt) as output_layer:
-            hidden = model(*args, packed_seq_params=b["packed_seq_params"])
-        loss_sum = supervised_loss_sum(hidden, output_layer["weight"], b["labels"], b["loss_mask"],
-                                       lm_head_chunk_size, sequence_parallel)
-        return loss_sum, summed_loss_func(b["loss_mask"])
+        mask = b["loss_mask"] if total_weight is None else b["loss_mask"] / total_weight
+        with noisy_embeddings(gpt, input_noise(raw, gpt, neftune, layout, sequence_parallel)):
+            if lm_head_chunk_size and gpt.post_process:
+                with hidden_states_instead_of_logits(gpt) as output_layer:
+                    hidden = model(*args, packed_seq_params=b["packed_seq_params"])
+                loss = supervised_loss_sum(hidden, output_layer["weight"], b["labels"], mask, lm_head_chunk_size,
+                                           sequence_parallel)
+            else:
+                loss = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
+                if total_weight is None:
+                    return loss, masked_loss_func(mask)
+                loss = (loss.float() * mask.to(loss.device).float()).sum() if gpt.post_process else loss
+        if total_weight is None:
+            return loss, summed_loss_func(mask)
+        return loss, share_loss_func(bool(raw.get("count_step")) and _first_context_parallel_rank())
 
     return forward_step
+
+
+def _first_context_parallel_rank() -> bool:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_context_parallel_rank() == 0
+
+
+def counted_batches(batches: list[dict]) -> list[dict]:
+    """The step's micro-batches, the first one on data-parallel rank 0 flagged count_step (see share_loss_func)."""
+    from megatron.core import parallel_state as ps
+
+    return [dict(b, count_step=(k == 0 and ps.get_data_parallel_rank() == 0)) for k, b in enumerate(batches)]
+
+
+def total_loss_weight(batches: list[dict]) -> float:
+    """The summed loss mask of the global batch (this rank's micro-batches, summed over data parallelism)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.runtime.distributed import collective_device
+
+    total = torch.tensor([sum(float(b["loss_mask"].double().sum()) for b in batches)], dtype=torch.float64,
+                         device=collective_device())
+    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group())
+    return float(total[0])
 
 
 @dataclass

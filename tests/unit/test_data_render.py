@@ -151,6 +151,37 @@ def test_llama3_multi_turn_and_formats():
     assert loss_runs("llama3", alpaca, unmask_user=True)[0] == ["Add.\n\n2 and 3" + EOT, "5" + EOT]
 
 
+FOUR_TURNS = msgs(("system", "sys"), ("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2"),
+                  ("user", "q3"), ("assistant", "a3"), ("user", "q4"), ("assistant", "a4"))
+
+
+@pytest.mark.parametrize("family,first,last", [
+    ("qwen3", "{}" + IM_END, "<think>\n\n</think>\n\n{}" + IM_END), ("llama3", "{}" + EOT, "{}" + EOT)])
+def test_loss_turns_last_and_per_message_loss(family, first, last):
+    """A 4-turn conversation: --loss-turns last trains on the final answer only; a message's own "loss" (ms-swift
+    and TRL's key) wins over it either way; "loss": false drops an answer under the default."""
+    answers = [first.format(f"a{k}") for k in (1, 2, 3)] + [last.format("a4")]
+    assert loss_runs(family, FOUR_TURNS)[0] == answers
+    assert loss_runs(family, FOUR_TURNS, loss_turns="last")[0] == answers[3:]
+    own = {"messages": [dict(m) for m in FOUR_TURNS["messages"]]}
+    own["messages"][4]["loss"] = True  # a2 kept under --loss-turns last
+    own["messages"][8]["loss"] = False  # a4 dropped
+    own["messages"][3]["loss"] = True  # and the user turn q2 trained
+    assert loss_runs(family, own, loss_turns="last")[0] == [first.format("q2"), answers[1]]
+    assert loss_runs(family, own)[0] == [answers[0], first.format("q2"), answers[1], answers[2]]
+
+
+def test_a_bad_loss_key_is_refused():
+    from megatron_sft.data.formats import InvalidRecord, to_conversation
+
+    with pytest.raises(InvalidRecord, match=r"messages\[2\]\.loss must be true or false, got 0\.5"):
+        to_conversation({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                                      {"role": "assistant", "content": "b", "loss": 0.5}]}, "t.jsonl:1")
+    with pytest.raises(InvalidRecord, match="has both 'loss' and 'train'"):
+        to_conversation({"messages": [{"role": "user", "content": "q"},
+                                      {"role": "assistant", "content": "a", "loss": True, "train": True}]}, "t.jsonl:1")
+
+
 def test_llama3_tool_calls_and_dropped_content_counted():
     record = {
         "messages": [

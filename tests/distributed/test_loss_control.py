@@ -1,0 +1,133 @@
+"""Loss control against transformers: --loss-normalization sample (each conversation's mean over its supervised
+tokens, then the mean over the global batch's conversations) and NEFTune (transformers' own hook, given the noise's
+seed) on step 1, computed on each packed conversation alone; 3 steps unchanged at micro-batch 1 and 4, full logits,
+TP2+SP, PP2, CP2 and DP2; NEFTune's noise the same at every layout and on a resume."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import WORKERS, torchrun
+from tests.distributed.test_dpo import _sequences, rel
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
+
+
+def write_data(path: Path, n: int) -> Path:
+    """Answers of very different lengths: a letter, or a long string (so per-sample and per-token means differ)."""
+    rng = random.Random(0)
+    with open(path, "w") as f:
+        for k in range(n):
+            word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 6)))
+            answer = word[0] if k % 2 else " ".join(word[::-1] for _ in range(rng.randint(6, 12)))
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"say {word}"},
+                                             {"role": "assistant", "content": answer}]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("loss_control")
+    data = write_data(out / "chats.jsonl", 48)
+    merged = {"out": out}
+    for world_size in (1, 2):
+        torchrun(WORKERS / "loss_control.py", world_size, ["--model", tiny_models["qwen3"], "--data", data,
+                                                           "--out", out], timeout=600)
+        merged.update(json.loads((out / f"loss_control_ws{world_size}.json").read_text()))
+    return merged
+
+
+def _losses(model, micro_batches: list[dict], noise_seed=None) -> list[tuple[torch.Tensor, int]]:
+    """Per packed conversation, run alone through transformers: (summed CE of its supervised tokens, their
+    number). noise_seed(sample id): seed the global RNG before the forward (NEFTune's hook draws from it)."""
+    out = []
+    for sample, tokens, mask in _sequences(micro_batches):
+        if noise_seed is not None:
+            torch.manual_seed(noise_seed(sample))
+        logits = model(tokens[None], use_cache=False).logits[0, :-1].float()
+        supervised = (mask > 0).float()
+        out.append(((F.cross_entropy(logits, tokens[1:], reduction="none") * supervised).sum(), int(supervised.sum())))
+    return out
+
+
+def _norm(model) -> float:
+    return torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None)).item()
+
+
+def test_sample_normalisation_equals_transformers(runs, tiny_models):
+    """Step 1: the mean over conversations of each one's mean token loss, and its gradient norm (1e-5); it differs
+    from the token mean on this data by far more than the tolerance."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    per_sample = _losses(model, torch.load(runs["out"] / "first_sample_tp1.pt"))
+    loss = torch.stack([s / n for s, n in per_sample]).mean()
+    token_mean = sum(float(s) for s, _ in per_sample) / sum(n for _, n in per_sample)
+    loss.backward()
+    first = runs["sample_tp1"]["steps"][0]
+    assert rel(first["loss"], loss.item()) <= 1e-6, (first, loss.item())
+    assert rel(first["grad_norm"], _norm(model)) <= 1e-5, (first, _norm(model))
+    assert abs(token_mean - loss.item()) > 1e-2, "the data must tell the two normalisations apart"
+
+
+def test_neftune_equals_transformers_hook(runs, tiny_models):
+    """Step 1 with NEFTune alpha 5: transformers' neftune_post_forward_hook on the embedding of each conversation
+    alone, its RNG seeded as this run seeds that conversation's noise (--seed 7, iteration 1): loss and gradient
+    norm (1e-5); without the noise the loss is another."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.neftune import neftune_post_forward_hook
+
+    from megatron_sft.training.neftune import sample_seed
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32).train()
+    batches = torch.load(runs["out"] / "first_neft_tp1.pt")
+    with torch.no_grad():
+        plain = sum(float(s) for s, _ in _losses(model, batches)) / sum(n for _, n in _losses(model, batches))
+    embedding = model.get_input_embeddings()
+    embedding.neftune_noise_alpha = 5.0
+    embedding.register_forward_hook(neftune_post_forward_hook)
+    per_sample = _losses(model, batches, noise_seed=lambda sample: sample_seed(7, sample, 1))
+    loss = sum(s for s, _ in per_sample) / sum(n for _, n in per_sample)
+    loss.backward()
+    first = runs["neft_tp1"]["steps"][0]
+    assert rel(first["loss"], loss.item()) <= 1e-5, (first, loss.item())
+    assert rel(first["grad_norm"], _norm(model)) <= 1e-5, (first, _norm(model))
+    assert abs(plain - loss.item()) > 1e-3, "the noise changes the loss"
+
+
+def test_neftune_noise_is_transformers_draw():
+    """One sample's noise = what transformers' hook adds to a [1, L, hidden] embedding output, bit for bit."""
+    from transformers.integrations.neftune import neftune_post_forward_hook
+
+    from megatron_sft.training.neftune import Neftune, sample_noise, sample_seed
+
+    module = torch.nn.Module().train()
+    module.neftune_noise_alpha = 5.0
+    torch.manual_seed(sample_seed(7, 12, 3))
+    theirs = neftune_post_forward_hook(module, None, torch.zeros(1, 37, 64))
+    assert torch.equal(sample_noise(Neftune(5.0, 7, 3), 12, 37, 64), theirs)
+
+
+@pytest.mark.parametrize("layout,reference", [
+    ("sample_mbs1", "sample_tp1"), ("sample_mbs4", "sample_tp1"), ("sample_full_logits", "sample_tp1"),
+    ("sample_tp2_sp", "sample_tp1"), ("sample_pp2", "sample_tp1"), ("sample_cp2", "sample_tp1"),
+    ("sample_dp2", "sample_tp1"),
+    ("neft_tp2_sp", "neft_tp1"), ("neft_pp2", "neft_tp1"), ("neft_cp2", "neft_tp1"), ("neft_dp2", "neft_tp1")])
+def test_three_steps_do_not_depend_on_layout(runs, layout, reference):
+    """Micro-batch 1 and 4, full logits, TP2+SP, PP2, CP2, DP2 = one process, micro-batch 2 (fp32 rounding): the
+    per-sample weights and the noise follow each conversation wherever it is computed."""
+    ref, got = runs[reference]["steps"], runs[layout]["steps"]
+    assert len(got) == len(ref) == 3
+    for step, (g, r) in enumerate(zip(got, ref)):
+        assert rel(g["loss"], r["loss"]) <= 1e-6, (layout, step, g, r)
+        assert rel(g["grad_norm"], r["grad_norm"]) <= 2e-6, (layout, step, g, r)
+
+
+def test_neftune_resume_is_exact(runs):
+    assert runs["neft_first2"]["steps"] + runs["neft_resumed2"]["steps"] == runs["neft_straight4"]["steps"]
