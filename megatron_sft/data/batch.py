@@ -17,7 +17,8 @@ A micro-batch (`collate`) holds:
   num_supervised: int64 scalar, the number of loss tokens (loss_mask > 0: it holds weights with
       --loss-normalization sample); num_padding: int64 [B], per row the tokens
       of its trailing padding segment (0: the row is full; else its last cu_seqlens segment is padding);
-  sample_ids: per row, the cache's ids of its samples in segment order (rows from SFTDataset).
+  sample_ids: per row, the cache's ids of its samples in segment order (rows from SFTDataset);
+  sample_sources: per row, the index of each of those samples' data source (the cache's metadata names them).
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def collate(rows: list[dict], with_attention_mask: bool = False) -> dict:
     batch["max_seqlen"] = int(max(int((c[1:] - c[:-1]).max()) for c in cu_padded))
     batch["num_supervised"] = (batch["loss_mask"] > 0).sum().to(torch.int64)
     batch["num_padding"] = torch.tensor([int(r.get("num_padding", 0)) for r in rows], dtype=torch.int64)
-    if all("sample_ids" in r for r in rows):
-        batch["sample_ids"] = [r["sample_ids"] for r in rows]
+    for key in ("sample_ids", "sample_sources"):
+        if all(key in r for r in rows):
+            batch[key] = [r[key] for r in rows]
     return batch
 
 

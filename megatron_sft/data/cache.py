@@ -107,6 +107,21 @@ def prepare(
     return PreparedData(final)
 
 
+def source_names(specs: list[str]) -> list[str]:
+    """Unique short names of data sources, for figures (loss/<name>): a.jsonl -> a; repeated names get #2, #3."""
+    import re
+
+    names = []
+    for spec in specs:
+        base = re.sub(r":\d+$", "", spec).rstrip("/").rsplit("/", 1)[-1]
+        base = re.sub(r"\.(jsonl|json|parquet|arrow)(\.gz)?$", "", base) or spec
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
 class PreparedData:
     """Read access to one cache directory; token arrays are memory-mapped, not loaded."""
 
@@ -117,6 +132,12 @@ class PreparedData:
         self.offsets = np.load(os.path.join(path, "sample_offsets.npy"))
         self.tokens = _memmap(os.path.join(path, "tokens.bin"), np.uint32)
         self.supervised = _memmap(os.path.join(path, "supervised.bin"), np.uint8)
+        self.sample_source = np.load(os.path.join(path, "sample_source.npy"), mmap_mode="r")
+
+    @property
+    def source_names(self) -> list[str]:
+        """A short name per source (file name without directory, extension or :N subset; else the spec)."""
+        return source_names([s["spec"] for s in self.meta["sources"]])
 
     def __getstate__(self) -> dict:  # DataLoader workers re-open the files instead of copying the arrays
         return {"path": self.path}

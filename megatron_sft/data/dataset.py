@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from megatron_sft.data.batch import build_pack, collate
@@ -124,6 +125,7 @@ class SFTDataset(torch.utils.data.Dataset):
         row = build_pack([self.prepared.sample(s) for s in ids], self.seq_length, self.pad_token_id, self.cp_multiple,
                          self.per_sample)
         row["sample_ids"] = torch.tensor(ids, dtype=torch.int64)  # in segment order (preference data: c0 r0 c1 ...)
+        row["sample_sources"] = torch.from_numpy(np.asarray(self.prepared.sample_source[ids], dtype=np.int64))
         return row
 
 
@@ -137,6 +139,20 @@ class SFTSplits:
     stats: dict
     cache_dir: str
     valid_cache_dir: str | None = None  # the validation split's cache: its own with --valid-data-path, else cache_dir
+    valid_stats: dict | None = None  # metadata.json of that cache
+
+    @property
+    def train_sources(self) -> list[str]:
+        """Short names of the training split's data sources (the cache's metadata)."""
+        from megatron_sft.data.cache import source_names
+
+        return source_names([s["spec"] for s in self.stats["sources"]])
+
+    @property
+    def valid_sources(self) -> list[str]:
+        from megatron_sft.data.cache import source_names
+
+        return source_names([s["spec"] for s in (self.valid_stats or self.stats)["sources"]])
 
 
 def build_sft_datasets(
@@ -178,7 +194,7 @@ def build_sft_datasets(
         )
     train, valid = parts["train"][1], parts["valid"][1]
     return SFTSplits(streams["train"], streams["valid"], streams["test"], train.meta, train.path,
-                     valid.path if valid is not None else train.path)
+                     valid.path if valid is not None else train.path, valid.meta if valid is not None else None)
 
 
 def _prepared_split(cfg: DataConfig, paths: list[str], tokenizer, dp_rank: int):

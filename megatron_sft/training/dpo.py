@@ -399,7 +399,7 @@ def _trainer_class():
 
 def metrics_everywhere(reports: list[dict]) -> dict:
     """TRL's metrics of the step: summed over micro-batches and DP x CP ranks, divided by the pairs; every rank."""
-    from megatron_sft.training.step import report_sums_everywhere
+    from megatron_sft.training.loss import report_sums_everywhere
 
     total = report_sums_everywhere(reports, "dpo metrics", len(METRICS) + 1)
     pairs = max(float(total[-1]), 1.0)

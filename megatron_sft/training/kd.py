@@ -206,7 +206,7 @@ def _chunked(model, gpt, b, args, t_hidden, t_weight, settings, chunk_size, sequ
 
 def metrics_everywhere(reports: list[dict]) -> dict:
     """The step's KD and LM losses per supervised token: summed over micro-batches and DP x CP ranks; every rank."""
-    from megatron_sft.training.step import report_sums_everywhere
+    from megatron_sft.training.loss import report_sums_everywhere
 
     kd, ce, count = report_sums_everywhere(reports, "kd metrics", 3).tolist()
     count = max(count, 1.0)

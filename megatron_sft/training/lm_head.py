@@ -54,7 +54,8 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, token_weights, chunk_size, need_hidden_grad, need_weight_grad):
+    def forward(ctx, hidden, weight, targets, token_weights, chunk_size, need_hidden_grad, need_weight_grad,
+                per_token=None):
         from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -69,6 +70,8 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
                 loss = (losses.float() * token_weights[start:end]).sum()
                 dlogits = torch.autograd.grad(loss, logits)[0] if logits.requires_grad else None
             total += loss.detach()
+            if per_token is not None:  # each token's cross-entropy, for figures (per data source)
+                per_token[start:end] = losses.detach().float()
             if need_hidden_grad:  # partial over the vocabulary shard; summed over TP in backward
                 grad_hidden[start:end] = dlogits.to(weight.dtype) @ weight
             if need_weight_grad:
@@ -80,7 +83,7 @@ class _ChunkedVocabParallelCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return (*head_backward(ctx, grad_output), None, None, None, None, None)
+        return (*head_backward(ctx, grad_output), None, None, None, None, None, None)
 
 
 def weight_grad_target(weight, need_weight_grad: bool):
@@ -151,11 +154,12 @@ def select_supervised(hidden_bsh: torch.Tensor, labels: torch.Tensor, loss_mask:
 
 
 def weighted_token_loss(selected: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                        token_weights: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """sum_t token_weights_t * CE_t over the selected tokens, with gradients (the chunked head)."""
+                        token_weights: torch.Tensor, chunk_size: int, per_token: torch.Tensor | None = None):
+    """sum_t token_weights_t * CE_t over the selected tokens, with gradients (the chunked head); `per_token`, if
+    given ([n] fp32), receives each CE_t (no gradient)."""
     need = torch.is_grad_enabled()
     return _ChunkedVocabParallelCE.apply(selected, weight, targets, token_weights, chunk_size,
-                                         need and selected.requires_grad, need and weight.requires_grad)
+                                         need and selected.requires_grad, need and weight.requires_grad, per_token)
 
 
 @torch.no_grad()
@@ -169,11 +173,3 @@ def token_losses(selected: torch.Tensor, weight: torch.Tensor, targets: torch.Te
         logits = F.linear(selected[start:end].to(weight.dtype), weight)
         out[start:end] = vocab_parallel_cross_entropy(logits[:, None], targets[start:end, None])[:, 0].float()
     return out
-
-
-def supervised_loss_sum(hidden_bsh: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                        loss_mask: torch.Tensor, chunk_size: int, sequence_parallel: bool) -> torch.Tensor:
-    """Sum of loss_mask-weighted token losses, from the model's final hidden states ([b, s, h] as GPTModel
-    returns them; under sequence parallelism the sequence is this TP rank's share)."""
-    selected, targets, token_weights, _ = select_supervised(hidden_bsh, labels, loss_mask, sequence_parallel)
-    return weighted_token_loss(selected, weight, targets, token_weights, chunk_size)

@@ -22,7 +22,7 @@ from megatron_sft.training.resume_check import check_resume
 from megatron_sft.training.runlog import RunFiles
 from megatron_sft.training.signals import ExitController
 from megatron_sft.training.state import TrainingContent, TrainState, load_training_checkpoint, resume_point
-from megatron_sft.training.step import evaluate, train_step
+from megatron_sft.training.step import train_step
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class Trainer:
         self.history: list[tuple[int, float]] = []
         self.records: list[dict] = []  # every step's figures, for tests and tools
         self.eval_history: list[tuple[int, float]] = []
+        self.source_history: dict[str, list[tuple[int, float]]] = {}  # a blend's per-source losses
         self.exit = ExitController(cfg)
         self.reporters = Reporters(cfg, torch.distributed.get_rank() == 0)
         self.peak_flops = gpu_peak_flops()
@@ -157,12 +158,14 @@ class Trainer:
         counts = _batch_counts(batches, cfg)
         self.totals += counts
         self.history.append((self.state.iteration, result.loss))
+        extra = self.step_metrics(result)
+        for name in self.sources("train"):
+            self.source_history.setdefault(name, []).append((self.state.iteration, extra[f"loss/{name}"]))
         world = torch.distributed.get_world_size()
         mfu = counts[2].item() / seconds / (self.peak_flops * world) if self.peak_flops else None
         return {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm, "seconds": seconds,
                 "tokens_per_s": counts[0].item() / seconds, "supervised_per_s": counts[1].item() / seconds,
-                "mfu": mfu, "epoch": self.state.consumed_samples / self.data.train.packs_per_epoch,
-                **self.step_metrics(result)}
+                "mfu": mfu, "epoch": self.state.consumed_samples / self.data.train.packs_per_epoch, **extra}
 
     def train_step(self, batches: list[dict]):
         """One optimizer step on `batches` (another objective overrides it: training/dpo.py)."""
@@ -173,7 +176,7 @@ class Trainer:
         if cfg.data.loss_normalization == "sample":  # fractional weights: each micro-batch returns its share
             batches, total = counted_batches(batches), total_loss_weight(batches)
         forward = make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel,
-                                    self.neftune(), total)
+                                    self.neftune(), total, len(self.sources("train")))
         return train_step(model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
                           cfg.training.global_batch_size, forward_step=forward)
 
@@ -185,8 +188,18 @@ class Trainer:
         return None if alpha is None else Neftune(alpha, self.cfg.training.seed, self.state.iteration + 1)
 
     def step_metrics(self, result) -> dict:
-        """Figures of the objective beyond the loss (none for SFT)."""
-        return {}
+        """Figures of the objective beyond the loss: for SFT on a blend, each source's (training/sources.py)."""
+        from megatron_sft.training.sources import source_figures
+
+        names = self.sources("train")
+        return source_figures(result.reports, names) if names else {}
+
+    def sources(self, split: str) -> list[str]:
+        """The names of a blend's sources in `split` (train, valid); none for one source, or another objective."""
+        if type(self).train_step is not Trainer.train_step:
+            return []  # DPO and distillation have figures of their own
+        names = self.data.train_sources if split == "train" else self.data.valid_sources
+        return names if len(names) > 1 else []
 
     def maybe_evaluate(self, force: bool = False) -> None:
         cfg = self.cfg
@@ -209,10 +222,20 @@ class Trainer:
                                                             for k, v in figures.items()}}, self.state.iteration)
 
     def evaluate(self, eval_iters: int) -> tuple[float, dict]:
-        """(validation loss, the objective's other figures) over `eval_iters` global batches."""
-        cfg = self.cfg
-        return evaluate(self.model, iter(self.data.valid), eval_iters, cfg.training.num_microbatches,
-                        cfg.data.seq_length, cfg.training.micro_batch_size), {}
+        """(validation loss, the objective's other figures) over `eval_iters` global batches: perplexity, and each
+        source's loss on a blend."""
+        from megatron_sft.training.sources import source_figures
+        from megatron_sft.training.step import _loss_everywhere, make_forward_step
+
+        model, names = self.model, self.sources("valid")
+        forward = make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel,
+                                    n_sources=len(names))
+        reports = self.validation_reports(eval_iters, lambda group: (group, forward))
+        loss = _loss_everywhere(reports)
+        figures = {"perplexity": math.exp(min(loss, 50.0))}
+        if names:
+            figures.update({k: v for k, v in source_figures(reports, names).items() if k.startswith("loss/")})
+        return loss, figures
 
     def validation_reports(self, eval_iters: int, prepare) -> list[dict]:
         """The last stage's reports of the forward-only schedule over `eval_iters` validation global batches, for an
@@ -236,7 +259,7 @@ class Trainer:
 
     def content(self) -> TrainingContent:
         """What a checkpoint of this run holds now (the checkpointer writes it)."""
-        return TrainingContent(self.model, self.state, self.cfg, self.history, self.eval_history)
+        return TrainingContent(self.model, self.state, self.cfg, self.history, self.eval_history, self.source_history)
 
     def run(self) -> None:
         cfg, total = self.cfg, total_iterations(self.cfg)

@@ -13,17 +13,6 @@ import math
 import torch
 
 
-def masked_loss_func(loss_mask: torch.Tensor):
-    """Returns Megatron's `loss_func(output_tensor)` for per-token losses [B, S]."""
-    summed = summed_loss_func(loss_mask)
-
-    def loss_func(per_token_loss: torch.Tensor):
-        mask = loss_mask.to(per_token_loss.device).float()
-        return summed((per_token_loss.float() * mask).sum())
-
-    return loss_func
-
-
 def summed_loss_func(loss_mask: torch.Tensor):
     """`loss_func` for a loss already summed over supervised tokens (training/lm_head.py sums it itself)."""
 
@@ -59,3 +48,22 @@ def reduce_loss_reports(reports: list[dict], group=None) -> float:
     if group is not None and torch.distributed.get_world_size(group) > 1:
         torch.distributed.all_reduce(total, group=group)
     return (total[0] / total[1]).item() if total[1] > 0 else math.nan
+
+
+def report_sums_everywhere(reports: list[dict], key: str, size: int) -> torch.Tensor:
+    """The last stage's `key` reports (each `size` numbers) summed over micro-batches and DP x CP ranks, float64,
+    on every rank (broadcast over the pipeline): an objective's figures beside the loss (DPO's, distillation's)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_sft.runtime.distributed import collective_device
+
+    total = torch.zeros(size, dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        for report in reports:
+            total += report[key].double().cpu()
+    total = total.to(collective_device())
+    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
+                                    group=ps.get_pipeline_model_parallel_group())
+    return total.cpu()

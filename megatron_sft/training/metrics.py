@@ -86,7 +86,10 @@ class Reporters:
             self.wandb.finish()
 
 
-def save_loss_curve(history: list[tuple[int, float]], eval_history: list[tuple[int, float]], path: Path) -> None:
+def save_loss_curve(history: list[tuple[int, float]], eval_history: list[tuple[int, float]], path: Path,
+                    sources: dict | None = None) -> None:
+    """The training and validation losses against the iteration; `sources`: a blend's per-source training losses
+    ({name: [(iteration, loss), ...]}), dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,6 +100,9 @@ def save_loss_curve(history: list[tuple[int, float]], eval_history: list[tuple[i
         ax.plot(*zip(*history), label="train loss")
     if eval_history:
         ax.plot(*zip(*eval_history), "o-", label="validation loss")
+    for name, points in (sources or {}).items():
+        if points:
+            ax.plot(*zip(*points), "--", linewidth=1, label=f"train loss: {name}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

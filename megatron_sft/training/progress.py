@@ -18,6 +18,12 @@ def figure_format(name: str) -> str:
     return ".5g" if name.endswith("_loss") else ".4f"
 
 
+def shown(name: str) -> bool:
+    """In the progress line besides the standard figures: the objective's (DPO's rewards/..., distillation's
+    kd_loss and lm_loss) and a blend's per-source losses; per-source counts only in the files (compact)."""
+    return ("/" in name or name.endswith("_loss")) and not name.startswith(("supervised_tokens/", "samples/"))
+
+
 class Progress:
     """tqdm bar on rank 0 (ETA included); plain log lines when output is not a terminal."""
 
@@ -41,8 +47,7 @@ class Progress:
         if iteration % self.log_interval == 0 or iteration == self.total:
             mfu = f" | MFU {fig['mfu'] * 100:.1f}%" if fig.get("mfu") is not None else ""
             # the objective's own figures: DPO's rewards/..., distillation's kd_loss and lm_loss
-            extra = "".join(f" | {k} {_fmt(v, figure_format(k))}" for k, v in fig.items()
-                            if "/" in k or k.endswith("_loss"))
+            extra = "".join(f" | {k} {_fmt(v, figure_format(k))}" for k, v in fig.items() if shown(k))
             log.info(
                 "iteration %d/%d | loss %s | lr %s | grad norm %s | %.2f s/it | tokens/s %s "
                 "| supervised tokens/s %s%s%s",

@@ -93,6 +93,7 @@ class TrainingContent:
     cfg: RunConfig
     history: list  # (iteration, loss) of every step, for the loss curve
     eval_history: list
+    source_history: dict = field(default_factory=dict)  # a blend's per-source (iteration, loss), for the curve
 
     def sharded_state(self) -> dict:
         return _training_sharded_state(self.model, False, True)
@@ -106,7 +107,7 @@ class TrainingContent:
         text = json.dumps(asdict(self.state), indent=1)
         parts = [Part(names.TRAIN_STATE, lambda d: (d / names.TRAIN_STATE).write_text(text)),
                  Part(names.LOSS_CURVE, lambda d: save_loss_curve(self.history, self.eval_history,
-                                                                  d / names.LOSS_CURVE)),
+                                                                  d / names.LOSS_CURVE, self.source_history)),
                  Part(names.MODELOPT_STATE, lambda d: modelopt_state.save(self.model.chunks, d), collective=True)]
         if self.model.lora is not None:
             record = self.model.lora.record_text

@@ -10,9 +10,10 @@ import torch
 
 from megatron_sft.models.builder import unwrap
 from megatron_sft.training.inputs import PackedLayout, model_inputs
-from megatron_sft.training.lm_head import hidden_states_instead_of_logits, supervised_loss_sum
-from megatron_sft.training.loss import masked_loss_func, reduce_loss_reports, share_loss_func, summed_loss_func
+from megatron_sft.training.lm_head import hidden_states_instead_of_logits, select_supervised, weighted_token_loss
+from megatron_sft.training.loss import reduce_loss_reports, share_loss_func, summed_loss_func
 from megatron_sft.training.neftune import Neftune, embedding_noise, noisy_embeddings
+from megatron_sft.training.sources import source_report, with_source_report
 
 
 def input_noise(batch: dict, gpt, neftune: Neftune | None, layout: PackedLayout, sequence_parallel: bool):
@@ -23,12 +24,13 @@ def input_noise(batch: dict, gpt, neftune: Neftune | None, layout: PackedLayout,
 
 
 def make_forward_step(layout: PackedLayout, lm_head_chunk_size: int = 0, sequence_parallel: bool = False,
-                      neftune: Neftune | None = None, total_weight: float | None = None):
+                      neftune: Neftune | None = None, total_weight: float | None = None, n_sources: int = 0):
     """Megatron's forward_step_func. On the last pipeline stage with a chunk size, the loss comes from the
     supervised tokens' hidden states (training/lm_head.py); otherwise the model's per-token losses are masked.
     `neftune`: noise on the input embeddings (training/neftune.py). `total_weight`: the global batch's summed
     loss mask, when its weights are fractions (--loss-normalization sample): each micro-batch returns its share of
-    the mean, counted once per step (the batch flagged count_step: counted_batches)."""
+    the mean, counted once per step (the batch flagged count_step: counted_batches). `n_sources` > 1: each
+    micro-batch also reports its per-source sums (training/sources.py)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def forward_step(data_iterator, model):
@@ -41,16 +43,29 @@ def make_forward_step(layout: PackedLayout, lm_head_chunk_size: int = 0, sequenc
             if lm_head_chunk_size and gpt.post_process:
                 with hidden_states_instead_of_logits(gpt) as output_layer:
                     hidden = model(*args, packed_seq_params=b["packed_seq_params"])
-                loss = supervised_loss_sum(hidden, output_layer["weight"], b["labels"], mask, lm_head_chunk_size,
-                                           sequence_parallel)
             else:
-                loss = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
-                if total_weight is None:
-                    return loss, masked_loss_func(mask)
-                loss = (loss.float() * mask.to(loss.device).float()).sum() if gpt.post_process else loss
+                hidden = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
+        if not gpt.post_process:
+            return hidden, summed_loss_func(mask)  # the next stage's input (Megatron calls no loss_func here)
+        if lm_head_chunk_size:
+            selected, targets, weights, positions = select_supervised(hidden, b["labels"], mask, sequence_parallel)
+            per_token = torch.empty(len(positions), dtype=torch.float32, device=hidden.device) if n_sources else None
+            loss = weighted_token_loss(selected, output_layer["weight"], targets, weights, lm_head_chunk_size,
+                                       per_token)
+        else:  # the model's per-token losses [b, s]
+            per_token_sb = hidden.transpose(0, 1).reshape(-1)
+            positions = (b["loss_mask"].transpose(0, 1).reshape(-1) > 0).nonzero().squeeze(1)
+            per_token = per_token_sb.index_select(0, positions).detach().float()
+            loss = (hidden.float() * mask.to(hidden.device).float()).sum()
         if total_weight is None:
-            return loss, summed_loss_func(mask)
-        return loss, share_loss_func(bool(raw.get("count_step")) and _first_context_parallel_rank())
+            loss_func = summed_loss_func(mask)
+        else:
+            loss_func = share_loss_func(bool(raw.get("count_step")) and _first_context_parallel_rank())
+        if n_sources:
+            raw_weights = b["loss_mask"].transpose(0, 1).reshape(-1).index_select(0, positions)
+            loss_func = with_source_report(loss_func, source_report(raw, layout, n_sources, positions, per_token,
+                                                                    raw_weights))
+        return loss, loss_func
 
     return forward_step
 
@@ -109,25 +124,6 @@ def _loss_everywhere(reports: list[dict]) -> float:
     return float(value[0])
 
 
-def report_sums_everywhere(reports: list[dict], key: str, size: int) -> torch.Tensor:
-    """The last stage's `key` reports (each `size` numbers) summed over micro-batches and DP x CP ranks, float64,
-    on every rank (broadcast over the pipeline): an objective's figures beside the loss (DPO's, distillation's)."""
-    from megatron.core import parallel_state as ps
-
-    from megatron_sft.runtime.distributed import collective_device
-
-    total = torch.zeros(size, dtype=torch.float64)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        for report in reports:
-            total += report[key].double().cpu()
-    total = total.to(collective_device())
-    torch.distributed.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        torch.distributed.broadcast(total, src=ps.get_pipeline_model_parallel_last_rank(),
-                                    group=ps.get_pipeline_model_parallel_group())
-    return total.cpu()
-
-
 def run_schedule(model, batches: list, seq_length: int, micro_batch_size: int, forward_only: bool,
                  forward_step=None) -> list:
     """Megatron's schedule over `batches`; `forward_step`: another objective's (DPO), else the SFT loss's."""
@@ -160,19 +156,3 @@ def train_step(model, batches: list, seq_length: int, micro_batch_size: int, glo
         model.scheduler.step(increment=global_batch_size)
     lr = model.optimizer.param_groups[0]["lr"]
     return StepResult(_loss_everywhere(reports), grad_norm, not updated, lr, reports)
-
-
-def evaluate(model, batches, eval_iters: int, num_microbatches: int, seq_length: int, micro_batch_size: int) -> float:
-    """Token-weighted validation loss over `eval_iters` global batches."""
-    for chunk in model.chunks:
-        chunk.eval()
-    reports = []
-    with torch.no_grad():
-        for _ in range(eval_iters):
-            group = list(itertools.islice(batches, num_microbatches))
-            if not group:
-                break
-            reports += run_schedule(model, group, seq_length, micro_batch_size, forward_only=True)
-    for chunk in model.chunks:
-        chunk.train()
-    return _loss_everywhere(reports)

@@ -19,13 +19,14 @@ from tests.distributed.test_dpo import _sequences, rel
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
 
 
-def write_data(path: Path, n: int) -> Path:
-    """Answers of very different lengths: a letter, or a long string (so per-sample and per-token means differ)."""
-    rng = random.Random(0)
+def write_data(path: Path, n: int, seed: int = 0, long_every: int = 2) -> Path:
+    """Answers of very different lengths: a letter, or a long string (so per-sample and per-token means differ);
+    every `long_every`-th answer long."""
+    rng = random.Random(seed)
     with open(path, "w") as f:
         for k in range(n):
             word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 6)))
-            answer = word[0] if k % 2 else " ".join(word[::-1] for _ in range(rng.randint(6, 12)))
+            answer = " ".join(word[::-1] for _ in range(rng.randint(6, 12))) if k % long_every == 0 else word[0]
             f.write(json.dumps({"messages": [{"role": "user", "content": f"say {word}"},
                                              {"role": "assistant", "content": answer}]}) + "\n")
     return path
@@ -35,10 +36,11 @@ def write_data(path: Path, n: int) -> Path:
 def runs(tiny_models, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("loss_control")
     data = write_data(out / "chats.jsonl", 48)
+    other = write_data(out / "other.jsonl", 40, seed=3, long_every=1)  # every answer long: another difficulty
     merged = {"out": out}
     for world_size in (1, 2):
         torchrun(WORKERS / "loss_control.py", world_size, ["--model", tiny_models["qwen3"], "--data", data,
-                                                           "--out", out], timeout=600)
+                                                           "--data2", other, "--out", out], timeout=600)
         merged.update(json.loads((out / f"loss_control_ws{world_size}.json").read_text()))
     return merged
 
@@ -131,3 +133,44 @@ def test_three_steps_do_not_depend_on_layout(runs, layout, reference):
 
 def test_neftune_resume_is_exact(runs):
     assert runs["neft_first2"]["steps"] + runs["neft_resumed2"]["steps"] == runs["neft_straight4"]["steps"]
+
+
+def test_per_source_losses_equal_each_source_alone(runs, tiny_models):
+    """A blend of two files: step 1's loss of each source = the token mean of that source's conversations alone
+    through transformers (1e-6), with a pack that mixes the two; the token counts are the batch's; the sources'
+    losses weighted by their tokens average to the total."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    batches = torch.load(runs["out"] / "first_blend_tp1.pt")
+    source_of = {int(i): int(s) for b in batches for ids, srcs in zip(b["sample_ids"], b["sample_sources"])
+                 for i, s in zip(ids.tolist(), srcs.tolist())}
+    assert any(len(set(srcs.tolist())) == 2 for b in batches for srcs in b["sample_sources"]), "a mixed pack"
+    with torch.no_grad():
+        losses = _losses(model, batches)
+    samples = [sample for sample, _, _ in _sequences(batches)]
+    first = runs["blend_tp1"]["steps"][0]
+    total_tokens = 0
+    for index, name in enumerate(("chats", "other")):
+        mine = [(s, n) for (s, n), sample in zip(losses, samples) if source_of[sample] == index]
+        tokens = sum(n for _, n in mine)
+        assert rel(first[f"loss/{name}"], sum(float(s) for s, _ in mine) / tokens) <= 1e-6, (name, first)
+        assert first[f"supervised_tokens/{name}"] == tokens and first[f"samples/{name}"] == len(mine)
+        total_tokens += tokens
+    weighted = sum(first[f"loss/{n}"] * first[f"supervised_tokens/{n}"] for n in ("chats", "other")) / total_tokens
+    assert rel(weighted, first["loss"]) <= 1e-6
+    assert abs(first["loss/chats"] - first["loss/other"]) > 1e-3, "two sources of different difficulty"
+
+
+@pytest.mark.parametrize("layout", ["blend_full_logits", "blend_tp2_sp", "blend_pp2", "blend_cp2", "blend_dp2"])
+def test_per_source_figures_do_not_depend_on_layout(runs, layout):
+    """Every per-source figure of 3 steps, and validation's, at other layouts = one process (1e-6)."""
+    ref, got = runs["blend_tp1"], runs[layout]
+    for step, (g, r) in enumerate(zip(got["steps"], ref["steps"])):
+        assert set(g) == set(r) and any(k.startswith("loss/") for k in r)
+        for key in r:
+            assert rel(g[key], r[key]) <= (2e-6 if key == "grad_norm" else 1e-6), (layout, step, key, g[key], r[key])
+    assert got["validation"] and rel(got["validation"][0][1], ref["validation"][0][1]) <= 1e-6
+    g, r = got["validation_figures"][0], ref["validation_figures"][0]
+    assert {"loss/chats", "loss/other"} <= set(r) and set(g) == set(r)
+    assert all(rel(g[k], r[k]) <= 1e-6 for k in r), (g, r)

@@ -31,8 +31,15 @@ RUNS = {
     "neft_pp2": (2, f"{NEFT} --pipeline-model-parallel-size 2"),
     "neft_cp2": (2, f"{NEFT} --context-parallel-size 2"),
     "neft_dp2": (2, NEFT),
+    # BLEND: --data-path 0.5 DATA 0.5 DATA2, a validation share; per-source figures
+    "blend_tp1": (1, "BLEND"),
+    "blend_full_logits": (1, "BLEND --lm-head-chunk-size 0"),
+    "blend_tp2_sp": (2, "BLEND --tensor-model-parallel-size 2 --sequence-parallel"),
+    "blend_pp2": (2, "BLEND --pipeline-model-parallel-size 2"),
+    "blend_cp2": (2, "BLEND --context-parallel-size 2"),
+    "blend_dp2": (2, "BLEND"),
 }
-CAPTURED = ("sample_tp1", "neft_tp1")
+CAPTURED = ("sample_tp1", "neft_tp1", "blend_tp1")
 
 
 def train(flags: str, capture: list | None = None) -> dict:
@@ -44,11 +51,15 @@ def train(flags: str, capture: list | None = None) -> dict:
     from megatron_sft.training.loop import Trainer
 
     trainer = (trainer_class or Trainer)(start(cfg, training=True))
+    validation = []  # the figures of every validation (per-source losses on a blend)
+    evaluate = trainer.evaluate
+    trainer.evaluate = lambda iters: (lambda out: validation.append(out[1]) or out)(evaluate(iters))
     if capture is not None:
         original = trainer.next_global_batch
         trainer.next_global_batch = lambda: capture.append(original()) or capture[-1]
     trainer.run()
-    return {"steps": [{"loss": r["loss"], "grad_norm": r["grad_norm"]} for r in trainer.records]}
+    return {"steps": [{k: v for k, v in r.items() if k in ("loss", "grad_norm") or "/" in k} for r in trainer.records],
+            "validation": trainer.eval_history, "validation_figures": validation}
 
 
 def main() -> None:
@@ -57,7 +68,7 @@ def main() -> None:
     from megatron_sft.config import DataConfig
 
     parser = argparse.ArgumentParser()
-    for name in ("--model", "--data", "--out"):
+    for name in ("--model", "--data", "--data2", "--out"):
         parser.add_argument(name, type=Path, required=True)
     cli = parser.parse_args()
     DataConfig.cp_multiple = property(lambda self: 4)  # every run pads samples as CP 2 does: the same packs
@@ -71,7 +82,11 @@ def main() -> None:
         if size != ws:
             continue
         capture = [] if name in CAPTURED else None
-        results[name] = train(f"{base} {flags} --train-iters 3", capture)
+        run = base
+        if flags.startswith("BLEND"):
+            run = base.replace(f"--data-path {cli.data}", f"--data-path 0.5 {cli.data} 0.5 {cli.data2}").replace(
+                "--split 100,0,0", "--split 80,20,0 --eval-interval 3 --eval-iters 1")
+        results[name] = train(f"{run} {flags.removeprefix('BLEND')} --train-iters 3", capture)
         if capture:
             torch.save(capture[0], cli.out / f"first_{name}.pt")
     if ws == 2:  # NEFTune's noise on a resume: 4 straight = 2, a save, 2 more
