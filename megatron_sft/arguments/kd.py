@@ -49,15 +49,8 @@ def read_kd_cfg(path: str | None) -> KdSettings:
     """The settings of an --export-kd-cfg file (None: the defaults); one-line errors naming the file and key."""
     if path is None:
         return KdSettings()
-    import yaml
-
     where = f"--export-kd-cfg {path}"
-    if not os.path.isfile(path):
-        raise UserError(f"{where}: no such file")
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
-    if not isinstance(values, dict):
-        raise UserError(f"{where}: not a mapping of keys to values")
+    values = _read_yaml_mapping(path, where, "keys")
     for key in values:
         if key in _NEWER:
             raise UserError(f"{where}: {key}: {_NEWER[key]}")
@@ -106,15 +99,21 @@ def teacher_model_values(cfg: RunConfig) -> dict:
     return values
 
 
-def _read_model_config(path: str) -> dict:
+def _read_yaml_mapping(path: str, where: str, what: str) -> dict:
+    """The mapping a YAML file holds (empty file: {}); one line naming `where` when it is missing or not one."""
     import yaml
 
     if not os.path.isfile(path):
-        raise UserError(f"--export-kd-teacher-model-config {path}: no such file")
+        raise UserError(f"{where}: no such file")
     with open(path) as f:
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
-        raise UserError(f"--export-kd-teacher-model-config {path}: not a mapping of flag names to values")
+        raise UserError(f"{where}: not a mapping of {what} to values")
+    return values
+
+
+def _read_model_config(path: str) -> dict:
+    values = _read_yaml_mapping(path, f"--export-kd-teacher-model-config {path}", "flag names")
     out = {}
     for key, value in values.items():
         name = str(key).lstrip("-").replace("-", "_")
