@@ -223,7 +223,7 @@ class Trainer:
 
     def evaluate(self, eval_iters: int) -> tuple[float, dict]:
         """(validation loss, the objective's other figures) over `eval_iters` global batches: perplexity, and each
-        source's loss on a blend."""
+        source's loss and perplexity when the validation data has several (files, or a blend's sources)."""
         from megatron_sft.training.sources import source_figures
         from megatron_sft.training.step import _loss_everywhere, make_forward_step
 
@@ -233,8 +233,11 @@ class Trainer:
         reports = self.validation_reports(eval_iters, lambda group: (group, forward))
         loss = _loss_everywhere(reports)
         figures = {"perplexity": math.exp(min(loss, 50.0))}
-        if names:
-            figures.update({k: v for k, v in source_figures(reports, names).items() if k.startswith("loss/")})
+        if names:  # each source (each --valid-data-path file): its loss and perplexity
+            for key, value in source_figures(reports, names).items():
+                if key.startswith("loss/"):
+                    figures[key] = value
+                    figures[f"ppl/{key.removeprefix('loss/')}"] = math.exp(min(value, 50.0))
         return loss, figures
 
     def validation_reports(self, eval_iters: int, prepare) -> list[dict]:

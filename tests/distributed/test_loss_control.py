@@ -6,6 +6,7 @@ TP2+SP, PP2, CP2 and DP2; NEFTune's noise the same at every layout and on a resu
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -172,5 +173,6 @@ def test_per_source_figures_do_not_depend_on_layout(runs, layout):
             assert rel(g[key], r[key]) <= (2e-6 if key == "grad_norm" else 1e-6), (layout, step, key, g[key], r[key])
     assert got["validation"] and rel(got["validation"][0][1], ref["validation"][0][1]) <= 1e-6
     g, r = got["validation_figures"][0], ref["validation_figures"][0]
-    assert {"loss/chats", "loss/other"} <= set(r) and set(g) == set(r)
+    assert {"loss/chats", "loss/other", "ppl/chats", "ppl/other"} <= set(r) and set(g) == set(r)
+    assert all(abs(r[f"ppl/{n}"] - math.exp(r[f"loss/{n}"])) <= 1e-9 * r[f"ppl/{n}"] for n in ("chats", "other"))
     assert all(rel(g[k], r[k]) <= 1e-6 for k in r), (g, r)
