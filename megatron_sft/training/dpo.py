@@ -349,7 +349,7 @@ def reference_weights(cfg: RunConfig, chunks: list, source: str):
 
 def _trainer_class():
     from megatron_sft.training.loop import Trainer
-    from megatron_sft.training.step import train_step
+    from megatron_sft.training.step import counted_batches, train_step
 
     class DpoTrainer(Trainer):
         """The SFT Trainer with the DPO step: same data stream, model, checkpoints, logs; rewards in the figures."""
@@ -366,28 +366,25 @@ def _trainer_class():
 
         def train_step(self, batches):
             cfg = self.cfg
-            return train_step(self.model, self._counted(batches), cfg.data.seq_length, cfg.training.micro_batch_size,
+            return train_step(self.model, counted_batches(batches), cfg.data.seq_length, cfg.training.micro_batch_size,
                               cfg.training.global_batch_size, forward_step=self._forward(batches))
 
         def step_metrics(self, result) -> dict:
             return metrics_everywhere(result.reports)
+
+        def sources(self, split: str) -> list[str]:
+            return []  # no per-source figures (yet): the DPO forward step does not report them
 
         def evaluate(self, eval_iters: int) -> tuple[float, dict]:
             """The DPO loss and metrics of the validation pairs (each global batch's mean, averaged)."""
             from megatron_sft.training.step import _loss_everywhere
 
             def prepare(group):
-                group = self._counted(group)
+                group = counted_batches(group)
                 return group, self._forward(group, self.valid_reference)
 
             reports = self.validation_reports(eval_iters, prepare)
             return _loss_everywhere(reports), metrics_everywhere(reports)
-
-        def _counted(self, batches: list) -> list:
-            """The step's one count (Megatron divides by it: the losses are shares already) on its first batch."""
-            from megatron.core import parallel_state as ps
-
-            return [dict(b, count_step=(k == 0 and ps.get_data_parallel_rank() == 0)) for k, b in enumerate(batches)]
 
         def _forward(self, batches: list, reference: np.ndarray | None = None):
             reference = self.reference if reference is None else reference

@@ -243,6 +243,9 @@ def trainer_class():
         def step_metrics(self, result) -> dict:
             return metrics_everywhere(result.reports)
 
+        def sources(self, split: str) -> list[str]:
+            return []  # no per-source figures (yet): the KD forward step does not report them
+
         def evaluate(self, eval_iters: int) -> tuple[float, dict]:
             """The validation LM loss (as Megatron-LM reports it for distillation), its perplexity and the KD loss."""
             import math

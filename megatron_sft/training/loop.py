@@ -195,9 +195,8 @@ class Trainer:
         return source_figures(result.reports, names) if names else {}
 
     def sources(self, split: str) -> list[str]:
-        """The names of a blend's sources in `split` (train, valid); none for one source, or another objective."""
-        if type(self).train_step is not Trainer.train_step:
-            return []  # DPO and distillation have figures of their own
+        """The names of a blend's sources in `split` (train, valid); none for one source. (DPO and distillation
+        return none: they have figures of their own.)"""
         names = self.data.train_sources if split == "train" else self.data.valid_sources
         return names if len(names) > 1 else []
 

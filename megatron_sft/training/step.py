@@ -53,10 +53,10 @@ def make_forward_step(layout: PackedLayout, lm_head_chunk_size: int = 0, sequenc
             loss = weighted_token_loss(selected, output_layer["weight"], targets, weights, lm_head_chunk_size,
                                        per_token)
         else:  # the model's per-token losses [b, s]
-            per_token_sb = hidden.transpose(0, 1).reshape(-1)
-            positions = (b["loss_mask"].transpose(0, 1).reshape(-1) > 0).nonzero().squeeze(1)
-            per_token = per_token_sb.index_select(0, positions).detach().float()
             loss = (hidden.float() * mask.to(hidden.device).float()).sum()
+            if n_sources:  # the supervised tokens' losses, in the chunked head's order, for the figures
+                positions = (b["loss_mask"].transpose(0, 1).reshape(-1) > 0).nonzero().squeeze(1)
+                per_token = hidden.transpose(0, 1).reshape(-1).index_select(0, positions).detach().float()
         if total_weight is None:
             loss_func = summed_loss_func(mask)
         else:
