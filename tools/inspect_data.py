@@ -4,7 +4,8 @@
     python tools/inspect_data.py --cache ~/.cache/megatron_sft/data/<key> --tokenizer-model ... --pack 3
 
 Supervised text is printed between ⟦ and ⟧ (in green with --color). A token counts as supervised when
-it is a label with loss, i.e. the model learns to predict it.
+it is a label with loss, i.e. the model learns to predict it. Text whose message carries a loss "weight" other
+than 1 is followed by it: ⟦...⟧×0.5.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ GREEN, RESET = "\033[32m", "\033[0m"
 
 
 def marked_text(tokenizer, ids, supervised, color: bool = False) -> str:
-    """Decode runs of equal supervision separately and wrap the supervised ones."""
+    """Decode runs of equal loss weight separately and wrap the supervised ones (with their weight if not 1)."""
     out, start = [], 0
     for i in range(1, len(ids) + 1):
-        if i == len(ids) or bool(supervised[i]) != bool(supervised[start]):
+        if i == len(ids) or supervised[i] != supervised[start]:
             text = tokenizer.decode([int(t) for t in ids[start:i]], skip_special_tokens=False)
-            if supervised[start]:
+            weight = float(supervised[start])
+            if weight:
                 text = f"{GREEN}{text}{RESET}" if color else f"{OPEN}{text}{CLOSE}"
+                text += f"\u00d7{weight:g}" if weight != 1 else ""
             out.append(text)
             start = i
     return "".join(out)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: sample {i} out of range [0, {len(prepared)})", file=sys.stderr)
             return 2
         ids, supervised = prepared.sample(i)
-        print(f"--- sample {i}: {len(ids)} tokens, {int(supervised[1:].sum())} supervised ---")
+        print(f"--- sample {i}: {len(ids)} tokens, {int((supervised[1:] > 0).sum())} supervised ---")
         print(marked_text(tokenizer, ids, supervised, args.color))
     print("--- statistics ---")
     for line in summary_lines(prepared.meta):

@@ -2,7 +2,8 @@
 
 One pack of `seq_length` tokens holds whole samples back to back, each padded to a multiple of
 2*CP under context parallelism, then padding to the end (its own segment). Per position i inside a
-sample: labels[i] = tokens[i+1], loss_mask[i] = 1 if token i+1 is supervised; the last position of a
+sample: labels[i] = tokens[i+1], loss_mask[i] = the loss weight of token i+1 (1 if supervised, or its message's
+"weight"; 0 if not); the last position of a
 sample (and all padding) predicts nothing, so no loss crosses a sample boundary. Position ids restart
 at 0 in every segment; cu_seqlens carries the segmentation that THD attention reads (`join_rows`
 makes one THD stream of a micro-batch). The explicit block-diagonal causal mask (True = masked,
@@ -15,7 +16,7 @@ A micro-batch (`collate`) holds:
       trailing padding counted as one more segment; cu_seqlens_padded: the same with each sample's
       CP padding included (equal to cu_seqlens without context parallelism); max_seqlen: int;
   num_supervised: int64 scalar, the number of loss tokens (loss_mask > 0: it holds weights with
-      --loss-normalization sample); num_padding: int64 [B], per row the tokens
+      --loss-normalization sample or weighted messages); num_padding: int64 [B], per row the tokens
       of its trailing padding segment (0: the row is full; else its last cu_seqlens segment is padding);
   sample_ids: per row, the cache's ids of its samples in segment order (rows from SFTDataset);
   sample_sources: per row, the index of each of those samples' data source (the cache's metadata names them).
@@ -35,10 +36,11 @@ def build_pack(
     samples: list[tuple[np.ndarray, np.ndarray]], seq_length: int, pad_id: int, cp_multiple: int = 1,
     per_sample: bool = False,
 ) -> dict:
-    """One packed row from (token ids, supervised flags) samples whose padded lengths fit in seq_length.
+    """One packed row from (token ids, per-token loss weights) samples whose padded lengths fit in seq_length. The
+    weights are the 0/1 supervised flags, or a message's "weight" on its tokens: the loss is the weighted mean.
 
-    per_sample (--loss-normalization sample): a sample's loss-mask entries are 1 / its supervised tokens, so each
-    sample weighs 1 in total and Megatron's division by the summed mask makes the loss the mean of the samples'
+    per_sample (--loss-normalization sample): a sample's loss-mask entries are divided by their sum, so each
+    sample weighs 1 in total and the division by the summed mask makes the loss the mean of the samples' (weighted)
     means, whatever the packing, micro-batching or layout."""
     tokens = np.full(seq_length, pad_id, dtype=np.int64)
     labels = np.full(seq_length, pad_id, dtype=np.int64)
@@ -52,7 +54,8 @@ def build_pack(
         tokens[at : at + n] = ids
         labels[at : at + n - 1] = ids[1:]
         weights = supervised[1:].astype(np.float32)
-        loss_mask[at : at + n - 1] = weights / max(1.0, float(weights.sum())) if per_sample else weights
+        total = float(weights.sum())
+        loss_mask[at : at + n - 1] = weights / total if per_sample and total > 0 else weights
         position_ids[at : at + padded] = np.arange(padded)
         at += padded
         cu.append(cu[-1] + n)

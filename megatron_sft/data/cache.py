@@ -31,7 +31,7 @@ from megatron_sft.data.sources import fingerprint, parse_sources
 from megatron_sft.errors import UserError
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 2  # 2: metadata.json lists every file's size and CRC32 checksums
+CACHE_FORMAT = 3  # 2: metadata.json lists every file's size and CRC32 checksums; 3: messages' "weight"
 MISSING = "missing"
 
 
@@ -132,6 +132,8 @@ class PreparedData:
         self.offsets = np.load(os.path.join(path, "sample_offsets.npy"))
         self.tokens = _memmap(os.path.join(path, "tokens.bin"), np.uint32)
         self.supervised = _memmap(os.path.join(path, "supervised.bin"), np.uint8)
+        weights = os.path.join(path, "loss_weight.bin")
+        self.weights = _memmap(weights, np.float32) if os.path.exists(weights) else None
         self.sample_source = np.load(os.path.join(path, "sample_source.npy"), mmap_mode="r")
 
     @property
@@ -152,9 +154,15 @@ class PreparedData:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def weighted(self) -> bool:
+        """Whether a message of the data carries a loss "weight" other than 1."""
+        return self.weights is not None
+
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, each token's loss weight: the 0/1 supervised flags, or float32 weights if weighted)."""
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return self.tokens[a:b], self.supervised[a:b]
+        return self.tokens[a:b], (self.supervised if self.weights is None else self.weights)[a:b]
 
     def packs(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         offsets = np.load(os.path.join(self.path, f"packs_{split}_offsets.npy"), mmap_mode="r")

@@ -142,6 +142,11 @@ class SFTSplits:
     valid_stats: dict | None = None  # metadata.json of that cache
 
     @property
+    def weighted(self) -> bool:
+        """Whether the training data's messages carry loss weights other than 1 (fractional loss-mask entries)."""
+        return bool(self.stats.get("weighted"))
+
+    @property
     def train_sources(self) -> list[str]:
         """Short names of the training split's data sources (the cache's metadata)."""
         from megatron_sft.data.cache import source_names

@@ -1,4 +1,5 @@
-"""Rendered text -> token ids and a per-token `supervised` flag.
+"""Rendered text -> token ids and a per-token `supervised` flag (uint8), or, when a message carries a "weight"
+other than 1, each token's loss weight (float32; 0 = not supervised).
 
 A token is supervised when the character its text starts at lies inside a supervised span. Spans are
 mapped to token ranges through the fast tokenizer's character offsets, so no per-token Python work is
@@ -34,9 +35,10 @@ class SampleEncoder:
         out = []
         for r, enc in zip(rendered, encodings):
             ids = np.array(enc.ids, dtype=np.uint32)
-            supervised = np.zeros(len(ids), dtype=np.uint8)
-            for a, b in r.spans:
-                supervised[_first_token_from(enc, a, len(r.text)) : _first_token_from(enc, b, len(r.text))] = 1
+            supervised = np.zeros(len(ids), dtype=np.uint8 if r.weights is None else np.float32)
+            for k, (a, b) in enumerate(r.spans):
+                weight = 1 if r.weights is None else r.weights[k]
+                supervised[_first_token_from(enc, a, len(r.text)) : _first_token_from(enc, b, len(r.text))] = weight
             out.append((ids, supervised))
         return out
 

@@ -11,6 +11,7 @@ A conversation that would train on nothing is not an error but a `NothingToTrain
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from megatron_sft.config import DATA_FORMATS
@@ -85,6 +86,7 @@ class Conversation:
     messages: list[dict]  # what the chat template receives
     train: list[bool]  # per message: is this turn supervised
     tools: list | None = None
+    weights: list[float] | None = None  # per message: its tokens' loss weight ("weight"); None: all 1
 
 
 def to_conversation(record, where: str, unmask_user: bool = False, data_format: str = "auto",
@@ -108,22 +110,23 @@ def to_conversation(record, where: str, unmask_user: bool = False, data_format: 
         tools = _parse_json(tools, where, "'tools'")
     if tools is not None and not isinstance(tools, list):
         raise InvalidRecord(where, "'tools' must be a list of tool schemas", "bad_field")
-    clean, train = _validate_messages(messages, where, unmask or unmask_user)
+    clean, train, weights = _validate_messages(messages, where, unmask or unmask_user)
     if loss_turns == "last":
         train = _last_assistant_turn_only(messages, clean, train)
     if "assistant" not in {m["role"] for m in clean}:
         raise NothingToTrain("no_assistant_turn")
     if not any(train):
         raise NothingToTrain("no_supervised_turn")
-    return Conversation(clean, train, tools or None)
+    weighted = any(w != 1.0 for w, t in zip(weights, train) if t)
+    return Conversation(clean, train, tools or None, weights if weighted else None)
 
 
-def _validate_messages(messages, where: str, unmask_user: bool) -> tuple[list[dict], list[bool]]:
+def _validate_messages(messages, where: str, unmask_user: bool) -> tuple[list[dict], list[bool], list[float]]:
     if not isinstance(messages, list):
         raise InvalidRecord(where, f"'messages' must be a list, got {type(messages).__name__}", "bad_messages")
     if not messages:
         raise InvalidRecord(where, "empty conversation (no messages)", "empty_conversation")
-    clean, train = [], []
+    clean, train, weights = [], [], []
     for i, msg in enumerate(messages):
         at = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -141,18 +144,34 @@ def _validate_messages(messages, where: str, unmask_user: bool) -> tuple[list[di
         out = {k: msg[k] for k in _TEMPLATE_KEYS if k in msg and msg[k] is not None}
         out["content"] = content
         _check_optional_fields(out, where, at)
-        flag = _own_flag(msg, where, at)
+        flag, weight = _own_flag(msg, where, at), _own_weight(msg, where, at)
+        if weight is not None:  # "weight": 0 is "loss": false; a positive weight trains the turn
+            if flag is False and weight > 0:
+                raise InvalidRecord(where, f"{at} has 'loss': false and 'weight': {weight}; keep one", "bad_field")
+            flag = weight > 0
         if flag and role in ("system", "tool"):
             raise InvalidRecord(where, f"{at}: {role} turns are never trained on; remove '{_flag_key(msg)}'",
                                 "bad_field")
         default = role == "assistant" or (role == "user" and unmask_user)
         clean.append(out)
         train.append(default if flag is None else flag)
-    return clean, train
+        weights.append(1.0 if weight is None else weight)
+    return clean, train, weights
 
 
 def _flag_key(msg: dict) -> str:
-    return "loss" if "loss" in msg else "train"
+    return "loss" if "loss" in msg else "train" if "train" in msg else "weight"
+
+
+def _own_weight(msg: dict, where: str, at: str) -> float | None:
+    """A message's "weight": a finite number >= 0 scaling its tokens in the weighted mean loss; None: absent."""
+    weight = msg.get("weight")
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise InvalidRecord(where, f"{at}.weight must be a number >= 0 (0: not trained on), got {weight!r}",
+                            "bad_field")
+    return float(weight)
 
 
 def _own_flag(msg: dict, where: str, at: str) -> bool | None:
@@ -160,7 +179,7 @@ def _own_flag(msg: dict, where: str, at: str) -> bool | None:
     if "loss" in msg and "train" in msg:
         raise InvalidRecord(where, f"{at} has both 'loss' and 'train'; keep one", "bad_field")
     key = _flag_key(msg)
-    flag = msg.get(key)
+    flag = msg.get(key) if key != "weight" else None
     if flag is not None and not isinstance(flag, bool):
         raise InvalidRecord(where, f"{at}.{key} must be true or false, got {flag!r}", "bad_field")
     return flag
@@ -218,8 +237,9 @@ def _from_sharegpt(record: dict, where: str) -> list:
                     where, f"conversations[{i}]: function_call value must be a JSON object", "bad_tool_calls"
                 )
             msg = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}
-        if "train" in turn:
-            msg["train"] = turn["train"]
+        for key in ("loss", "train", "weight"):  # a turn's own loss control, as on a message
+            if key in turn:
+                msg[key] = turn[key]
         messages.append(msg)
     return messages
 

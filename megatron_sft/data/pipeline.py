@@ -24,7 +24,7 @@ CHUNK_RECORDS = 512
 @dataclass
 class ChunkResult:
     tokens: np.ndarray  # uint32, the kept samples concatenated
-    supervised: np.ndarray  # uint8, aligned with tokens
+    supervised: np.ndarray  # uint8 flags, aligned with tokens; float32 loss weights when a message had a "weight"
     lengths: np.ndarray  # int64, one per kept sample
     source: int
     stats: DataStats = field(default_factory=DataStats)
@@ -89,7 +89,7 @@ class ChunkProcessor:
                 stats.examples.setdefault("truncated", where)
             if self.masked_id is not None:
                 sup[ids == self.masked_id] = 0
-            n_sup = int(sup[1:].sum())  # a label exists only for tokens after the first
+            n_sup = int(np.count_nonzero(sup[1:]))  # a label exists only for tokens after the first
             if n_sup == 0:
                 stats.count("dropped", "no_supervised_tokens", where)
                 continue

@@ -3,6 +3,8 @@
 Layout of the directory:
   tokens.bin          uint32, all kept samples' token ids, back to back
   supervised.bin      uint8, 1 where the token is supervised (trained on), aligned with tokens.bin
+  loss_weight.bin     float32, each token's loss weight (0: not supervised); only when a message of the
+                      data carries a "weight" other than 1
   sample_offsets.npy  int64 [n+1], sample i is tokens[offsets[i]:offsets[i+1]]
   sample_source.npy   int32 [n], index of the source each sample came from
   packs_<split>_offsets.npy / packs_<split>_samples.npy: pack p holds the samples
@@ -89,6 +91,7 @@ def build_cache(cfg: DataConfig, tokenizer, out_dir: str, *, progress: bool = Tr
             "generation_header": processor.renderer.generation_header,
         },
         "pad_token_id": pad_token_id(tokenizer),
+        "weighted": os.path.exists(os.path.join(out_dir, "loss_weight.bin")),  # a message's "weight" other than 1
         "stats": stats.to_dict(),
         "splits": splits,
         "blend": blend_report,
@@ -129,12 +132,14 @@ def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progr
     with (
         open(os.path.join(out_dir, "tokens.bin"), "wb") as ft,
         open(os.path.join(out_dir, "supervised.bin"), "wb") as fs,
+        _WeightWriter(os.path.join(out_dir, "loss_weight.bin"), fs) as fw,
         chunk_mapper(processor, cfg.num_workers) as mapper,
     ):
         chunks = iter_chunks(sources, CHUNK_RECORDS, cfg.sample_limit, on_empty, seed=cfg.seed, counts=counts)
         for res in mapper(chunks):
             ft.write(res.tokens.tobytes())
-            fs.write(res.supervised.tobytes())
+            fw.write(res.supervised)  # before fs: a first weighted chunk backfills from the flags written so far
+            fs.write((res.supervised > 0).astype(np.uint8).tobytes())
             lengths.append(res.lengths)
             source_of.append(np.full(len(res.lengths), res.source, dtype=np.int32))
             for reason in stats.merge(res.stats):
@@ -147,6 +152,32 @@ def _tokenize_all(cfg, sources, processor, stats: DataStats, out_dir: str, progr
         np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
         np.concatenate(source_of) if source_of else np.zeros(0, np.int32),
     )
+
+
+class _WeightWriter:
+    """Writes loss_weight.bin only once a chunk carries weights other than 1 (float32): the tokens before it get
+    their flags, read back from supervised.bin, as weights then. Unweighted data (almost all) gets no such file."""
+
+    def __init__(self, path: str, flags_file):
+        self.path, self.flags_file, self.file = path, flags_file, None
+
+    def write(self, supervised: np.ndarray) -> None:
+        if self.file is None and supervised.dtype == np.uint8:
+            return
+        if self.file is None:
+            self.file = open(self.path, "wb")
+            self.flags_file.flush()
+            with open(self.flags_file.name, "rb") as flags:
+                while block := flags.read(1 << 24):
+                    self.file.write(np.frombuffer(block, np.uint8).astype(np.float32).tobytes())
+        self.file.write(supervised.astype(np.float32).tobytes())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def _pack_splits(cfg: DataConfig, sources, lengths, source_of, out_dir: str):

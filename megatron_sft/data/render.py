@@ -27,6 +27,7 @@ class Rendered:
     text: str
     spans: list[tuple[int, int]]  # supervised character ranges [start, end), sorted
     dropped: dict[str, int] = field(default_factory=dict)  # content the template left out, by kind
+    weights: list[float] | None = None  # each span's loss weight (its message's "weight"); None: all 1
 
 
 class ChatRenderer:
@@ -93,10 +94,13 @@ class ChatRenderer:
             full, probe = self.render_text([conv.messages, replaced], conv.tools)
             spans = self._spans_together(full, probe, conv, trained)
             if spans is None:
-                spans = [span for i in trained if (span := self._span_alone(full, conv, i)) is not None]
+                spans = [self._span_alone(full, conv, i) for i in trained]
         except Exception as e:  # noqa: BLE001 - a Jinja error or raise_exception(): the record is at fault
             raise InvalidRecord(where, f"the chat template rejected the conversation: {e}", "template_error") from None
-        return Rendered(full, spans, self._dropped(full, conv))
+        # A turn the template does not render (None) has no span, and its weight goes with it.
+        kept = [(span, i) for span, i in zip(spans, trained) if span is not None]
+        weights = [conv.weights[i] for _, i in kept] if conv.weights else None
+        return Rendered(full, [span for span, _ in kept], self._dropped(full, conv), weights)
 
     def _turn_start(self, text: str, content_at: int, role: str, floor: int) -> int:
         """Where the turn whose content the template put at `content_at` begins: after its role header."""

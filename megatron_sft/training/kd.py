@@ -222,6 +222,9 @@ def trainer_class():
 
         def __init__(self, cfg: RunConfig, files=None):
             super().__init__(cfg, files)
+            if self.data.weighted:  # the KD loss weighs every supervised token alike: weights would be dropped
+                raise UserError(f"distillation takes no message \"weight\" other than 1, and the training data has "
+                                f"some (cache {self.data.cache_dir}); remove the weights, or train without a teacher")
             self.settings = read_kd_cfg(self.cfg.kd.export_kd_cfg)
             self.teacher = build_teacher(self.cfg)
             s = self.settings

@@ -173,7 +173,7 @@ class Trainer:
 
         cfg, model = self.cfg, self.model
         total = None
-        if cfg.data.loss_normalization == "sample":  # fractional weights: each micro-batch returns its share
+        if cfg.data.loss_normalization == "sample" or self.data.weighted:  # fractional weights: see share_loss_func
             batches, total = counted_batches(batches), total_loss_weight(batches)
         forward = make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel,
                                     self.neftune(), total, len(self.sources("train")))

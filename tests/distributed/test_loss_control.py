@@ -20,24 +20,40 @@ from tests.distributed.test_dpo import _sequences, rel
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, pytest.mark.timeout(900)]
 
 
-def write_data(path: Path, n: int, seed: int = 0, long_every: int = 2) -> Path:
+WEIGHTS = (2.0, 0.5, None)  # record k of a weighted file: its answer's "weight" is WEIGHTS[k % 3] (None: none)
+
+
+def write_data(path: Path, n: int, seed: int = 0, long_every: int = 2, weighted: bool = False) -> Path:
     """Answers of very different lengths: a letter, or a long string (so per-sample and per-token means differ);
-    every `long_every`-th answer long."""
+    every `long_every`-th answer long. `weighted`: the answers carry WEIGHTS, the prompts their record's "#k"."""
     rng = random.Random(seed)
     with open(path, "w") as f:
         for k in range(n):
             word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 6)))
             answer = " ".join(word[::-1] for _ in range(rng.randint(6, 12))) if k % long_every == 0 else word[0]
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"say {word}"},
-                                             {"role": "assistant", "content": answer}]}) + "\n")
+            reply = {"role": "assistant", "content": answer}
+            if weighted and WEIGHTS[k % 3] is not None:
+                reply["weight"] = WEIGHTS[k % 3]
+            prompt = f"say {word} #{k}" if weighted else f"say {word}"
+            f.write(json.dumps({"messages": [{"role": "user", "content": prompt}, reply]}) + "\n")
     return path
+
+
+def record_weight(tokenizer, tokens: torch.Tensor) -> float:
+    """The weight the data file gave the conversation of `tokens` (found by its prompt's "#k"); 1 if unweighted."""
+    import re
+
+    found = re.search(r"#(\d+)", tokenizer.decode(tokens.tolist()))
+    weight = WEIGHTS[int(found.group(1)) % 3] if found else None
+    return 1.0 if weight is None else weight
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_models, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("loss_control")
     data = write_data(out / "chats.jsonl", 48)
-    other = write_data(out / "other.jsonl", 40, seed=3, long_every=1)  # every answer long: another difficulty
+    # every answer long: another difficulty; and per-message weights (Σ w·loss / Σ w, over the blend)
+    other = write_data(out / "other.jsonl", 40, seed=3, long_every=1, weighted=True)
     merged = {"out": out}
     for world_size in (1, 2):
         torchrun(WORKERS / "loss_control.py", world_size, ["--model", tiny_models["qwen3"], "--data", data,
@@ -137,29 +153,38 @@ def test_neftune_resume_is_exact(runs):
 
 
 def test_per_source_losses_equal_each_source_alone(runs, tiny_models):
-    """A blend of two files: step 1's loss of each source = the token mean of that source's conversations alone
-    through transformers (1e-6), with a pack that mixes the two; the token counts are the batch's; the sources'
-    losses weighted by their tokens average to the total."""
-    from transformers import AutoModelForCausalLM
+    """A blend of two files, one with per-message weights: step 1's loss of each source = the weighted token mean
+    of that source's conversations alone through transformers (1e-6; the weights as the data file gave them), with a
+    pack that mixes the two; the token counts are the batch's; the sources' losses weighted by their summed weights
+    average to the total, which is the weighted token mean of the whole global batch (loss and gradient norm, 1e-5)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["qwen3"])
     batches = torch.load(runs["out"] / "first_blend_tp1.pt")
     source_of = {int(i): int(s) for b in batches for ids, srcs in zip(b["sample_ids"], b["sample_sources"])
                  for i, s in zip(ids.tolist(), srcs.tolist())}
     assert any(len(set(srcs.tolist())) == 2 for b in batches for srcs in b["sample_sources"]), "a mixed pack"
-    with torch.no_grad():
-        losses = _losses(model, batches)
-    samples = [sample for sample, _, _ in _sequences(batches)]
+    losses = _losses(model, batches)
+    samples = [(sample, record_weight(tokenizer, tokens)) for sample, tokens, _ in _sequences(batches)]
+    assert {w for _, w in samples} == {1.0, 2.0, 0.5}
     first = runs["blend_tp1"]["steps"][0]
-    total_tokens = 0
+    sums = {}
     for index, name in enumerate(("chats", "other")):
-        mine = [(s, n) for (s, n), sample in zip(losses, samples) if source_of[sample] == index]
-        tokens = sum(n for _, n in mine)
-        assert rel(first[f"loss/{name}"], sum(float(s) for s, _ in mine) / tokens) <= 1e-6, (name, first)
+        mine = [(s, n, w) for (s, n), (sample, w) in zip(losses, samples) if source_of[sample] == index]
+        tokens, weight = sum(n for _, n, _ in mine), sum(n * w for _, n, w in mine)
+        assert rel(first[f"loss/{name}"], sum(float(s) * w for s, _, w in mine) / weight) <= 1e-6, (name, first)
         assert first[f"supervised_tokens/{name}"] == tokens and first[f"samples/{name}"] == len(mine)
-        total_tokens += tokens
-    weighted = sum(first[f"loss/{n}"] * first[f"supervised_tokens/{n}"] for n in ("chats", "other")) / total_tokens
-    assert rel(weighted, first["loss"]) <= 1e-6
+        sums[name] = weight
+    total = sum(first[f"loss/{n}"] * w for n, w in sums.items()) / sum(sums.values())
+    assert rel(total, first["loss"]) <= 1e-6
+    reference = sum(s * w for (s, _), (_, w) in zip(losses, samples)) / sum(n * w for (_, n), (_, w) in
+                                                                             zip(losses, samples))
+    reference.backward(retain_graph=True)
+    assert rel(first["loss"], reference.item()) <= 1e-6 and rel(first["grad_norm"], _norm(model)) <= 1e-5, first
+    model.zero_grad()
+    (sum(s for s, _ in losses) / sum(n for _, n in losses)).backward()  # the same batch without the weights
+    assert rel(first["grad_norm"], _norm(model)) > 1e-2, "the weights change the gradients"
     assert abs(first["loss/chats"] - first["loss/other"]) > 1e-3, "two sources of different difficulty"
 
 

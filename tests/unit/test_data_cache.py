@@ -215,3 +215,29 @@ def test_a_killed_builds_staging_is_removed_by_the_next_build(data, caplog):
     assert len(prepared) > 0 and not os.path.exists(left)
     assert any(left in r.getMessage() and "interrupted build" in r.getMessage() for r in caplog.records)
     assert sorted(os.listdir(data.cache_root)) == sorted([key, key + ".lock"])
+
+
+def test_weights_after_the_first_chunk_are_kept_and_earlier_tokens_get_their_flags(data, tmp_path):
+    """loss_weight.bin appears with the first weighted record (past the first chunk of 512): the samples before
+    it read as 0/1 weights, the weighted one carries its weight, and supervised.bin stays the 0/1 flags."""
+    import numpy as np
+
+    tok = make_tiny_tokenizer("qwen3")
+    plain = cache.prepare(data, tok, progress=False)
+    assert not plain.weighted and not plain.meta["weighted"]
+    lines = open(data.data_path[0]).read().splitlines()
+    record = json.loads(lines[700])
+    record["messages"][1]["weight"] = 0.5
+    lines[700] = json.dumps(record)
+    path = tmp_path / "w.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    weighted = cache.prepare(dataclasses.replace(data, data_path=[str(path)]), tok, progress=False)
+    assert weighted.weighted and weighted.meta["weighted"]
+    assert len(weighted) == len(plain)
+    for i in range(len(plain)):
+        ids, flags = plain.sample(i)
+        w_ids, weights = weighted.sample(i)
+        assert (ids == w_ids).all() and weights.dtype == np.float32
+        expected = flags * (0.5 if i == 700 else 1.0)
+        assert (weights == expected).all(), i
+        assert (weighted.supervised[weighted.offsets[i]:weighted.offsets[i + 1]] == flags).all()

@@ -182,6 +182,60 @@ def test_a_bad_loss_key_is_refused():
                                       {"role": "assistant", "content": "a", "loss": True, "train": True}]}, "t.jsonl:1")
 
 
+def weighted_runs(family: str, record: dict, **options) -> list[tuple[str, float]]:
+    """(text, weight) of the maximal runs of labels with one loss weight, as build_pack lays them out."""
+    tok = make_tiny_tokenizer(family)
+    result = ChunkProcessor(tok, None, 1024, **options)(RawChunk(0, "t.jsonl", False, [(1, record)]))
+    pack = build_pack([(result.tokens, result.supervised)], 1024, tok.pad_token_id)
+    runs: list[tuple[list[int], float]] = []
+    for label, w in zip(pack["labels"].tolist(), pack["loss_mask"].tolist()):
+        if w and runs and runs[-1][1] == w and runs[-1][2]:
+            runs[-1][0].append(label)
+        else:
+            runs.append(([label], w, bool(w)))
+    return [(tok.decode(r, skip_special_tokens=False), w) for r, w, on in runs if on]
+
+
+@pytest.mark.parametrize("family,first,last", [
+    ("qwen3", "{}" + IM_END, "<think>\n\n</think>\n\n{}" + IM_END), ("llama3", "{}" + EOT, "{}" + EOT)])
+def test_a_messages_weight_is_its_tokens_loss_weight(family, first, last):
+    """A message's "weight" lands on exactly its span's labels; 0 drops the turn; --loss-turns last keeps a turn
+    with a weight of its own; without weights the mask stays 0/1 (and the cache keeps no weights)."""
+    record = {"messages": [dict(m) for m in FOUR_TURNS["messages"]]}
+    record["messages"][2]["weight"] = 0.25
+    record["messages"][4]["weight"] = 0
+    record["messages"][6]["weight"] = 3
+    assert weighted_runs(family, record) == [(first.format("a1"), 0.25), (first.format("a3"), 3.0),
+                                             (last.format("a4"), 1.0)]
+    assert weighted_runs(family, record, loss_turns="last") == [(first.format("a1"), 0.25),
+                                                                (first.format("a3"), 3.0), (last.format("a4"), 1.0)]
+    record["messages"][8]["loss"] = False
+    record["messages"][1]["weight"] = 2  # a user turn trained on, with its weight
+    assert weighted_runs(family, record, loss_turns="last") == [(first.format("q1"), 2.0), (first.format("a1"), 0.25),
+                                                                (first.format("a3"), 3.0)]
+    tok = make_tiny_tokenizer(family)
+    plain = ChunkProcessor(tok, None, 1024)(RawChunk(0, "t.jsonl", False, [(1, FOUR_TURNS)]))
+    assert plain.supervised.dtype.name == "uint8"
+
+
+@pytest.mark.parametrize("message,error", [
+    ({"weight": -1}, r"messages\[2\]\.weight must be a number >= 0 \(0: not trained on\), got -1"),
+    ({"weight": "2"}, r"messages\[2\]\.weight must be a number >= 0 .*got '2'"),
+    ({"weight": True}, r"messages\[2\]\.weight must be a number >= 0 .*got True"),
+    ({"weight": float("nan")}, r"messages\[2\]\.weight must be a number >= 0 .*got nan"),
+    ({"weight": 2, "loss": False}, r"messages\[2\] has 'loss': false and 'weight': 2.0; keep one"),
+])
+def test_a_bad_weight_is_refused(message, error):
+    from megatron_sft.data.formats import InvalidRecord, to_conversation
+
+    with pytest.raises(InvalidRecord, match=error):
+        to_conversation({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                                      {"role": "assistant", "content": "b", **message}]}, "t.jsonl:1")
+    with pytest.raises(InvalidRecord, match=r"messages\[0\]: system turns are never trained on; remove 'weight'"):
+        to_conversation({"messages": [{"role": "system", "content": "s", "weight": 2},
+                                      {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "x")
+
+
 def test_llama3_tool_calls_and_dropped_content_counted():
     record = {
         "messages": [
