@@ -275,6 +275,7 @@ class DataConfig:
     train_data_path: list[str] = field(default_factory=list)
     valid_data_path: list[str] = field(default_factory=list)
     test_data_path: list[str] = field(default_factory=list)
+    multiple_validation_sets: bool = False  # each valid_data_path file validated on its own (Megatron-LM's flag)
     finetune_hf_dataset: str | None = None
     finetune_hf_dataset_split: str = "train"
     seq_length: int | None = None  # the packed length; None: nothing is packed (generation, MMLU, conversion)
@@ -388,11 +389,35 @@ class DataConfig:
                         "--data-path with --split instead)"] if mixed else []
             if not self.train_data_path:
                 problems.append(f"{' and '.join(per_split)} without --train-data-path: give the training files too")
-            return problems
+            return problems + self._validation_set_problems()
+        if self.multiple_validation_sets:
+            return self._validation_set_problems()
         if require_data and not self.data_path and not self.finetune_hf_dataset:
             return ["no data: give --data-path FILE [FILE ...] or --finetune-hf-dataset NAME (or --train-data-path "
                     "with --valid-data-path)"]
         return []
+
+
+    def _validation_set_problems(self) -> list[str]:
+        """Megatron-LM's --multiple-validation-sets: several --valid-data-path files, no weights among them."""
+        if not self.multiple_validation_sets:
+            return []
+        paths = [t for item in self.valid_data_path for t in str(item).split()]
+        if any(_is_number(t) for t in paths):
+            return [f"--multiple-validation-sets validates each --valid-data-path file on its own: give the files "
+                    f"without weights (got {' '.join(paths)})"]
+        if len(paths) < 2:
+            return ["--multiple-validation-sets needs several validation files: --valid-data-path A.jsonl B.jsonl "
+                    "(with --train-data-path)"]
+        return []
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_split(split: str) -> tuple[float, float, float]:

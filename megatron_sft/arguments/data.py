@@ -33,6 +33,9 @@ def add_data_args(parser: ArgumentParser) -> None:
             help=f"the {split} split's own files (Megatron-LM's per-split form, instead of --data-path "
             "and --split)",
         )
+    g.add_argument("--multiple-validation-sets", action="store_true",
+                   help="validate each --valid-data-path file on its own, --eval-iters batches each (Megatron-LM's "
+                   "flag); without it the files are one validation set, each file's loss still reported")
     g.add_argument("--split", default=None, help="train,valid,test weights of --data-path (default 969,30,1)")
     g.add_argument(
         "--data-cache-dir",

@@ -38,6 +38,9 @@ def check_dpo_args(cfg: RunConfig) -> None:
         raise UserError("--loss-normalization / --loss-turns shape the SFT loss; DPO's is per pair (leave them out)")
     if cfg.training.neftune_noise_alpha is not None:
         raise UserError("--neftune-noise-alpha: NEFTune is for fine-tuning (finetune); leave it out of dpo")
+    if cfg.data.multiple_validation_sets:
+        raise UserError("--multiple-validation-sets is for finetune runs; dpo validates its --valid-data-path files "
+                        "as one set (leave the flag out)")
     if d.ref_load:
         check_reference(cfg, d.ref_load)
 

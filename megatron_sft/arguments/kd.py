@@ -135,6 +135,9 @@ def check_kd_args(cfg: RunConfig) -> None:
     if cfg.data.loss_normalization != "token":
         raise UserError(f"{FLAG} with --loss-normalization {cfg.data.loss_normalization}: distillation's loss is the "
                         "mean over supervised tokens; leave --loss-normalization out")
+    if cfg.data.multiple_validation_sets:
+        raise UserError(f"{FLAG} with --multiple-validation-sets: distillation validates its --valid-data-path files "
+                        "as one set (leave the flag out)")
     if cfg.is_lora:
         raise UserError(f"{FLAG} with --peft lora: distillation trains the whole student (or a quantized one, QAD); "
                         "leave out --peft lora")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -140,6 +140,8 @@ class SFTSplits:
     cache_dir: str
     valid_cache_dir: str | None = None  # the validation split's cache: its own with --valid-data-path, else cache_dir
     valid_stats: dict | None = None  # metadata.json of that cache
+    # --multiple-validation-sets: (name, stream) per --valid-data-path file, each its own cache; valid is None then
+    valid_sets: list[tuple[str, PackStream]] = field(default_factory=list)
 
     @property
     def weighted(self) -> bool:
@@ -170,7 +172,9 @@ def build_sft_datasets(
     """
     cfg.validate()
     if cfg.per_split:
-        parts = {name: _prepared_split(cfg, paths, tokenizer, dp_rank) for name, paths in cfg.split_paths.items()}
+        sets = cfg.multiple_validation_sets  # then each validation file is prepared (and streamed) alone, below
+        parts = {name: _prepared_split(cfg, [] if sets and name == "valid" else paths, tokenizer, dp_rank)
+                 for name, paths in cfg.split_paths.items()}
     else:
         prepared = prepare(cfg, tokenizer, progress=dp_rank == 0)
         _log_notices(cfg, prepared)
@@ -180,26 +184,37 @@ def build_sft_datasets(
         if ds is None or len(ds) == 0:
             if name == "train":
                 raise UserError(f"the training split is empty ({_split_source(cfg)}); give it data")
-            if name == "valid":
+            if name == "valid" and not cfg.multiple_validation_sets:
                 log.info("data: the validation split is empty (%s): evaluation is skipped", _split_source(cfg))
             streams[name] = None
             continue
-        streams[name] = PackStream(
-            len(ds),
-            ds.__getitem__,
-            collate,
-            dp_rank=dp_rank,
-            dp_size=dp_size,
-            micro_batch_size=cfg.micro_batch_size,
-            consumed_samples=consumed_samples if name == "train" else 0,
-            shuffle=name == "train",
-            seed=cfg.seed,
-            conversations_per_epoch=ds.num_conversations,
-            name=name,
-        )
+        streams[name] = _stream(ds, cfg, dp_rank, dp_size, name, consumed_samples if name == "train" else 0)
     train, valid = parts["train"][1], parts["valid"][1]
-    return SFTSplits(streams["train"], streams["valid"], streams["test"], train.meta, train.path,
-                     valid.path if valid is not None else train.path, valid.meta if valid is not None else None)
+    splits = SFTSplits(streams["train"], streams["valid"], streams["test"], train.meta, train.path,
+                       valid.path if valid is not None else train.path, valid.meta if valid is not None else None)
+    if cfg.multiple_validation_sets:
+        splits.valid_sets = _validation_sets(cfg, tokenizer, dp_rank, dp_size)
+    return splits
+
+
+def _stream(ds: SFTDataset, cfg: DataConfig, dp_rank: int, dp_size: int, name: str, consumed: int) -> PackStream:
+    return PackStream(len(ds), ds.__getitem__, collate, dp_rank=dp_rank, dp_size=dp_size,
+                      micro_batch_size=cfg.micro_batch_size, consumed_samples=consumed, shuffle=name == "train",
+                      seed=cfg.seed, conversations_per_epoch=ds.num_conversations, name=name)
+
+
+def _validation_sets(cfg: DataConfig, tokenizer, dp_rank: int, dp_size: int) -> list[tuple[str, PackStream]]:
+    """--multiple-validation-sets: each --valid-data-path file prepared alone, named as the file (sources.py)."""
+    from megatron_sft.data.cache import source_names
+
+    paths = [t for item in cfg.valid_data_path for t in str(item).split()]
+    sets = []
+    for name, path in zip(source_names(paths), paths):
+        ds, _ = _prepared_split(cfg, [path], tokenizer, dp_rank)
+        if len(ds) == 0:
+            raise UserError(f"--valid-data-path {path}: no conversation to validate on; remove it or give it data")
+        sets.append((name, _stream(ds, cfg, dp_rank, dp_size, "valid", 0)))
+    return sets
 
 
 def _prepared_split(cfg: DataConfig, paths: list[str], tokenizer, dp_rank: int):

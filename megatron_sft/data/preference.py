@@ -125,9 +125,12 @@ def _messages(messages, where: str, what: str) -> list[dict]:
         raise InvalidRecord(where, f"'{what}' must be a list of messages, got {type(messages).__name__}",
                             "bad_messages")
     try:
-        clean, _ = _validate_messages(messages, where, unmask_user=False)
+        clean, _, weights = _validate_messages(messages, where, unmask_user=False)
     except InvalidRecord as err:
         raise InvalidRecord(where, f"{what}: {err.problem}", err.reason) from None
+    if any(w != 1.0 for w in weights):  # DPO's loss is per pair: a token weight would be dropped silently
+        raise InvalidRecord(where, f"{what}: a message's \"weight\" shapes the SFT loss, not a preference pair's; "
+                                   "remove it", "bad_field")
     return clean
 
 

@@ -197,20 +197,20 @@ class Trainer:
     def sources(self, split: str) -> list[str]:
         """The names of a blend's sources in `split` (train, valid); none for one source. (DPO and distillation
         return none: they have figures of their own.)"""
+        if split != "train" and self.data.valid_sets:
+            return []  # --multiple-validation-sets: one source per set, each set validated on its own
         names = self.data.train_sources if split == "train" else self.data.valid_sources
         return names if len(names) > 1 else []
 
     def maybe_evaluate(self, force: bool = False) -> None:
         cfg = self.cfg
-        if self.data.valid is None or not cfg.logging.eval_iters:
+        if (self.data.valid is None and not self.data.valid_sets) or not cfg.logging.eval_iters:
             return
         if not force and (not cfg.logging.eval_interval or self.state.iteration % cfg.logging.eval_interval):
             return
         if self.eval_history and self.eval_history[-1][0] == self.state.iteration:
             return  # already validated at this iteration
-        # At most one pass over the validation split: more would count the same packs twice.
-        one_pass = math.ceil(self.data.valid.packs_per_epoch / cfg.training.global_batch_size)
-        loss, extra = self.evaluate(min(cfg.logging.eval_iters, one_pass))
+        loss, extra = self.evaluate(cfg.logging.eval_iters)
         self.eval_history.append((self.state.iteration, loss))
         # a token cross-entropy has a perplexity; another objective's loss (DPO) has its own figures instead
         figures = extra or {"perplexity": math.exp(min(loss, 50.0))}
@@ -222,29 +222,38 @@ class Trainer:
 
     def evaluate(self, eval_iters: int) -> tuple[float, dict]:
         """(validation loss, the objective's other figures) over `eval_iters` global batches: perplexity, and each
-        source's loss and perplexity when the validation data has several (files, or a blend's sources)."""
+        source's loss and perplexity when the validation data has several (files, or a blend's sources). With
+        --multiple-validation-sets each file gets `eval_iters` batches of its own, and the loss is theirs together."""
         from megatron_sft.training.sources import source_figures
         from megatron_sft.training.step import _loss_everywhere, make_forward_step
 
         model, names = self.model, self.sources("valid")
         forward = make_forward_step(model.layout, model.lm_head_chunk_size, model.config.sequence_parallel,
                                     n_sources=len(names))
-        reports = self.validation_reports(eval_iters, lambda group: (group, forward))
+        if self.data.valid_sets:
+            reports, figures = [], {}
+            for name, stream in self.data.valid_sets:
+                mine = self.validation_reports(eval_iters, lambda group: (group, forward), stream)
+                figures[f"loss/{name}"] = _loss_everywhere(mine)
+                reports += mine
+        else:
+            reports = self.validation_reports(eval_iters, lambda group: (group, forward))
+            figures = {k: v for k, v in source_figures(reports, names).items() if k.startswith("loss/")} if names else {}
         loss = _loss_everywhere(reports)
-        figures = {"perplexity": math.exp(min(loss, 50.0))}
-        if names:  # each source (each --valid-data-path file): its loss and perplexity
-            for key, value in source_figures(reports, names).items():
-                if key.startswith("loss/"):
-                    figures[key] = value
-                    figures[f"ppl/{key.removeprefix('loss/')}"] = math.exp(min(value, 50.0))
-        return loss, figures
+        out = {"perplexity": math.exp(min(loss, 50.0))}
+        for key, value in figures.items():  # each file's (or source's) loss, then its perplexity
+            out.update({key: value, f"ppl/{key.removeprefix('loss/')}": math.exp(min(value, 50.0))})
+        return loss, out
 
-    def validation_reports(self, eval_iters: int, prepare) -> list[dict]:
-        """The last stage's reports of the forward-only schedule over `eval_iters` validation global batches, for an
-        objective's own figures: prepare(micro-batches) -> (micro-batches, forward_step) of each global batch."""
+    def validation_reports(self, eval_iters: int, prepare, stream=None) -> list[dict]:
+        """The last stage's reports of the forward-only schedule over `eval_iters` global batches of `stream` (the
+        validation split's, by default), at most one pass: more would count the same packs twice. For an objective's
+        own figures: prepare(micro-batches) -> (micro-batches, forward_step) of each global batch."""
         from megatron_sft.training.step import run_schedule
 
-        cfg, batches, reports = self.cfg, iter(self.data.valid), []
+        cfg, stream, reports = self.cfg, stream or self.data.valid, []
+        eval_iters = min(eval_iters, math.ceil(stream.packs_per_epoch / cfg.training.global_batch_size))
+        batches = iter(stream)
         for chunk in self.model.chunks:
             chunk.eval()
         with torch.no_grad():

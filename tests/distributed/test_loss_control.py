@@ -54,10 +54,13 @@ def runs(tiny_models, tmp_path_factory) -> dict:
     data = write_data(out / "chats.jsonl", 48)
     # every answer long: another difficulty; and per-message weights (Σ w·loss / Σ w, over the blend)
     other = write_data(out / "other.jsonl", 40, seed=3, long_every=1, weighted=True)
-    merged = {"out": out}
+    easy, hard = write_data(out / "easy.jsonl", 3, seed=5, long_every=99), write_data(out / "hard.jsonl", 2, seed=6,
+                                                                                       long_every=1)
+    merged = {"out": out, "valid_sets": (easy, hard)}
     for world_size in (1, 2):
         torchrun(WORKERS / "loss_control.py", world_size, ["--model", tiny_models["qwen3"], "--data", data,
-                                                           "--data2", other, "--out", out], timeout=600)
+                                                           "--data2", other, "--out", out,
+                                                           "--valid-sets", easy, hard], timeout=600)
         merged.update(json.loads((out / f"loss_control_ws{world_size}.json").read_text()))
     return merged
 
@@ -87,7 +90,7 @@ def test_sample_normalisation_equals_transformers(runs, tiny_models):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
     per_sample = _losses(model, torch.load(runs["out"] / "first_sample_tp1.pt"))
     loss = torch.stack([s / n for s, n in per_sample]).mean()
-    token_mean = sum(float(s) for s, _ in per_sample) / sum(n for _, n in per_sample)
+    token_mean = sum(float(s.detach()) for s, _ in per_sample) / sum(n for _, n in per_sample)
     loss.backward()
     first = runs["sample_tp1"]["steps"][0]
     assert rel(first["loss"], loss.item()) <= 1e-6, (first, loss.item())
@@ -201,3 +204,42 @@ def test_per_source_figures_do_not_depend_on_layout(runs, layout):
     assert {"loss/chats", "loss/other", "ppl/chats", "ppl/other"} <= set(r) and set(g) == set(r)
     assert all(abs(r[f"ppl/{n}"] - math.exp(r[f"loss/{n}"])) <= 1e-9 * r[f"ppl/{n}"] for n in ("chats", "other"))
     assert all(rel(g[k], r[k]) <= 1e-6 for k in r), (g, r)
+
+
+def _file_losses(model, tokenizer, path: Path) -> tuple[float, int]:
+    """(summed CE of the assistant answers' tokens and their end-of-turn, their number) of each conversation of a
+    file alone through transformers; the supervised tokens found from transformers' own render."""
+    total, count = 0.0, 0
+    for line in path.read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        start = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+        end = ids.index(tokenizer.convert_tokens_to_ids("<|im_end|>"), start) + 1
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
+        losses = F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+        total += float(losses[start - 1:end - 1].sum())
+        count += end - start
+    return total, count
+
+
+def test_named_validation_sets_equal_transformers(runs, tiny_models):
+    """--multiple-validation-sets with two --valid-data-path files: each file's validation loss (and perplexity) =
+    the token mean of its conversations through transformers (1e-6, the initial weights: lr 0); the loss is both
+    files' token mean; the same at PP2 and DP2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["qwen3"])
+    sums = {path.stem: _file_losses(model, tokenizer, path) for path in runs["valid_sets"]}
+    for layout in ("sets_tp1", "sets_pp2", "sets_dp2"):
+        (iteration, loss), figures = runs[layout]["validation"][0], runs[layout]["validation_figures"][0]
+        assert iteration == 1
+        for name, (total, count) in sums.items():
+            assert rel(figures[f"loss/{name}"], total / count) <= 1e-6, (layout, name, figures, total / count)
+            assert rel(figures[f"ppl/{name}"], math.exp(total / count)) <= 1e-6
+        both = sum(t for t, _ in sums.values()) / sum(c for _, c in sums.values())
+        assert rel(loss, both) <= 1e-6, (layout, loss, both)
+    assert abs(figures["loss/easy"] - figures["loss/hard"]) > 1e-2, "two sets of different difficulty"

@@ -38,6 +38,10 @@ RUNS = {
     "blend_pp2": (2, "BLEND --pipeline-model-parallel-size 2"),
     "blend_cp2": (2, "BLEND --context-parallel-size 2"),
     "blend_dp2": (2, "BLEND"),
+    # SETS: --train-data-path DATA --valid-data-path EASY HARD --multiple-validation-sets, lr 0, validated at step 1
+    "sets_tp1": (1, "SETS"),
+    "sets_pp2": (2, "SETS --pipeline-model-parallel-size 2"),
+    "sets_dp2": (2, "SETS"),
 }
 CAPTURED = ("sample_tp1", "neft_tp1", "blend_tp1")
 
@@ -70,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("--model", "--data", "--data2", "--out"):
         parser.add_argument(name, type=Path, required=True)
+    parser.add_argument("--valid-sets", type=Path, nargs=2, required=True)
     cli = parser.parse_args()
     DataConfig.cp_multiple = property(lambda self: 4)  # every run pads samples as CP 2 does: the same packs
     ws = int(os.environ["WORLD_SIZE"])
@@ -86,6 +91,13 @@ def main() -> None:
         if flags.startswith("BLEND"):
             run = base.replace(f"--data-path {cli.data}", f"--data-path 0.5 {cli.data} 0.5 {cli.data2}").replace(
                 "--split 100,0,0", "--split 80,20,0 --eval-interval 3 --eval-iters 1")
+        if flags.startswith("SETS"):  # the initial weights validated (lr 0): transformers is the reference
+            easy, hard = cli.valid_sets
+            run = base.replace(f"--data-path {cli.data}", f"--train-data-path {cli.data} --valid-data-path {easy} "
+                               f"{hard} --multiple-validation-sets").replace("--split 100,0,0", "").replace(
+                "--lr 1e-3 --min-lr 1e-4", "--lr 0 --min-lr 0 --eval-interval 1 --eval-iters 1")
+            results[name] = train(f"{run} {flags.removeprefix('SETS')} --train-iters 1")
+            continue
         results[name] = train(f"{run} {flags.removeprefix('BLEND')} --train-iters 3", capture)
         if capture:
             torch.save(capture[0], cli.out / f"first_{name}.pt")
