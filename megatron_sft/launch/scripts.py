@@ -22,6 +22,7 @@ from megatron_sft.launch.settings import (
     RUN_LENGTH_SETTERS,
     LaunchError,
     Settings,
+    drop_flags,
     drop_run_length,
     has_flag,
     words,
@@ -86,6 +87,9 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
                   MLM_RESUME=0 starts over instead.
   DATASET         a JSONL file or directory of chat records (--data-path), or a Hugging Face dataset name
                   (--finetune-hf-dataset); default: the tutorial's Magpie dataset
+  VALID_DATASET   validation files, e.g. "easy.jsonl hard.jsonl": DATASET becomes --train-data-path, these
+                  --valid-data-path; several are validated each on its own, each with its loss and perplexity
+                  (--multiple-validation-sets). MLM_EVAL_ARGS sets how often and how many batches (--eval-iters).
   PEFT            lora: LoRA adapters on the frozen model (default none: full fine-tuning); LORA_RANK (16) and
                   LORA_ALPHA (32) size them; a conf may give LoRA its own CONF_LORA_MLM_OPTIM_ARGS /
                   CONF_LORA_MLM_DATA_ARGS
@@ -109,6 +113,9 @@ def finetune(s: Settings, conf: ModelConf, work: str) -> Plan:
     lr, peft_flags = _peft(s)
     data = s.setting("MLM_DATA_ARGS", FINETUNE_DEFAULTS["MLM_DATA_ARGS"])
     data = _user_run_length(s, data)
+    if s.given("VALID_DATASET") and s.lookup("MLM_DATA_ARGS")[1] != "env" and has_flag("--split", data):
+        data = drop_flags(data, ("--split",))  # the files name the splits (a --split of the user's stays: an error)
+        s.note("note", f"VALID_DATASET names the validation files: MLM_DATA_ARGS drops --split, becoming '{data}'")
     epochs = s.given("EPOCHS")
     if epochs:
         s.positive_int("EPOCHS", epochs)
@@ -251,12 +258,16 @@ def _peft(s: Settings) -> tuple[str, list[str]]:
 
 
 def _dataset(s: Settings, data: str, extra: str, work: str) -> list[str]:
-    """DATASET, unless MLM_DATA_ARGS names the data itself (the tutorial's way); the cache under MLM_WORK_DIR."""
+    """DATASET (and VALID_DATASET), unless MLM_DATA_ARGS names the data itself (the tutorial's way); the cache under
+    MLM_WORK_DIR."""
     flags = []
-    if has_flag("--data-path", data) or has_flag("--finetune-hf-dataset", data):
-        if s.given("DATASET"):
-            raise LaunchError(f"DATASET={s.given('DATASET')} and MLM_DATA_ARGS both name the training data; keep one")
+    if any(has_flag(f, data) for f in ("--data-path", "--finetune-hf-dataset", "--train-data-path")):
+        for name in ("DATASET", "VALID_DATASET"):
+            if s.given(name):
+                raise LaunchError(f"{name}={s.given(name)} and MLM_DATA_ARGS both name the data; keep one")
         s.note("DATASET", "(in MLM_DATA_ARGS)")
+    elif s.given("VALID_DATASET"):
+        flags = _train_and_valid(s)
     else:
         dataset = s.setting("DATASET", DEFAULT_DATASET)
         if _is_path(dataset):
@@ -268,6 +279,19 @@ def _dataset(s: Settings, data: str, extra: str, work: str) -> list[str]:
     if not has_flag("--data-cache-dir", data, extra):
         flags += ["--data-cache-dir", f"{work}/data_cache"]
     return flags
+
+
+def _train_and_valid(s: Settings) -> list[str]:
+    """DATASET and VALID_DATASET -> Megatron-LM's per-split form; several validation files validated each alone."""
+    dataset, valid = s.setting("DATASET", DEFAULT_DATASET), words(s.given("VALID_DATASET"))
+    if not _is_path(dataset) or not Path(dataset).expanduser().exists():
+        raise LaunchError(f"VALID_DATASET needs DATASET to be a local file of training records (DATASET={dataset})")
+    for path in valid:
+        if not Path(path).expanduser().exists():
+            raise LaunchError(f"VALID_DATASET: {path}: no such file")
+    sets = ["--multiple-validation-sets"] if len(valid) > 1 else []
+    s.note("VALID_DATASET", " ".join(valid), "each validated on its own" if sets else "")
+    return ["--train-data-path", dataset, "--valid-data-path", *valid, *sets]
 
 
 def _is_path(value: str) -> bool:

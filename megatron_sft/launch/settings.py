@@ -72,12 +72,17 @@ RUN_LENGTH_FLAGS = ("--train-iters", "--train-samples", "--lr-decay-iters", "--l
 
 def drop_run_length(text: str) -> str:
     """The flags without the run-length ones and their values (EPOCHS replaces them)."""
+    return drop_flags(text, RUN_LENGTH_FLAGS)
+
+
+def drop_flags(text: str, flags: tuple[str, ...]) -> str:
+    """The flags of `text` without `flags` (each taking one value)."""
     kept, skip = [], False
     for word in words(text):
         if skip:
             skip = False
-        elif word in RUN_LENGTH_FLAGS:
+        elif word in flags:
             skip = True
-        elif not word.startswith(tuple(f + "=" for f in RUN_LENGTH_FLAGS)):
+        elif not word.startswith(tuple(f + "=" for f in flags)):
             kept.append(word)
     return shlex.join(kept)

@@ -53,3 +53,50 @@ def test_finetune_sh_variables_and_sft_keywords(tmp_path):
     assert flags[flags.index("--loss-normalization") + 1] == "sample"
     assert flags[flags.index("--neftune-noise-alpha") + 1] == "5"
     assert "--loss-turns" not in flags
+
+
+def _per_split(tiny_models, app: str, *flags: str):
+    model = str(tiny_models["qwen3"])
+    return parse(app, ["--load", model, "--train-data-path", f"{model}/config.json", *RUN, *flags])
+
+
+def test_multiple_validation_sets_as_megatron_lm_checks_them(tiny_models):
+    """Several --valid-data-path files, no weights among them (Megatron-LM's rules); not for dpo or distillation."""
+    model = str(tiny_models["qwen3"])
+    a, b = f"{model}/config.json", f"{model}/generation_config.json"
+    cfg = _per_split(tiny_models, "finetune", "--valid-data-path", a, b, "--multiple-validation-sets")
+    assert cfg.data.multiple_validation_sets and cfg.data.valid_data_path == [a, b]
+    for flags, message in (
+        (["--valid-data-path", a], "--multiple-validation-sets needs several validation files"),
+        (["--valid-data-path", "0.5", a, "0.5", b], "give the files without weights"),
+    ):
+        with pytest.raises(UserError, match=message):
+            _per_split(tiny_models, "finetune", *flags, "--multiple-validation-sets")
+    with pytest.raises(UserError, match="needs several validation files"):
+        _parse(tiny_models, "finetune", "--multiple-validation-sets")
+    with pytest.raises(UserError, match="--multiple-validation-sets is for finetune runs"):
+        _per_split(tiny_models, "dpo", "--valid-data-path", a, b, "--multiple-validation-sets")
+    with pytest.raises(UserError, match="distillation validates its --valid-data-path files as one set"):
+        _per_split(tiny_models, "finetune", "--valid-data-path", a, b, "--multiple-validation-sets",
+                   "--export-kd-teacher-load", model)
+
+
+def test_finetune_sh_valid_dataset(tmp_path):
+    """VALID_DATASET: DATASET becomes --train-data-path, several files are validated each alone; a missing file, or
+    data named in MLM_DATA_ARGS too, is refused in one line."""
+    from megatron_sft.launch.scripts import _dataset
+    from megatron_sft.launch.settings import LaunchError, Settings
+
+    train, easy, hard = (tmp_path / n for n in ("t.jsonl", "easy.jsonl", "hard.jsonl"))
+    for f in (train, easy, hard):
+        f.write_text("{}\n")
+    s = Settings({"DATASET": str(train), "VALID_DATASET": f"{easy} {hard}"}, {})
+    assert _dataset(s, "", "", "/w")[:6] == ["--train-data-path", str(train), "--valid-data-path", str(easy),
+                                            str(hard), "--multiple-validation-sets"]
+    one = _dataset(Settings({"DATASET": str(train), "VALID_DATASET": str(easy)}, {}), "", "", "/w")
+    assert "--multiple-validation-sets" not in one and one[:4] == ["--train-data-path", str(train),
+                                                                  "--valid-data-path", str(easy)]
+    with pytest.raises(LaunchError, match=r"VALID_DATASET: .*nope.jsonl: no such file"):
+        _dataset(Settings({"DATASET": str(train), "VALID_DATASET": str(tmp_path / "nope.jsonl")}, {}), "", "", "/w")
+    with pytest.raises(LaunchError, match="MLM_DATA_ARGS both name the data"):
+        _dataset(Settings({"VALID_DATASET": str(easy)}, {}), f"--data-path {train}", "", "/w")
