@@ -35,7 +35,8 @@ PATH_PREFIXES = ("examples/", "tools/", "conf/", "docs/", "megatron_sft/", "test
 PLACEHOLDER = re.compile(r"[*<{$]|\.\.\.|(^|/)[A-Z_]+(/|\.|$)")
 # Variables the scripts pass on or the docs name for torch and its libraries, not read by the launcher itself.
 STANDARD = {"CUDA_VISIBLE_DEVICES", "HF_HOME", "PATH", "OMP_NUM_THREADS",
-            "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"}
+            "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+            "MEGATRON_SFT_OFFICIAL_TEMPLATES"}  # the last: read by tests/unit/test_official_templates.py
 
 
 def prose(text: str) -> str:
