@@ -95,6 +95,8 @@ def summary_lines(meta: dict) -> list[str]:
         (
             f"tokens {s['tokens']}, supervised tokens {s['supervised_tokens']} "
             f"({s['supervised_tokens'] / max(1, s['tokens']):.1%})"
+            + (", some weighted by their message's \"weight\" (the loss is the weighted mean)"
+               if meta.get("weighted") else "")
         ),
     ]
     for source in meta["sources"]:
