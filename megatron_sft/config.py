@@ -397,7 +397,6 @@ class DataConfig:
                     "with --valid-data-path)"]
         return []
 
-
     def _validation_set_problems(self) -> list[str]:
         """Megatron-LM's --multiple-validation-sets: several --valid-data-path files, no weights among them."""
         if not self.multiple_validation_sets:

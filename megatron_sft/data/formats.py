@@ -146,8 +146,9 @@ def _validate_messages(messages, where: str, unmask_user: bool) -> tuple[list[di
         _check_optional_fields(out, where, at)
         flag, weight = _own_flag(msg, where, at), _own_weight(msg, where, at)
         if weight is not None:  # "weight": 0 is "loss": false; a positive weight trains the turn
-            if flag is False and weight > 0:
-                raise InvalidRecord(where, f"{at} has 'loss': false and 'weight': {weight}; keep one", "bad_field")
+            if flag is not None and flag != (weight > 0):
+                raise InvalidRecord(where, f"{at} has '{_flag_key(msg)}': {str(flag).lower()} and 'weight': {weight}; "
+                                           "keep one", "bad_field")
             flag = weight > 0
         if flag and role in ("system", "tool"):
             raise InvalidRecord(where, f"{at}: {role} turns are never trained on; remove '{_flag_key(msg)}'",

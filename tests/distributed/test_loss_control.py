@@ -155,11 +155,16 @@ def test_neftune_resume_is_exact(runs):
     assert runs["neft_first2"]["steps"] + runs["neft_resumed2"]["steps"] == runs["neft_straight4"]["steps"]
 
 
+BLENDS = ("blend_tp1", "blend_full_logits", "blend_tp2_sp", "blend_pp2", "blend_cp2", "blend_dp2")
+
+
 def test_per_source_losses_equal_each_source_alone(runs, tiny_models):
     """A blend of two files, one with per-message weights: step 1's loss of each source = the weighted token mean
     of that source's conversations alone through transformers (1e-6; the weights as the data file gave them), with a
-    pack that mixes the two; the token counts are the batch's; the sources' losses weighted by their summed weights
-    average to the total, which is the weighted token mean of the whole global batch (loss and gradient norm, 1e-5)."""
+    pack that mixes the two, at one process, full logits, TP2+SP, PP2, CP2 and DP2 (every layout sees the same
+    first global batch); the token and sample counts are the batch's; the sources' losses weighted by their summed
+    weights average to the total, which is the weighted token mean of the whole global batch (loss 1e-6, gradient
+    norm 1e-5)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32)
@@ -171,27 +176,31 @@ def test_per_source_losses_equal_each_source_alone(runs, tiny_models):
     losses = _losses(model, batches)
     samples = [(sample, record_weight(tokenizer, tokens)) for sample, tokens, _ in _sequences(batches)]
     assert {w for _, w in samples} == {1.0, 2.0, 0.5}
-    first = runs["blend_tp1"]["steps"][0]
-    sums = {}
+    expected = {}  # name -> (loss, supervised tokens, samples, summed weight)
     for index, name in enumerate(("chats", "other")):
         mine = [(s, n, w) for (s, n), (sample, w) in zip(losses, samples) if source_of[sample] == index]
-        tokens, weight = sum(n for _, n, _ in mine), sum(n * w for _, n, w in mine)
-        assert rel(first[f"loss/{name}"], sum(float(s) * w for s, _, w in mine) / weight) <= 1e-6, (name, first)
-        assert first[f"supervised_tokens/{name}"] == tokens and first[f"samples/{name}"] == len(mine)
-        sums[name] = weight
-    total = sum(first[f"loss/{n}"] * w for n, w in sums.items()) / sum(sums.values())
-    assert rel(total, first["loss"]) <= 1e-6
+        weight = sum(n * w for _, n, w in mine)
+        expected[name] = (sum(float(s) * w for s, _, w in mine) / weight, sum(n for _, n, _ in mine), len(mine),
+                          weight)
     reference = sum(s * w for (s, _), (_, w) in zip(losses, samples)) / sum(n * w for (_, n), (_, w) in
                                                                              zip(losses, samples))
     reference.backward(retain_graph=True)
-    assert rel(first["loss"], reference.item()) <= 1e-6 and rel(first["grad_norm"], _norm(model)) <= 1e-5, first
+    norm = _norm(model)
+    for layout in BLENDS:
+        first = runs[layout]["steps"][0]
+        for name, (loss, tokens, count, _) in expected.items():
+            assert rel(first[f"loss/{name}"], loss) <= 1e-6, (layout, name, first, loss)
+            assert first[f"supervised_tokens/{name}"] == tokens and first[f"samples/{name}"] == count, layout
+        total = sum(first[f"loss/{n}"] * e[3] for n, e in expected.items()) / sum(e[3] for e in expected.values())
+        assert rel(total, first["loss"]) <= 1e-6, layout
+        assert rel(first["loss"], reference.item()) <= 1e-6 and rel(first["grad_norm"], norm) <= 1e-5, (layout, first)
     model.zero_grad()
     (sum(s for s, _ in losses) / sum(n for _, n in losses)).backward()  # the same batch without the weights
-    assert rel(first["grad_norm"], _norm(model)) > 1e-2, "the weights change the gradients"
-    assert abs(first["loss/chats"] - first["loss/other"]) > 1e-3, "two sources of different difficulty"
+    assert rel(norm, _norm(model)) > 1e-2, "the weights change the gradients"
+    assert abs(expected["chats"][0] - expected["other"][0]) > 1e-3, "two sources of different difficulty"
 
 
-@pytest.mark.parametrize("layout", ["blend_full_logits", "blend_tp2_sp", "blend_pp2", "blend_cp2", "blend_dp2"])
+@pytest.mark.parametrize("layout", BLENDS[1:])
 def test_per_source_figures_do_not_depend_on_layout(runs, layout):
     """Every per-source figure of 3 steps, and validation's, at other layouts = one process (1e-6)."""
     ref, got = runs["blend_tp1"], runs[layout]

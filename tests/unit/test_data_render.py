@@ -218,12 +218,19 @@ def test_a_messages_weight_is_its_tokens_loss_weight(family, first, last):
     assert plain.supervised.dtype.name == "uint8"
 
 
+def test_sharegpt_turns_carry_their_own_loss_control():
+    record = {"conversations": [{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1", "loss": False},
+                                {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2", "weight": 0.5}]}
+    assert weighted_runs("llama3", record) == [("a2" + EOT, 0.5)]
+
+
 @pytest.mark.parametrize("message,error", [
     ({"weight": -1}, r"messages\[2\]\.weight must be a number >= 0 \(0: not trained on\), got -1"),
     ({"weight": "2"}, r"messages\[2\]\.weight must be a number >= 0 .*got '2'"),
     ({"weight": True}, r"messages\[2\]\.weight must be a number >= 0 .*got True"),
     ({"weight": float("nan")}, r"messages\[2\]\.weight must be a number >= 0 .*got nan"),
     ({"weight": 2, "loss": False}, r"messages\[2\] has 'loss': false and 'weight': 2.0; keep one"),
+    ({"weight": 0, "train": True}, r"messages\[2\] has 'train': true and 'weight': 0.0; keep one"),
 ])
 def test_a_bad_weight_is_refused(message, error):
     from megatron_sft.data.formats import InvalidRecord, to_conversation
