@@ -189,8 +189,15 @@ def _global_batch(app: str, flags: list[str], conversations: int, dp: int, world
     from megatron_sft.data.cache import prepare
     from megatron_sft.loading import load_run_tokenizer
 
-    args = parse(app, flags, world_size=world)
-    split = prepare(args.data, load_run_tokenizer(args), is_builder=True).meta["splits"]["train"]
+    from megatron_sft.errors import UserError
+
+    try:  # bad flags or data surface here, before any launch: the same one-line error as the run's own
+        args = parse(app, flags, world_size=world)
+        split = prepare(args.data, load_run_tokenizer(args), is_builder=True).meta["splits"]["train"]
+    except SFTError:
+        raise
+    except UserError as err:
+        raise SFTError(str(err)) from None
     per_pack = split["conversations"] / max(1, split["packs"])
     packs = max(dp, round(conversations / per_pack / dp) * dp)
     unit = "pairs" if app == "dpo" else "conversations"

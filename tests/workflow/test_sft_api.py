@@ -66,6 +66,10 @@ def test_sft_raises_the_one_line_error(tiny_models, tmp_path):
     with pytest.raises(SFTError, match="max_tokens_per_gpu 32 is below max_seq_len 64"):
         sft(model_path=str(tiny_models["qwen3"]), data_path="x.jsonl", ckpt_output_dir=str(tmp_path / "c"),
             max_seq_len=64, max_tokens_per_gpu=32)
+    # effective_batch_size reads the data before the launch: a flag problem found there is the same SFTError
+    with pytest.raises(SFTError, match="not --train-iters and --train-epochs"):
+        sft(model_path=model, data_path=str(tiny_models["qwen3"] / "config.json"), ckpt_output_dir=str(tmp_path / "d"),
+            max_seq_len=64, effective_batch_size=8, extra_args=["--train-iters", "5"], quiet=True)
 
 
 def test_lora_sft_trains_adapters_only(tiny_models, tmp_path):
