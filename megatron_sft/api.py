@@ -186,14 +186,14 @@ def _holds_training_checkpoint(folder) -> bool:
 def _global_batch(app: str, flags: list[str], conversations: int, dp: int, world: int) -> int:
     """Packs per step for `conversations` (DPO: pairs) per step, from the prepared training split (built here)."""
     from megatron_sft.apps import parse
-    from megatron_sft.data.cache import prepare
+    from megatron_sft.data.dataset import prepare_training_split
     from megatron_sft.loading import load_run_tokenizer
 
     from megatron_sft.errors import UserError
 
     try:  # bad flags or data surface here, before any launch: the same one-line error as the run's own
         args = parse(app, flags, world_size=world)
-        split = prepare(args.data, load_run_tokenizer(args), is_builder=True).meta["splits"]["train"]
+        split = prepare_training_split(args.data, load_run_tokenizer(args)).meta["splits"]["train"]
     except SFTError:
         raise
     except UserError as err:

@@ -217,6 +217,15 @@ def _validation_sets(cfg: DataConfig, tokenizer, dp_rank: int, dp_size: int) -> 
     return sets
 
 
+def prepare_training_split(cfg: DataConfig, tokenizer) -> PreparedData:
+    """The cache whose "train" split training reads: --data-path's, or --train-data-path's own (built here if
+    missing; the run then reuses it)."""
+    cfg.validate()
+    if cfg.per_split:
+        return _prepared_split(cfg, cfg.train_data_path, tokenizer, 0)[1]
+    return prepare(cfg, tokenizer, is_builder=True)
+
+
 def _prepared_split(cfg: DataConfig, paths: list[str], tokenizer, dp_rank: int):
     """(dataset, cache) of one --<split>-data-path: its sources whole, in a cache of their own."""
     if not paths:

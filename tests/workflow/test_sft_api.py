@@ -17,11 +17,13 @@ def test_sft_trains_two_epochs(tiny_models, tmp_path, capsys, nproc):
     from megatron_sft import sft
 
     data = write_reversal_data(tmp_path / "data.jsonl", 48, seed=3)
+    # at 2 processes, two validation files (Megatron-LM's per-split form): each reported by its name
+    valid = [write_reversal_data(tmp_path / f"{n}.jsonl", 6, seed=s) for n, s in (("va", 4), ("vb", 5))]
     save = tmp_path / "ckpt"
     result = sft(model_path=str(tiny_models["qwen3"]), data_path=str(data), ckpt_output_dir=str(save),
                  num_epochs=2, effective_batch_size=8, learning_rate=3e-3, max_seq_len=64, max_tokens_per_gpu=128,
                  nproc_per_node=nproc, data_cache_dir=str(tmp_path / "cache"), extra_args=["--log-interval", "1"],
-                 save_hf=nproc == 2)
+                 save_hf=nproc == 2, valid_data_path=[str(v) for v in valid] if nproc == 2 else None)
     out = capsys.readouterr().out
 
     # the checkpoint: the last iteration is the one the tracker names
@@ -46,6 +48,9 @@ def test_sft_trains_two_epochs(tiny_models, tmp_path, capsys, nproc):
     # save_hf (at 2 processes): the Hugging Face directory of the last checkpoint, named by the result and the log
     if nproc == 2:
         from transformers import AutoModelForCausalLM
+
+        assert re.search(r"validation at iteration \d+ \| loss [\d.]+ \| perplexity [\d.]+ \| loss/va [\d.]+ \| "
+                         r"ppl/va [\d.]+ \| loss/vb [\d.]+", log), log[-2000:]
 
         assert result.hf_path == str(save / f"iter_{result.iterations:07d}" / "hf")
         assert f"| Hugging Face: {result.hf_path}" in log
