@@ -402,7 +402,7 @@ class DataConfig:
         if not self.multiple_validation_sets:
             return []
         paths = [t for item in self.valid_data_path for t in str(item).split()]
-        if any(_is_number(t) for t in paths):
+        if any(is_number(t) for t in paths):
             return [f"--multiple-validation-sets validates each --valid-data-path file on its own: give the files "
                     f"without weights (got {' '.join(paths)})"]
         if len(paths) < 2:
@@ -411,7 +411,8 @@ class DataConfig:
         return []
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a --data-path word is a weight (a number) rather than a path."""
     try:
         float(text)
     except ValueError:

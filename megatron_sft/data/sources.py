@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_sft.config import is_number
 from megatron_sft.data.formats import InvalidRecord
 from megatron_sft.data.mixture import subset_indices
 from megatron_sft.errors import UserError
@@ -60,8 +61,8 @@ def parse_sources(data_path: list[str] | None, hf_dataset: str | None, hf_split:
         return [_source(hf_dataset, None, hf_split, "--finetune-hf-dataset")]
     if not tokens:
         raise UserError("no data: give --data-path FILE [FILE ...] or --finetune-hf-dataset NAME")
-    if _is_number(tokens[0]):
-        if len(tokens) % 2 or not all(_is_number(w) for w in tokens[0::2]):
+    if is_number(tokens[0]):
+        if len(tokens) % 2 or not all(is_number(w) for w in tokens[0::2]):
             raise UserError(f"--data-path {' '.join(tokens)}: weighted form is 'W1 PATH1 W2 PATH2 ...'")
         pairs = [(float(w), p) for w, p in zip(tokens[0::2], tokens[1::2])]
     else:
@@ -293,10 +294,3 @@ def _first_char(path: str) -> str:
         head = f.read(4096).lstrip()
     return head[:1].decode("latin-1")
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
