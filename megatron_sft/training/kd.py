@@ -27,6 +27,7 @@ from megatron_sft.training.inputs import PackedLayout, model_inputs
 from megatron_sft.training.kd_loss import chunked_kd_loss, full_logits_kd_terms
 from megatron_sft.training.lm_head import hidden_states_instead_of_logits, select_supervised
 from megatron_sft.training.neftune import noisy_embeddings
+from megatron_sft.training.sources import source_report, with_source_report
 from megatron_sft.training.step import input_noise
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,10 @@ def _lm_ratio(kd_sum, ce_sum) -> float:
 
 
 def make_kd_forward_step(layout: PackedLayout, settings: KdSettings, teacher_out: dict, lm_head_chunk_size: int,
-                         sequence_parallel: bool, neftune=None):
+                         sequence_parallel: bool, neftune=None, n_sources: int = 0):
     """Megatron's forward_step_func of the student: the loss on the last stage as the module docstring says;
-    `neftune`: noise on the student's input embeddings (the teacher sees the data as it is)."""
+    `neftune`: noise on the student's input embeddings (the teacher sees the data as it is). `n_sources` > 1: each
+    micro-batch also reports each source's share of the objective (training/sources.py)."""
     hidden_iter = iter(teacher_out["hidden"])
     temperature = settings.temperature
 
@@ -152,22 +154,28 @@ def make_kd_forward_step(layout: PackedLayout, settings: KdSettings, teacher_out
         raw = next(data_iterator)
         b, args, gpt = _inputs(raw, model, layout)
         with noisy_embeddings(gpt, input_noise(raw, gpt, neftune, layout, sequence_parallel)):
-            return _student_forward(model, gpt, b, args)
+            return _student_forward(model, gpt, raw, b, args)
 
-    def _student_forward(model, gpt, b, args):
+    def _student_forward(model, gpt, raw, b, args):
         if not gpt.post_process:
             return model(*args, packed_seq_params=b["packed_seq_params"]), _no_loss
         t_hidden = next(hidden_iter)
         if lm_head_chunk_size:
-            total, kd_sum, ce_sum = _chunked(model, gpt, b, args, t_hidden, teacher_out["weight"], settings,
-                                             lm_head_chunk_size, sequence_parallel)
+            total, kd_sum, ce_sum, w_kd, w_ce, per_token, positions = _chunked(
+                model, gpt, b, args, t_hidden, teacher_out["weight"], settings, lm_head_chunk_size, sequence_parallel,
+                n_sources > 1)
         else:
             logits = model(*args, packed_seq_params=b["packed_seq_params"]).transpose(0, 1)  # [s, b, V/TP]
             t_logits = teacher_out["model"].output_layer(t_hidden, weight=teacher_out["weight"])[0]
-            kd, ce = full_logits_kd_terms(logits, t_logits, b["labels"], b["loss_mask"], temperature, gpt.config)
+            kd, ce, *whole = full_logits_kd_terms(logits, t_logits, b["labels"], b["loss_mask"], temperature,
+                                                  gpt.config, per_token=n_sources > 1)
             kd_sum, ce_sum = kd.detach(), ce.detach()
             w_kd, w_ce = _weights(settings, kd_sum, ce_sum)
             total = w_kd * kd + w_ce * ce
+            per_token = positions = None
+            if whole:  # [b, s, 2] -> the supervised tokens' rows, [s, b]-flattened as the chunked head orders them
+                positions = (b["loss_mask"].transpose(0, 1).reshape(-1) > 0).nonzero().squeeze(1)
+                per_token = whole[0].transpose(0, 1).reshape(-1, 2).index_select(0, positions)
         mask = b["loss_mask"]
 
         def loss_func(output_tensor):
@@ -176,6 +184,11 @@ def make_kd_forward_step(layout: PackedLayout, settings: KdSettings, teacher_out
                       "kd metrics": torch.stack([kd_sum.float(), ce_sum.float(), count])}
             return output_tensor, count.to(torch.int), report
 
+        if n_sources > 1:  # each token's share of the objective, as the loss weighs it
+            objective = per_token[:, 0] * float(w_kd) + per_token[:, 1] * float(w_ce)
+            weights = mask.transpose(0, 1).reshape(-1).index_select(0, positions.to(mask.device))
+            loss_func = with_source_report(loss_func, source_report(raw, layout, n_sources, positions, objective,
+                                                                    weights))
         return total, loss_func
 
     return forward_step
@@ -188,10 +201,13 @@ def _weights(settings: KdSettings, kd_sum, ce_sum) -> tuple[float, float]:
     return settings.kd_loss_scale * _lm_ratio(kd_sum, ce_sum), 1.0
 
 
-def _chunked(model, gpt, b, args, t_hidden, t_weight, settings, chunk_size, sequence_parallel):
+def _chunked(model, gpt, b, args, t_hidden, t_weight, settings, chunk_size, sequence_parallel, per_token: bool):
+    """(loss with gradients, KD sum, CE sum, KD weight, CE weight, each supervised token's (KD, CE) or None, their
+    positions) through the chunked head."""
     with hidden_states_instead_of_logits(gpt) as seen:
         hidden = model(*args, packed_seq_params=b["packed_seq_params"])
-    selected, targets, token_weights, _ = select_supervised(hidden, b["labels"], b["loss_mask"], sequence_parallel)
+    selected, targets, token_weights, positions = select_supervised(hidden, b["labels"], b["loss_mask"],
+                                                                    sequence_parallel)
     weight, temperature = seen["weight"], settings.temperature
     if settings.skip_lm_loss:
         w_kd, w_ce = 1.0, 0.0
@@ -200,8 +216,10 @@ def _chunked(model, gpt, b, args, t_hidden, t_weight, settings, chunk_size, sequ
             kd_sum, ce_sum = chunked_kd_loss(selected, weight, t_hidden, t_weight, targets, token_weights,
                                              token_weights, temperature, chunk_size)[1:]
         w_kd, w_ce = _weights(settings, kd_sum, ce_sum)
-    return chunked_kd_loss(selected, weight, t_hidden, t_weight, targets, token_weights * w_kd,
-                           token_weights * w_ce, temperature, chunk_size)
+    tokens = torch.empty(len(targets), 2, dtype=torch.float32, device=selected.device) if per_token else None
+    total, kd_sum, ce_sum = chunked_kd_loss(selected, weight, t_hidden, t_weight, targets, token_weights * w_kd,
+                                            token_weights * w_ce, temperature, chunk_size, tokens)
+    return total, kd_sum, ce_sum, w_kd, w_ce, tokens, positions
 
 
 def metrics_everywhere(reports: list[dict]) -> dict:
@@ -231,23 +249,29 @@ def trainer_class():
             log.info("distillation: KL(teacher || student) at temperature %g on the supervised tokens%s",
                      s.temperature, "" if s.skip_lm_loss else f", plus the LM loss (kd_loss_scale {s.kd_loss_scale})")
 
-        def _forward(self, batches: list, neftune=None):
+        def _forward(self, batches: list, neftune=None, n_sources: int = 0):
             cfg, model = self.cfg, self.model
             out = teacher_outputs(self.teacher, batches, model.layout, cfg.data.seq_length,
                                   cfg.training.micro_batch_size, whole=not model.lm_head_chunk_size)
             return make_kd_forward_step(model.layout, self.settings, out, model.lm_head_chunk_size,
-                                        model.config.sequence_parallel, neftune)
+                                        model.config.sequence_parallel, neftune, n_sources)
 
         def train_step(self, batches):
             cfg = self.cfg
+            forward = self._forward(batches, self.neftune(), len(self.sources("train")))
             return train_step(self.model, batches, cfg.data.seq_length, cfg.training.micro_batch_size,
-                              cfg.training.global_batch_size, forward_step=self._forward(batches, self.neftune()))
+                              cfg.training.global_batch_size, forward_step=forward)
 
         def step_metrics(self, result) -> dict:
-            return metrics_everywhere(result.reports)
+            """kd_loss and lm_loss; on a blend, each source's share of the objective (loss/<name>, ...) too."""
+            from megatron_sft.training.sources import source_figures
+
+            names = self.sources("train")
+            return {**metrics_everywhere(result.reports), **(source_figures(result.reports, names) if names else {})}
 
         def sources(self, split: str) -> list[str]:
-            return []  # no per-source figures (yet): the KD forward step does not report them
+            # validation reports the LM loss, as Megatron-LM does for distillation: no per-source objective there
+            return super().sources(split) if split == "train" else []
 
         def evaluate(self, eval_iters: int) -> tuple[float, dict]:
             """The validation LM loss (as Megatron-LM reports it for distillation), its perplexity and the KD loss."""

@@ -63,11 +63,12 @@ def _chunk_terms(z_s, z_t, targets, temperature, group, world, rank):
 
 class _ChunkedVocabParallelKD(torch.autograd.Function):
     """sum_t (w_kd_t KD_t + w_ce_t CE_t) over the selected tokens, gradients computed in forward. Also returns the
-    unweighted sums of KD_t and CE_t (no gradient) for the metrics."""
+    unweighted sums of KD_t and CE_t (no gradient) for the metrics; `per_token` [n, 2], if given, receives each
+    token's (KD_t, CE_t) (per-source figures)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, t_hidden, t_weight, targets, w_kd, w_ce, temperature, chunk_size,
-                need_hidden_grad, need_weight_grad):
+                need_hidden_grad, need_weight_grad, per_token):
         group, world, rank = _tp()
         sums = torch.zeros(3, dtype=torch.float64, device=hidden.device)  # weighted total, KD, CE
         grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
@@ -80,6 +81,8 @@ class _ChunkedVocabParallelKD(torch.autograd.Function):
             kd, ce, ps_t, pt, ps_1, owned, idx = _chunk_terms(z_s, z_t, targets[start:end], temperature, group,
                                                               world, rank)
             del z_s, z_t
+            if per_token is not None:
+                per_token[start:end, 0], per_token[start:end, 1] = kd, ce
             a, b = w_kd[start:end, None], w_ce[start:end, None]
             sums += torch.stack([(a[:, 0] * kd + b[:, 0] * ce).sum(), kd.sum(), ce.sum()]).double()
             if need_hidden_grad or need_weight_grad:
@@ -99,22 +102,25 @@ class _ChunkedVocabParallelKD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, _kd, _ce):
-        return (*head_backward(ctx, grad_output), *([None] * 9))
+        return (*head_backward(ctx, grad_output), *([None] * 10))
 
 
-def chunked_kd_loss(hidden, weight, t_hidden, t_weight, targets, w_kd, w_ce, temperature: float, chunk_size: int):
+def chunked_kd_loss(hidden, weight, t_hidden, t_weight, targets, w_kd, w_ce, temperature: float, chunk_size: int,
+                    per_token: torch.Tensor | None = None):
     """(weighted sum with gradients, KD sum, CE sum) over the selected tokens: hidden [n, h] of the student and
-    t_hidden [n, h_t] of the teacher at the same positions, each output layer's vocabulary shard."""
+    t_hidden [n, h_t] of the teacher at the same positions, each output layer's vocabulary shard. `per_token`
+    [n, 2] float32, if given, receives each token's (KD, CE)."""
     need = torch.is_grad_enabled()
     return _ChunkedVocabParallelKD.apply(hidden, weight, t_hidden.detach(), t_weight.detach(), targets, w_kd, w_ce,
                                          float(temperature), max(1, chunk_size), need and hidden.requires_grad,
-                                         need and weight.requires_grad)
+                                         need and weight.requires_grad, per_token)
 
 
-def full_logits_kd_terms(student_logits, teacher_logits, labels, loss_mask, temperature: float, config):
+def full_logits_kd_terms(student_logits, teacher_logits, labels, loss_mask, temperature: float, config,
+                         per_token: bool = False):
     """(KD sum, CE sum) over the supervised tokens, with gradients, from whole [s, b, V/TP] logits of both models:
     modelopt's LogitsKLLoss and Megatron's vocab_parallel_cross_entropy, masked (--lm-head-chunk-size 0, as
-    Megatron-LM computes them)."""
+    Megatron-LM computes them). per_token: also each position's (KD, CE), [b, s, 2], without gradients."""
     from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region, vocab_parallel_cross_entropy
     from modelopt.torch.distill.plugins.megatron import LogitsKLLoss
 
@@ -125,4 +131,11 @@ def full_logits_kd_terms(student_logits, teacher_logits, labels, loss_mask, temp
         kd_sum = reduce_from_tensor_model_parallel_region(kd_sum)
     ce_tokens = vocab_parallel_cross_entropy(student_logits.float(), labels.transpose(0, 1).contiguous())
     ce_sum = (ce_tokens.transpose(0, 1) * mask).sum()
-    return kd_sum, ce_sum
+    if not per_token:
+        return kd_sum, ce_sum
+    kd_whole = kd_tokens.detach().float().contiguous()
+    if config.tensor_model_parallel_size > 1:  # each rank holds its vocabulary shard's part of every token's KL
+        from megatron.core import parallel_state as ps
+
+        torch.distributed.all_reduce(kd_whole, group=ps.get_tensor_model_parallel_group())
+    return kd_sum, ce_sum, torch.stack([kd_whole, ce_tokens.detach().float().transpose(0, 1)], dim=-1)

@@ -23,15 +23,16 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.numerics, p
 T = 2.0
 
 
-def write_data(path: Path, n: int) -> Path:
+def write_data(path: Path, n: int, task: str = "reverse") -> Path:
     import random
 
-    rng = random.Random(0)
+    rng = random.Random(0 if task == "reverse" else 1)
     with open(path, "w") as f:
         for _ in range(n):
             word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 7)))
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"reverse {word}"},
-                                             {"role": "assistant", "content": word[::-1]}]}) + "\n")
+            answer = word[::-1] if task == "reverse" else " ".join(sorted(word) * 4)  # long: packs mix the two
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"{task} {word}"},
+                                             {"role": "assistant", "content": answer}]}) + "\n")
     return path
 
 
@@ -60,6 +61,7 @@ def noisy_copy(source: Path, out: Path, scale: float, only: str = ".", **overrid
 def runs(tiny_models, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("kd")
     data = write_data(out / "chats.jsonl", 48)
+    other = write_data(out / "other.jsonl", 40, task="sort")  # a second source for the blend runs
     for key, text in YAML.items():
         (out / f"kd_{key}.yaml").write_text(text)
     from transformers import AutoConfig
@@ -77,7 +79,7 @@ def runs(tiny_models, tmp_path_factory) -> dict:
     for world_size in (1, 2):
         torchrun(WORKERS / "kd.py", world_size, ["--student", student, "--teacher", teacher, "--moe-student",
                                                  tiny_models["nemotron_h_moe"], "--moe-teacher", moe_teacher,
-                                                 "--data", data, "--out", out], timeout=600)
+                                                 "--data", data, "--data2", other, "--out", out], timeout=600)
         merged.update(json.loads((out / f"kd_ws{world_size}.json").read_text()))
     return merged
 
@@ -220,3 +222,49 @@ def test_another_teacher_on_resume_is_refused(runs):
                              "--tensor-model-parallel-size", "2"], world_size=2)
     with pytest.raises(UserError, match="distills from .*teacher"):
         with_teacher(cfg)
+
+
+BLENDS = ("blend_tp1", "blend_full_logits", "blend_tp2_sp", "blend_pp2", "blend_cp2")
+
+
+def test_per_source_objective_equals_transformers(runs):
+    """A blend of two files (LM + 0.5 x rescaled KD): step 1's loss/<source> = that source's tokens' share of the
+    objective, w_KD x KD_t + CE_t with each micro-batch's w_KD, computed from transformers' logits (1e-5), at one
+    process, full logits, TP2+SP, PP2 and CP2; the sources' losses weighted by their tokens average to the loss;
+    3 steps of every per-source figure unchanged across those layouts (1e-6)."""
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(runs["student"], dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(runs["teacher"], dtype=torch.float32)
+    batches = torch.load(runs["out"] / "kd_first_batch_blend.pt")
+    assert any(len(set(s.tolist())) == 2 for b in batches for s in b["sample_sources"]), "a pack mixing sources"
+    sums = {0: [0.0, 0.0], 1: [0.0, 0.0]}  # source -> [objective sum, tokens]
+    with torch.no_grad():
+        for batch in batches:
+            per_sample, kd_m, ce_m = [], 0.0, 0.0
+            source_of = {int(i): int(s) for ids, srcs in zip(batch["sample_ids"], batch["sample_sources"])
+                         for i, s in zip(ids.tolist(), srcs.tolist())}
+            for sample, tokens, mask in _sequences([batch]):
+                s = student(tokens[None], use_cache=False).logits[0, :-1].float()
+                t = teacher(tokens[None], use_cache=False).logits[0, :-1].float()
+                log_t, log_s = F.log_softmax(t / T, -1), F.log_softmax(s / T, -1)
+                kd = float(((log_t.exp() * (log_t - log_s)).sum(-1) * mask).sum())
+                ce = float((F.cross_entropy(s, tokens[1:], reduction="none") * mask).sum())
+                per_sample.append((source_of[sample], kd, ce, float(mask.sum())))
+                kd_m, ce_m = kd_m + kd, ce_m + ce
+            w_kd = 0.5 * ce_m / kd_m  # Megatron-LM's rescaling, per micro-batch
+            for source, kd, ce, n in per_sample:
+                sums[source][0] += w_kd * kd + ce
+                sums[source][1] += n
+    ref = runs["blend_tp1"]["steps"]
+    for layout in BLENDS:
+        first = runs[layout]["steps"][0]
+        for index, name in enumerate(("chats", "other")):
+            assert rel(first[f"loss/{name}"], sums[index][0] / sums[index][1]) <= 1e-5, (layout, name, first)
+            assert first[f"supervised_tokens/{name}"] == sums[index][1], (layout, name)
+        mean = sum(first[f"loss/{n}"] * first[f"supervised_tokens/{n}"] for n in ("chats", "other"))
+        assert rel(mean / sum(n for _, n in sums.values()), first["loss"]) <= 1e-6, layout
+        for step, (g, r) in enumerate(zip(runs[layout]["steps"], ref)):
+            assert set(g) == set(r)
+            assert all(rel(g[k], r[k]) <= (2e-6 if k == "grad_norm" else 1e-6) for k in r), (layout, step, g, r)
+    assert abs(sums[0][0] / sums[0][1] - sums[1][0] / sums[1][1]) > 1e-2, "two sources of different difficulty"

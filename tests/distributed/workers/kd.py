@@ -32,6 +32,12 @@ LAYOUTS = {
     "mix_tp2": (2, "--tensor-model-parallel-size 2", "MIX"),
     "mix_pp2": (2, "--pipeline-model-parallel-size 2", "MIX"),
     "mix_cp2": (2, "--context-parallel-size 2", "MIX"),
+    # BLEND: --data-path 0.5 DATA 0.5 DATA2; each source's share of the objective (per-source figures)
+    "blend_tp1": (1, "BLEND", "MIX"),
+    "blend_full_logits": (1, "BLEND --lm-head-chunk-size 0", "MIX"),
+    "blend_tp2_sp": (2, "BLEND --tensor-model-parallel-size 2 --sequence-parallel", "MIX"),
+    "blend_pp2": (2, "BLEND --pipeline-model-parallel-size 2", "MIX"),
+    "blend_cp2": (2, "BLEND --context-parallel-size 2", "MIX"),
 }
 YAML = {"T2": "logit_kl_temperature: 2.0\n",
         "MIX": "skip_lm_loss: false\nkd_loss_scale: 0.5\nlogit_kl_temperature: 2.0\nintermediate_layer_pairs: []\n"}
@@ -88,7 +94,8 @@ def kd(flags: str, capture: list | None = None, grads_to: Path | None = None) ->
 
         trainer.train_step = first_step_saved
     trainer.run()
-    return {"steps": [{k: r[k] for k in FIGURES} for r in trainer.records], "teacher": teacher_state(trainer, before),
+    return {"steps": [{k: v for k, v in r.items() if k in FIGURES or "/" in k} for r in trainer.records],
+            "teacher": teacher_state(trainer, before),
             "validation": trainer.eval_history}
 
 
@@ -98,7 +105,7 @@ def main() -> None:
     from megatron_sft.config import DataConfig
 
     parser = argparse.ArgumentParser()
-    for name in ("--student", "--teacher", "--moe-student", "--moe-teacher", "--data", "--out"):
+    for name in ("--student", "--teacher", "--moe-student", "--moe-teacher", "--data", "--data2", "--out"):
         parser.add_argument(name, type=Path, required=True)
     cli = parser.parse_args()
     DataConfig.cp_multiple = property(lambda self: 4)  # every run pads samples as CP 2 does: the same packs
@@ -111,12 +118,15 @@ def main() -> None:
         if size != ws:
             continue
         run = moe if flags.startswith("MOE") else base
-        capture = [] if name in ("tp1", "moe_tp1") else None
+        if flags.startswith("BLEND"):
+            run = base.replace(f"--data-path {cli.data}", f"--data-path 0.5 {cli.data} 0.5 {cli.data2}")
+        capture = [] if name in ("tp1", "moe_tp1", "blend_tp1") else None
         grads = cli.out / f"kd_grads_{name}.pt" if name in ("tp1", "mix_tp1") else None
-        results[name] = kd(f"{run} {flags.removeprefix('MOE')} --export-kd-cfg {yamls[yaml_key]} --train-iters 3",
-                           capture, grads)
+        flags = flags.removeprefix("MOE").removeprefix("BLEND")
+        results[name] = kd(f"{run} {flags} --export-kd-cfg {yamls[yaml_key]} --train-iters 3", capture, grads)
         if capture:
-            torch.save(capture[0], cli.out / f"kd_first_batch{'_moe' if name.startswith('moe') else ''}.pt")
+            suffix = "" if name == "tp1" else "_" + name.removesuffix("_tp1")  # _moe, _blend
+            torch.save(capture[0], cli.out / f"kd_first_batch{suffix}.pt")
     if ws == 2:
         ckpt = cli.out / "resume_ckpt"
         tp2 = f"{base} --tensor-model-parallel-size 2 --export-kd-cfg {yamls['MIX']} --train-iters 5"
