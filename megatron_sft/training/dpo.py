@@ -25,7 +25,7 @@ import torch
 
 from megatron_sft.config import RunConfig
 from megatron_sft.models.builder import unwrap
-from megatron_sft.training.dpo_loss import METRICS, DpoSettings, metric_sums, step_loss
+from megatron_sft.training.dpo_loss import METRICS, DpoSettings, metric_sums, pair_losses, step_loss
 from megatron_sft.training.inputs import PackedLayout, model_inputs
 from megatron_sft.training.lm_head import (
     hidden_states_instead_of_logits,
@@ -33,6 +33,7 @@ from megatron_sft.training.lm_head import (
     token_losses,
     weighted_token_loss,
 )
+from megatron_sft.training.sources import with_source_report
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,9 @@ def sequence_logps(model, batch: dict, layout: PackedLayout, lm_head_chunk_size:
 
 
 def make_dpo_forward_step(layout: PackedLayout, settings: DpoSettings, reference: np.ndarray, totals: StepTotals,
-                          lm_head_chunk_size: int, sequence_parallel: bool):
-    """Megatron's forward_step_func for DPO (see the module docstring)."""
+                          lm_head_chunk_size: int, sequence_parallel: bool, n_sources: int = 0):
+    """Megatron's forward_step_func for DPO (see the module docstring). `n_sources` > 1: each micro-batch also
+    reports each source's pairs, their summed DPO losses and chosen tokens (training/sources.py's fields)."""
     from megatron.core import parallel_state as ps
 
     def forward_step(data_iterator, model):
@@ -183,9 +185,29 @@ def make_dpo_forward_step(layout: PackedLayout, settings: DpoSettings, reference
             shown = torch.stack([output_tensor.detach().float(), count.float()])
             return output_tensor, count, {"lm loss": shown, "dpo metrics": report}
 
+        if n_sources > 1:
+            by_source = _pair_source_sums(settings, batch, seq.ids, pairs, n_sources) if first else None
+            loss_func = with_source_report(loss_func, torch.zeros(n_sources, 4, dtype=torch.float64)
+                                           if by_source is None else by_source)
         return output, loss_func
 
     return forward_step
+
+
+def _pair_source_sums(settings: DpoSettings, batch: dict, ids: list[int], pairs: dict, n_sources: int):
+    """[n_sources, 4] of a micro-batch's pairs, by their chosen sample's source: summed DPO losses (the preference
+    term, without --dpo-sft-weight's NLL), pairs, chosen tokens, pairs."""
+    source_of = {int(i): int(s) for row_ids, row_sources in zip(batch["sample_ids"], batch["sample_sources"])
+                 for i, s in zip(row_ids.tolist(), row_sources.tolist())}
+    source = torch.tensor([source_of[i] for i in ids if i >= 0 and i % 2 == 0], dtype=torch.int64)
+    losses = pair_losses(settings, *(pairs[k].detach() for k in ("policy_chosen", "policy_rejected", "ref_chosen",
+                                                                    "ref_rejected", "tokens_chosen",
+                                                                    "tokens_rejected")))
+    out = torch.zeros(n_sources, 4, dtype=torch.float64)
+    ones = torch.ones(len(source), dtype=torch.float64)
+    for column, values in enumerate((losses.double().cpu(), ones, pairs["tokens_chosen"].double().cpu(), ones)):
+        out[:, column].index_add_(0, source, values)
+    return out
 
 
 def make_reference_forward_step(layout: PackedLayout, lm_head_chunk_size: int, sequence_parallel: bool,
@@ -349,6 +371,7 @@ def reference_weights(cfg: RunConfig, chunks: list, source: str):
 
 def _trainer_class():
     from megatron_sft.training.loop import Trainer
+    from megatron_sft.training.sources import source_figures
     from megatron_sft.training.step import counted_batches, train_step
 
     class DpoTrainer(Trainer):
@@ -366,30 +389,35 @@ def _trainer_class():
 
         def train_step(self, batches):
             cfg = self.cfg
+            forward = self._forward(batches, n_sources=len(self.sources("train")))
             return train_step(self.model, counted_batches(batches), cfg.data.seq_length, cfg.training.micro_batch_size,
-                              cfg.training.global_batch_size, forward_step=self._forward(batches))
+                              cfg.training.global_batch_size, forward_step=forward)
 
         def step_metrics(self, result) -> dict:
-            return metrics_everywhere(result.reports)
-
-        def sources(self, split: str) -> list[str]:
-            return []  # no per-source figures (yet): the DPO forward step does not report them
+            """TRL's metrics; on a blend, each source's mean pair loss, chosen tokens and pairs too."""
+            names = self.sources("train")
+            return {**metrics_everywhere(result.reports), **(source_figures(result.reports, names) if names else {})}
 
         def evaluate(self, eval_iters: int) -> tuple[float, dict]:
             """The DPO loss and metrics of the validation pairs (each global batch's mean, averaged)."""
             from megatron_sft.training.step import _loss_everywhere
 
+            names = self.sources("valid")
+
             def prepare(group):
                 group = counted_batches(group)
-                return group, self._forward(group, self.valid_reference)
+                return group, self._forward(group, self.valid_reference, len(names))
 
             reports = self.validation_reports(eval_iters, prepare)
-            return _loss_everywhere(reports), metrics_everywhere(reports)
+            figures = metrics_everywhere(reports)
+            if names:  # each validation source's (file's) mean pair loss
+                figures.update({k: v for k, v in source_figures(reports, names).items() if k.startswith("loss/")})
+            return _loss_everywhere(reports), figures
 
-        def _forward(self, batches: list, reference: np.ndarray | None = None):
+        def _forward(self, batches: list, reference: np.ndarray | None = None, n_sources: int = 0):
             reference = self.reference if reference is None else reference
             return make_dpo_forward_step(self.model.layout, self.settings, reference, step_totals(batches),
-                                         self.model.lm_head_chunk_size, self.model.config.sequence_parallel)
+                                         self.model.lm_head_chunk_size, self.model.config.sequence_parallel, n_sources)
 
     return DpoTrainer
 

@@ -282,3 +282,39 @@ def test_lora_dpo_trains_adapters_against_the_base(runs):
     hf = runs["out"] / "lora_ckpt" / "iter_0000003" / "hf"
     assert (hf / "adapter_config.json").is_file() and (hf / "adapter_model.safetensors").is_file()
     assert json.loads((hf / "parity.json").read_text())["adapter"]["ok"], "peft loads it onto the base: same logits"
+
+
+def test_per_source_pair_losses_equal_transformers(runs, tiny_models):
+    """A blend of two pair files against another reference model: step 1's loss/<source> = the mean sigmoid DPO
+    loss of that source's pairs, from transformers' log-probs of the start and the reference model (1e-5), with
+    their chosen tokens and pairs, at one process, PP2, CP2 and DP2; weighted by pairs they average to the loss."""
+    from transformers import AutoModelForCausalLM
+
+    batches = torch.load(runs["out"] / "dpo_first_batch_blend.pt")
+    source_of = {int(i): int(s) for b in batches for ids, srcs in zip(b["sample_ids"], b["sample_sources"])
+                 for i, s in zip(ids.tolist(), srcs.tolist())}
+    with torch.no_grad():
+        policy, ids = _segment_logps(AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"],
+                                                                          dtype=torch.float32), batches)
+        ref, _ = _segment_logps(AutoModelForCausalLM.from_pretrained(runs["out"] / "ref_model", dtype=torch.float32),
+                                batches)
+    at = {sample: k for k, sample in enumerate(ids)}
+    tokens = {sample: float(mask.sum()) for sample, _, mask in _sequences(batches)}
+    expected = {0: [0.0, 0, 0.0], 1: [0.0, 0, 0.0]}  # source -> [summed pair loss, pairs, chosen tokens]
+    for c in (s for s in ids if s % 2 == 0):
+        r = c + 1
+        delta = (policy[at[c]] - ref[at[c]]) - (policy[at[r]] - ref[at[r]])
+        entry = expected[source_of[c]]
+        entry[0] += float(-F.logsigmoid(BETA * delta))
+        entry[1] += 1
+        entry[2] += tokens[c]
+    assert all(e[1] for e in expected.values()), "both sources in the first global batch"
+    for layout in ("blend_tp1", "blend_pp2", "blend_cp2", "blend_dp2"):
+        first = runs[layout]["steps"][0]
+        for index, name in enumerate(("prefs", "valid")):
+            loss, pairs, chosen = expected[index]
+            assert rel(first[f"loss/{name}"], loss / pairs) <= 1e-5, (layout, name, first, loss / pairs)
+            assert first[f"samples/{name}"] == pairs and first[f"supervised_tokens/{name}"] == chosen, layout
+        mean = sum(first[f"loss/{n}"] * first[f"samples/{n}"] for n in ("prefs", "valid"))
+        assert rel(mean / sum(e[1] for e in expected.values()), first["loss"]) <= 1e-6, layout
+    assert abs(first["loss"] - 0.6931) > 1e-3, "pair losses off ln 2 (another reference)"

@@ -28,6 +28,11 @@ LAYOUTS = {
     "validated": (2, "--tensor-model-parallel-size 2 --split 80,20,0 --eval-interval 3 --eval-iters 2"),
     "moe_tp1": (1, "MOE"),  # MOE: the hybrid MoE model (Mamba, attention, MoE layers) instead of the dense one
     "moe_ep2": (2, "MOE --expert-model-parallel-size 2"),
+    # BLEND: --data-path 0.5 DATA 0.5 VALID_DATA against --ref-load's model (pair losses off ln 2): per-source figures
+    "blend_tp1": (1, "BLEND"),
+    "blend_pp2": (2, "BLEND --pipeline-model-parallel-size 2"),
+    "blend_cp2": (2, "BLEND --context-parallel-size 2"),
+    "blend_dp2": (2, "BLEND"),
 }
 TRL_CASES = {"sigmoid": "--dpo-beta 0.2", "ipo": "--dpo-loss-type ipo --dpo-beta 0.5",
              "hinge": "--dpo-loss-type hinge --dpo-beta 0.3", "rpo": "--dpo-beta 0.1 --dpo-sft-weight 0.7"}
@@ -100,7 +105,9 @@ def dpo(flags: str, capture: list | None = None, evaluate_first: bool = False, g
         import torch
 
         torch.save(hf_named_grads(trainer), grads_to)
-    return {"steps": [{k: r[k] for k in FIGURES} for r in trainer.records], "validation": trainer.eval_history,
+    per_source = ("loss/", "supervised_tokens/", "samples/")
+    return {"steps": [{k: v for k, v in r.items() if k in FIGURES or k.startswith(per_source)} for r in trainer.records],
+            "validation": trainer.eval_history,
             "validation_before_training": before_training,
             "reference_passes": CALLS["reference"] - before,
             "reference_file": reference_file(trainer.data.cache_dir, cfg.dpo.ref_load), "cache": trainer.data.cache_dir}
@@ -126,11 +133,16 @@ def main() -> None:
     results = {}
     for name, (size, flags) in LAYOUTS.items():
         if size == ws:
-            capture = [] if name == "tp1" else None
+            capture = [] if name in ("tp1", "blend_tp1") else None
             run = base.replace(str(cli.model), str(cli.moe_model)) if flags.startswith("MOE") else base
-            results[name] = dpo(f"{run} {flags.removeprefix('MOE')} --train-iters 3", capture)
+            if flags.startswith("BLEND"):
+                run = base.replace(f"--data-path {cli.data}", f"--data-path 0.5 {cli.data} 0.5 {cli.valid_data} "
+                                   f"--ref-load {cli.ref_model}").replace("--seq-length 128", "--seq-length 384")
+            flags = flags.removeprefix("MOE").removeprefix("BLEND")
+            results[name] = dpo(f"{run} {flags} --train-iters 3", capture)
             if capture:
-                torch.save(capture[0], cli.out / "dpo_first_batch.pt")
+                suffix = "" if name == "tp1" else "_blend"
+                torch.save(capture[0], cli.out / f"dpo_first_batch{suffix}.pt")
     if ws == 1:  # one step of each loss against another reference, for TRL's DPOTrainer on the same batch
         for case, flags in TRL_CASES.items():
             # no clipping: the step's gradients stay as computed in main_grad, for a tensor-by-tensor comparison
