@@ -195,8 +195,8 @@ class Trainer:
         return source_figures(result.reports, names) if names else {}
 
     def sources(self, split: str) -> list[str]:
-        """The names of a blend's sources in `split` (train, valid); none for one source. (DPO and distillation
-        return none: they have figures of their own.)"""
+        """The names of a blend's sources in `split` (train, valid); none for one source. (Distillation has none at
+        validation: it reports the LM loss there.)"""
         if split != "train" and self.data.valid_sets:
             return []  # --multiple-validation-sets: one source per set, each set validated on its own
         names = self.data.train_sources if split == "train" else self.data.valid_sources
