@@ -28,8 +28,10 @@ from megatron_sft.models.builder import unwrap
 from megatron_sft.training.dpo_loss import METRICS, DpoSettings, metric_sums, pair_losses, step_loss
 from megatron_sft.training.inputs import PackedLayout, model_inputs
 from megatron_sft.training.lm_head import (
+    at_positions,
     hidden_states_instead_of_logits,
     select_supervised,
+    supervised_positions,
     token_losses,
     weighted_token_loss,
 )
@@ -148,8 +150,8 @@ def sequence_logps(model, batch: dict, layout: PackedLayout, lm_head_chunk_size:
         head = (selected, output_layer["weight"], targets, lm_head_chunk_size)
     else:
         per_token = model(*args, labels=b["labels"], packed_seq_params=b["packed_seq_params"])
-        positions = b["loss_mask"].transpose(0, 1).reshape(-1).nonzero().squeeze(1)
-        logp = -per_token.transpose(0, 1).reshape(-1).index_select(0, positions).float()
+        positions = supervised_positions(b["loss_mask"])
+        logp = -at_positions(per_token, positions).float()
     segment = token_segment.to(positions.device).index_select(0, positions)
     return SequenceLogps(ids, supervised, logp, segment, head), None
 
@@ -394,9 +396,8 @@ def _trainer_class():
                               cfg.training.global_batch_size, forward_step=forward)
 
         def step_metrics(self, result) -> dict:
-            """TRL's metrics; on a blend, each source's mean pair loss, chosen tokens and pairs too."""
-            names = self.sources("train")
-            return {**metrics_everywhere(result.reports), **(source_figures(result.reports, names) if names else {})}
+            """TRL's metrics; on a blend, each source's mean pair loss, chosen tokens and pairs (the base class's)."""
+            return {**metrics_everywhere(result.reports), **super().step_metrics(result)}
 
         def evaluate(self, eval_iters: int) -> tuple[float, dict]:
             """The DPO loss and metrics of the validation pairs (each global batch's mean, averaged)."""

@@ -25,7 +25,12 @@ from megatron_sft.errors import UserError
 from megatron_sft.models.builder import unwrap
 from megatron_sft.training.inputs import PackedLayout, model_inputs
 from megatron_sft.training.kd_loss import chunked_kd_loss, full_logits_kd_terms
-from megatron_sft.training.lm_head import hidden_states_instead_of_logits, select_supervised
+from megatron_sft.training.lm_head import (
+    at_positions,
+    hidden_states_instead_of_logits,
+    select_supervised,
+    supervised_positions,
+)
 from megatron_sft.training.neftune import noisy_embeddings
 from megatron_sft.training.sources import source_report, with_source_report
 from megatron_sft.training.step import input_noise
@@ -174,8 +179,8 @@ def make_kd_forward_step(layout: PackedLayout, settings: KdSettings, teacher_out
             total = w_kd * kd + w_ce * ce
             per_token = positions = None
             if whole:  # [b, s, 2] -> the supervised tokens' rows, [s, b]-flattened as the chunked head orders them
-                positions = (b["loss_mask"].transpose(0, 1).reshape(-1) > 0).nonzero().squeeze(1)
-                per_token = whole[0].transpose(0, 1).reshape(-1, 2).index_select(0, positions)
+                positions = supervised_positions(b["loss_mask"])
+                per_token = at_positions(whole[0], positions)
         mask = b["loss_mask"]
 
         def loss_func(output_tensor):
@@ -186,7 +191,7 @@ def make_kd_forward_step(layout: PackedLayout, settings: KdSettings, teacher_out
 
         if n_sources > 1:  # each token's share of the objective, as the loss weighs it
             objective = per_token[:, 0] * float(w_kd) + per_token[:, 1] * float(w_ce)
-            weights = mask.transpose(0, 1).reshape(-1).index_select(0, positions.to(mask.device))
+            weights = at_positions(mask, positions)
             loss_func = with_source_report(loss_func, source_report(raw, layout, n_sources, positions, objective,
                                                                     weights))
         return total, loss_func
@@ -263,11 +268,8 @@ def trainer_class():
                               cfg.training.global_batch_size, forward_step=forward)
 
         def step_metrics(self, result) -> dict:
-            """kd_loss and lm_loss; on a blend, each source's share of the objective (loss/<name>, ...) too."""
-            from megatron_sft.training.sources import source_figures
-
-            names = self.sources("train")
-            return {**metrics_everywhere(result.reports), **(source_figures(result.reports, names) if names else {})}
+            """kd_loss and lm_loss; on a blend, each source's share of the objective (the base class's figures)."""
+            return {**metrics_everywhere(result.reports), **super().step_metrics(result)}
 
         def sources(self, split: str) -> list[str]:
             # validation reports the LM loss, as Megatron-LM does for distillation: no per-source objective there

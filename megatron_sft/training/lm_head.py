@@ -146,11 +146,22 @@ def select_supervised(hidden_bsh: torch.Tensor, labels: torch.Tensor, loss_mask:
         hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
     else:  # identical on TP ranks; backward all-reduces the partial gradients
         hidden = copy_to_tensor_model_parallel_region(hidden)
-    mask = loss_mask.transpose(0, 1).reshape(-1)
-    positions = mask.nonzero().squeeze(1)
+    positions = supervised_positions(loss_mask)
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-    targets = labels.transpose(0, 1).reshape(-1).index_select(0, positions)
-    return selected, targets, mask.index_select(0, positions).float(), positions
+    targets = at_positions(labels, positions)
+    return selected, targets, at_positions(loss_mask, positions).float(), positions
+
+
+def supervised_positions(loss_mask: torch.Tensor) -> torch.Tensor:
+    """Where the supervised tokens of a [b, s] loss mask are in the [s, b]-flattened sequence, the order every
+    per-token loss of this project comes in."""
+    return loss_mask.transpose(0, 1).reshape(-1).nonzero().squeeze(1)
+
+
+def at_positions(per_token_bs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The entries of a [b, s, ...] per-position tensor at `positions` of the [s, b]-flattened sequence."""
+    flat = per_token_bs.transpose(0, 1).reshape(-1, *per_token_bs.shape[2:])
+    return flat.index_select(0, positions.to(flat.device))
 
 
 def weighted_token_loss(selected: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

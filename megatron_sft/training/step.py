@@ -10,7 +10,13 @@ import torch
 
 from megatron_sft.models.builder import unwrap
 from megatron_sft.training.inputs import PackedLayout, model_inputs
-from megatron_sft.training.lm_head import hidden_states_instead_of_logits, select_supervised, weighted_token_loss
+from megatron_sft.training.lm_head import (
+    at_positions,
+    hidden_states_instead_of_logits,
+    select_supervised,
+    supervised_positions,
+    weighted_token_loss,
+)
 from megatron_sft.training.loss import reduce_loss_reports, share_loss_func, summed_loss_func
 from megatron_sft.training.neftune import Neftune, embedding_noise, noisy_embeddings
 from megatron_sft.training.sources import source_report, with_source_report
@@ -55,14 +61,14 @@ def make_forward_step(layout: PackedLayout, lm_head_chunk_size: int = 0, sequenc
         else:  # the model's per-token losses [b, s]
             loss = (hidden.float() * mask.to(hidden.device).float()).sum()
             if n_sources:  # the supervised tokens' losses, in the chunked head's order, for the figures
-                positions = (b["loss_mask"].transpose(0, 1).reshape(-1) > 0).nonzero().squeeze(1)
-                per_token = hidden.transpose(0, 1).reshape(-1).index_select(0, positions).detach().float()
+                positions = supervised_positions(b["loss_mask"])
+                per_token = at_positions(hidden, positions).detach().float()
         if total_weight is None:
             loss_func = summed_loss_func(mask)
         else:
             loss_func = share_loss_func(bool(raw.get("count_step")) and _first_context_parallel_rank())
         if n_sources:
-            raw_weights = b["loss_mask"].transpose(0, 1).reshape(-1).index_select(0, positions)
+            raw_weights = at_positions(b["loss_mask"], positions)
             loss_func = with_source_report(loss_func, source_report(raw, layout, n_sources, positions, per_token,
                                                                     raw_weights))
         return loss, loss_func
